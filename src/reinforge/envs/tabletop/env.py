@@ -1,0 +1,235 @@
+"""``TabletopEnv``: the built-in batched tabletop manipulation world as a ``VecEnv``.
+
+Actions follow LIBERO: 7 floats in [-1, 1], end-effector deltas (x, y, z, roll, pitch, yaw) scaled by a
+maximum speed per step, then the gripper command (-1 open, +1 close). Roll and pitch are ignored by this
+world. Control runs at 20 Hz. Observations: two 3x H x W uint8 camera views (agentview, wrist), an 8-dim
+LIBERO-layout proprio state (end-effector position, axis-angle orientation, two finger positions), the
+instruction and the task id. Rewards are sparse: 1 on the step the task succeeds, which ends the episode.
+
+The env never resets itself: reset finished envs with ``reset(..., mask=done)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from reinforge.envs.base import ChunkResult, VecEnv
+from reinforge.envs.tabletop.predicates import task_success
+from reinforge.envs.tabletop.render import Backend, Renderer
+from reinforge.envs.tabletop.tasks import NUM_INIT_STATES, Split, Suite, get_suite
+from reinforge.envs.tabletop.world import Scene, WorldState, step_world
+from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
+
+ACTION_DIM = 7
+STATE_DIM = 8
+CONTROL_HZ = 20
+
+
+def _as_index_tensor(x, n: int, name: str, device) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=torch.int64, device=device)
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"{name} must be an int or a sequence of {n} ints (one per env), got shape "
+                         f"{tuple(t.shape)}")
+    return t.clone()
+
+
+def proprio_state(state: WorldState) -> torch.Tensor:
+    """(B, 8) LIBERO-layout proprio: eef xyz, axis-angle of a downward gripper with yaw, finger qpos."""
+    half = 0.5 * state.grip_yaw
+    aa = torch.stack([math.pi * torch.cos(half), math.pi * torch.sin(half), torch.zeros_like(half)], -1)
+    finger = 0.04 * state.grip_open
+    return torch.cat([state.grip_pos, aa, finger[:, None], -finger[:, None]], -1)
+
+
+class TabletopEnv(VecEnv):
+    """B tabletop envs of one suite, stepped together with tensor ops (CPU or CUDA)."""
+
+    action_dim = ACTION_DIM
+    state_dim = STATE_DIM
+
+    def __init__(self, suite: str | Suite = "spatial", num_envs: int = 1, *, split: Split = "train",
+                 image_size: int | tuple[int, int] = 64, render: bool = True, render_backend: Backend = "auto",
+                 max_episode_steps: int | None = None, device: str | torch.device = "cpu", seed: int = 0):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
+        self.num_envs = int(num_envs)
+        self.device = torch.device(device)
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.image_size = (int(h), int(w))
+        self.render_images = render
+        self.renderer = Renderer(h, w, render_backend)
+        self.max_episode_steps = int(max_episode_steps or self.suite.max_episode_steps)
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        self._rng = np.random.default_rng(seed)
+        dev = self.device
+        s = self.suite
+        self._tables = {k: getattr(s, k).to(dev) for k in (
+            "category", "rgb", "active", "init_pos", "init_support", "init_inside", "init_gripper",
+            "goal_terms", "goal_mask", "goal_regions")}
+        self.task_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
+        self.init_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
+        self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
+        self.scene: Scene | None = None
+        self.state: WorldState | None = None
+        self._goal = None
+
+    # ------------------------------------------------------------ contract
+
+    @property
+    def instructions(self) -> list[str]:
+        return [self.suite.tasks[i].instruction for i in self.task_id.tolist()]
+
+    def reset(self, task_ids=0, init_ids=None, seed: int | None = None, mask: torch.Tensor | None = None
+              ) -> Observation:
+        B, dev = self.num_envs, self.device
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        task = _as_index_tensor(task_ids, B, "task_ids", dev)
+        if bool(((task < 0) | (task >= self.suite.num_tasks)).any()):
+            raise ValueError(f"task id out of range for suite {self.suite.name!r}: got {task.tolist()}, "
+                             f"valid ids are 0..{self.suite.num_tasks - 1}")
+        if init_ids is None:
+            init = torch.as_tensor(self._rng.integers(0, NUM_INIT_STATES, size=B), device=dev)
+        else:
+            init = _as_index_tensor(init_ids, B, "init_ids", dev)
+            if bool(((init < 0) | (init >= NUM_INIT_STATES)).any()):
+                raise ValueError(f"init id out of range: got {init.tolist()}, valid ids are "
+                                 f"0..{NUM_INIT_STATES - 1}")
+        m = torch.ones(B, dtype=torch.bool, device=dev) if mask is None else torch.as_tensor(
+            mask, dtype=torch.bool, device=dev)
+        if m.shape != (B,):
+            raise ValueError(f"mask must have shape ({B},), got {tuple(m.shape)}")
+        if self.state is None:
+            m = torch.ones_like(m)  # the first reset initialises every env
+        self.task_id = torch.where(m, task, self.task_id)
+        self.init_id = torch.where(m, init, self.init_id)
+        self.elapsed = torch.where(m, 0, self.elapsed)
+        self._rebuild(m)
+        return self._observe()
+
+    def _rebuild(self, m: torch.Tensor) -> None:
+        t, i, tb = self.task_id, self.init_id, self._tables
+        self.scene = Scene.from_categories(tb["category"][t], tb["rgb"][t], tb["active"][t])
+        pos = tb["init_pos"][t, i]
+        fresh = WorldState(
+            pos=pos, support=tb["init_support"][t, i], inside=tb["init_inside"][t, i],
+            anchor_y=pos[..., 1].clone(),
+            grip_pos=tb["init_gripper"][t, i], grip_yaw=torch.zeros(self.num_envs, device=self.device),
+            grip_open=torch.ones(self.num_envs, device=self.device),
+            held=torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device),
+            held_offset=torch.zeros(self.num_envs, 3, device=self.device))
+        # drawers that start open: their closed position is recorded as anchor
+        fresh.anchor_y = self._drawer_anchor(fresh)
+        if self.state is None:
+            self.state = fresh
+        else:
+            self.state.assign(fresh, m)
+        self._goal = (tb["goal_terms"][t], tb["goal_mask"][t], tb["goal_regions"][t])
+
+    def _drawer_anchor(self, st: WorldState) -> torch.Tensor:
+        opened = torch.tensor([task.drawer_open for task in self.suite.tasks], device=self.device)
+        return st.pos[..., 1] + torch.where(self.scene.drawer, opened[self.task_id][:, None], 0.0)
+
+    def _check_actions(self, actions, shape: tuple[int, ...]) -> torch.Tensor:
+        if isinstance(actions, np.ndarray):
+            actions = torch.from_numpy(actions)
+        if not isinstance(actions, torch.Tensor):
+            raise TypeError(f"actions must be a torch.Tensor or numpy array, got {type(actions).__name__}")
+        if tuple(actions.shape) != shape:
+            raise ValueError(f"actions must have shape {shape} (num_envs={self.num_envs}, action_dim="
+                             f"{self.action_dim}: dx, dy, dz, droll, dpitch, dyaw, gripper), got "
+                             f"{tuple(actions.shape)}")
+        actions = actions.to(device=self.device, dtype=torch.float32)
+        bad = ~torch.isfinite(actions)
+        if bool(bad.any()):
+            envs = bad.flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"actions contain NaN or inf for envs {envs[:10]}; check the policy output "
+                             "(and its action normalisation statistics)")
+        return actions.clamp(-1.0, 1.0)
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        a = self._check_actions(actions, (self.num_envs, self.action_dim))
+        success, terminated, truncated = self._advance(a)
+        return StepResult(obs=self._observe(), reward=success.float(), terminated=terminated,
+                          truncated=truncated, success=success, info={"elapsed": self.elapsed.clone()})
+
+    def step_chunk(self, actions: torch.Tensor) -> ChunkResult:
+        """Execute a chunk (B, H, 7); rendering happens once, after the chunk. Finished envs stop."""
+        if isinstance(actions, torch.Tensor) and actions.dim() == 3:
+            H = actions.shape[1]
+        else:
+            raise ValueError("step_chunk expects actions of shape (num_envs, H, 7)")
+        a = self._check_actions(actions, (self.num_envs, H, self.action_dim))
+        B, dev = self.num_envs, self.device
+        reward = torch.zeros(B, H, device=dev)
+        valid = torch.zeros(B, H, dtype=torch.bool, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        term = torch.zeros_like(done)
+        trunc = torch.zeros_like(done)
+        for h in range(H):
+            alive = ~done
+            success, t_h, tr_h = self._advance(a[:, h], alive)
+            valid[:, h] = alive
+            reward[:, h] = (success & alive).float()
+            term |= t_h & alive
+            trunc |= tr_h & alive
+            done |= t_h | tr_h
+            if bool(done.all()):
+                break
+        success = self.success()
+        return ChunkResult(self._observe(), reward, valid, term, trunc, success)
+
+    def _advance(self, a: torch.Tensor, alive: torch.Tensor | None = None):
+        new = step_world(self.scene, self.state, a)
+        if alive is None:
+            self.state = new
+            self.elapsed = self.elapsed + 1
+        else:
+            self.state.assign(new, alive)
+            self.elapsed = self.elapsed + alive.long()
+        success = self.success()
+        truncated = (self.elapsed >= self.max_episode_steps) & ~success
+        return success, success.clone(), truncated
+
+    def success(self) -> torch.Tensor:
+        """(B,) bool: the task's goal holds in the current state."""
+        return task_success(self.state, *self._goal[:2], self._goal[2])
+
+    # ------------------------------------------------------------ observations
+
+    def render(self) -> torch.Tensor:
+        """(B, 2, 3, H, W) uint8 images of the current state (agentview, wrist)."""
+        return self.renderer.render(self.scene, self.state)
+
+    def _observe(self) -> Observation:
+        obs: Observation = {
+            OBS_STATE: proprio_state(self.state),
+            OBS_INSTRUCTION: self.instructions,
+            OBS_TASK_ID: self.task_id.clone(),
+        }
+        if self.render_images:
+            obs[OBS_IMAGE] = self.render().to(self.device)
+        return obs
+
+    def get_state(self) -> WorldState:
+        """A copy of the full dynamic state (for snapshots and tests)."""
+        return self.state.clone()
+
+    def __repr__(self) -> str:
+        return (f"TabletopEnv(suite={self.suite.name!r}, split={self.suite.split!r}, num_envs={self.num_envs}, "
+                f"image_size={self.image_size}, device={self.device})")
+
+
+def task_ids_for(suite: Suite | str, per_task: int) -> list[int]:
+    """Task ids laid out task-major: [0]*per_task + [1]*per_task + ..."""
+    s = suite if isinstance(suite, Suite) else get_suite(suite)
+    return [t for t in range(s.num_tasks) for _ in range(per_task)]
+
+

@@ -1,0 +1,409 @@
+"""Task suites of the tabletop world, modelled on LIBERO (spatial, object, goal, long).
+
+A task is a scene (named objects of catalogue categories and colours), a layout (nominal positions with
+jitter, or random placement), a language instruction and a conjunction of goal predicates. Every task has
+``NUM_INIT_STATES`` fixed initial states generated from a seed derived from the suite and task name, so the
+same ``(task, init_id)`` always gives the same scene on every machine.
+
+Held-out splits test generalisation and are never used for training: unseen layouts (``spatial``),
+unseen object/colour combinations (``object``) and unseen goal combinations (``goal``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Literal
+
+import numpy as np
+import torch
+
+from reinforge.envs.tabletop.catalog import (
+    CATEGORY_INDEX,
+    DRAWER_MAX_OPEN,
+    category,
+    color,
+)
+
+NUM_INIT_STATES = 50
+SUITE_NAMES = ("spatial", "object", "goal", "long")
+SPLITS = ("train", "heldout")
+Split = Literal["train", "heldout"]
+
+# goal predicates: (pred, a, b); b is an object for on/in and a region index for "region"
+PRED_ON, PRED_IN, PRED_OPEN, PRED_CLOSED, PRED_REGION = 0, 1, 2, 3, 4
+PRED_CODES = {"on": PRED_ON, "in": PRED_IN, "open": PRED_OPEN, "closed": PRED_CLOSED, "region": PRED_REGION}
+REGIONS: dict[str, tuple[float, float, float, float]] = {  # object centre (x0, x1, y0, y1)
+    "front": (-0.3, 0.3, -0.3, -0.02),
+    "left": (-0.3, -0.08, -0.3, 0.3),
+    "right": (0.15, 0.3, -0.3, 0.3),
+    "front_edge": (-0.3, 0.3, -0.3, -0.15),
+}
+GRIPPER_HOME = (0.0, -0.17, 0.2)
+
+Pos = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    category: str
+    color: str
+    label: str = ""  # how the instruction names it; defaults to "<color> <category>"
+
+    @property
+    def text(self) -> str:
+        return self.label or f"{self.color} {self.category}"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: objects by key, their layout, the instruction and the goal predicates."""
+
+    name: str
+    instruction: str
+    objects: dict[str, ObjectSpec]
+    layout: dict[str, Pos | str]  # key -> nominal (x, y), or "on:<key>" to stack, or "random"
+    goals: tuple[tuple[str, str, str], ...]  # (pred, a, b) with b "" for open/closed
+    jitter: float = 0.012
+    drawer_open: float = 0.0
+    cabinet_of_drawer: str = "cabinet"
+
+
+@dataclass
+class Suite:
+    """A suite's tasks with their static scene tables and fixed initial states as tensors."""
+
+    name: str
+    split: str
+    tasks: list[TaskSpec]
+    max_episode_steps: int
+    num_objects: int  # padded object slots per scene
+    # (T, N) int64 category / (T, N, 3) uint8 rgb / (T, N) bool active
+    category: torch.Tensor = field(repr=False, default=None)
+    rgb: torch.Tensor = field(repr=False, default=None)
+    active: torch.Tensor = field(repr=False, default=None)
+    # (T, I, N, 3) object positions (x, y, z_bottom), (T, I, N) support index, (T, I, N) inside flag,
+    # (T, I, 3) gripper start
+    init_pos: torch.Tensor = field(repr=False, default=None)
+    init_support: torch.Tensor = field(repr=False, default=None)
+    init_inside: torch.Tensor = field(repr=False, default=None)
+    init_gripper: torch.Tensor = field(repr=False, default=None)
+    # (T, G, 3) int64 goal terms (pred, a, b) with (T, G) bool mask; (T, G, 4) region boxes
+    goal_terms: torch.Tensor = field(repr=False, default=None)
+    goal_mask: torch.Tensor = field(repr=False, default=None)
+    goal_regions: torch.Tensor = field(repr=False, default=None)
+    object_keys: list[list[str]] = field(default_factory=list)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def instructions(self) -> list[str]:
+        return [t.instruction for t in self.tasks]
+
+    def task_index(self, name_or_id: str | int) -> int:
+        if isinstance(name_or_id, int):
+            if not 0 <= name_or_id < self.num_tasks:
+                raise ValueError(f"task id {name_or_id} out of range for suite {self.name!r} "
+                                 f"({self.num_tasks} tasks: 0..{self.num_tasks - 1})")
+            return name_or_id
+        names = [t.name for t in self.tasks]
+        if name_or_id not in names:
+            raise ValueError(f"unknown task {name_or_id!r} in suite {self.name!r}; known: {names}")
+        return names.index(name_or_id)
+
+
+# ---------------------------------------------------------------- suite definitions
+
+def _spatial_objects() -> dict[str, ObjectSpec]:
+    return {
+        "target": ObjectSpec("bowl", "black", "black bowl"),
+        "other_bowl": ObjectSpec("bowl", "black", "black bowl"),
+        "plate": ObjectSpec("plate", "white", "plate"),
+        "mug": ObjectSpec("mug", "red", "red mug"),
+        "cheese": ObjectSpec("cheese box", "yellow", "cheese box"),
+        "cookies": ObjectSpec("cookie box", "brown", "cookie box"),
+    }
+
+
+# relation phrase -> layout (target, other_bowl, plate, mug, cheese, cookies)
+_SPATIAL_LAYOUTS: list[tuple[str, dict[str, Pos | str]]] = [
+    ("between the plate and the red mug", dict(target=(0.0, 0.05), plate=(-0.16, 0.05), mug=(0.14, 0.05),
+                                               other_bowl=(0.13, -0.11), cheese=(-0.15, -0.11),
+                                               cookies=(0.0, 0.19))),
+    ("next to the red mug", dict(target=(0.06, 0.12), mug=(0.16, 0.12), other_bowl=(-0.14, 0.12),
+                                 plate=(-0.05, -0.08), cheese=(0.15, -0.08), cookies=(-0.21, -0.1))),
+    ("at the center of the table", dict(target=(0.0, 0.0), other_bowl=(-0.18, 0.14), plate=(0.16, 0.12),
+                                        mug=(-0.17, -0.06), cheese=(0.15, -0.1), cookies=(0.0, 0.19))),
+    ("on the cheese box", dict(cheese=(-0.12, 0.1), target="on:cheese", other_bowl=(0.14, -0.08),
+                               plate=(0.12, 0.1), mug=(-0.14, -0.1), cookies=(0.0, -0.13))),
+    ("on the cookie box", dict(cookies=(0.1, 0.12), target="on:cookies", other_bowl=(-0.14, 0.0),
+                               plate=(-0.08, 0.16), cheese=(0.14, -0.1), mug=(-0.02, -0.1))),
+    ("next to the cheese box", dict(cheese=(0.18, 0.02), target=(0.08, 0.02), other_bowl=(-0.16, 0.14),
+                                    plate=(-0.12, -0.06), mug=(0.0, 0.17), cookies=(0.1, -0.14))),
+    ("in front of the plate", dict(plate=(0.0, 0.13), target=(0.0, 0.0), other_bowl=(-0.18, 0.0),
+                                   mug=(0.17, -0.08), cheese=(-0.16, -0.13), cookies=(0.17, 0.15))),
+    ("behind the red mug", dict(mug=(-0.1, -0.06), target=(-0.1, 0.06), other_bowl=(0.14, -0.08),
+                                plate=(0.14, 0.12), cheese=(0.0, 0.17), cookies=(-0.22, 0.17))),
+    ("on the left side of the table", dict(target=(-0.2, 0.02), other_bowl=(0.2, 0.02), plate=(0.0, 0.12),
+                                           mug=(0.0, -0.1), cheese=(-0.12, -0.14), cookies=(0.14, -0.14))),
+    ("next to the plate", dict(plate=(0.1, 0.05), target=(-0.04, 0.05), other_bowl=(-0.16, -0.1),
+                               mug=(0.17, -0.1), cheese=(-0.16, 0.15), cookies=(0.06, -0.14))),
+]
+
+
+def _mirror(layout: dict[str, Pos | str]) -> dict[str, Pos | str]:
+    return {k: v if isinstance(v, str) else (-v[0], v[1]) for k, v in layout.items()}
+
+
+def _spatial_tasks(split: Split) -> list[TaskSpec]:
+    tasks = []
+    for i, (relation, layout) in enumerate(_SPATIAL_LAYOUTS):
+        if split == "heldout":  # unseen layouts: the mirror image; "left" must stay left, so swap bowls
+            layout = _mirror(layout)
+            if "left side" in relation:
+                layout["target"], layout["other_bowl"] = layout["other_bowl"], layout["target"]
+        tasks.append(TaskSpec(
+            name=f"spatial_{i}",
+            instruction=f"pick up the black bowl {relation} and place it on the plate",
+            objects=_spatial_objects(), layout=layout, goals=(("on", "target", "plate"),)))
+    return tasks
+
+
+_OBJECT_TRAIN = [("cube", "red"), ("mug", "blue"), ("bottle", "green"), ("can", "yellow"), ("bowl", "white"),
+                 ("cheese box", "orange"), ("cube", "purple"), ("bottle", "brown"), ("mug", "pink"),
+                 ("can", "cyan")]
+_OBJECT_HELDOUT = [("cube", "blue"), ("mug", "red"), ("bottle", "yellow"), ("can", "green"), ("bowl", "orange"),
+                   ("cheese box", "purple"), ("cube", "pink"), ("bottle", "cyan"), ("mug", "brown"),
+                   ("can", "red")]
+
+
+def _object_tasks(split: Split) -> list[TaskSpec]:
+    targets = _OBJECT_TRAIN if split == "train" else _OBJECT_HELDOUT
+    tasks = []
+    for i, (cat, col) in enumerate(targets):
+        # distractors: four training objects other than the target, fixed per task
+        pool = [o for o in _OBJECT_TRAIN if o != (cat, col)]
+        rng = np.random.default_rng(zlib.crc32(f"object/{split}/{i}".encode()))
+        picks = [pool[j] for j in rng.choice(len(pool), size=4, replace=False)]
+        objects = {"target": ObjectSpec(cat, col), "basket": ObjectSpec("basket", "wicker", "basket")}
+        layout: dict[str, Pos | str] = {"target": "random", "basket": (0.15, 0.11)}
+        for j, (dc, dcol) in enumerate(picks):
+            objects[f"distractor_{j}"] = ObjectSpec(dc, dcol)
+            layout[f"distractor_{j}"] = "random"
+        tasks.append(TaskSpec(
+            name=f"object_{i}", instruction=f"pick up the {objects['target'].text} and place it in the basket",
+            objects=objects, layout=layout, goals=(("in", "target", "basket"),)))
+    return tasks
+
+
+def _goal_scene() -> tuple[dict[str, ObjectSpec], dict[str, Pos | str]]:
+    objects = {
+        "bowl": ObjectSpec("bowl", "black", "black bowl"),
+        "plate": ObjectSpec("plate", "white", "plate"),
+        "mug": ObjectSpec("mug", "red", "red mug"),
+        "cheese": ObjectSpec("cheese box", "yellow", "cheese box"),
+        "bottle": ObjectSpec("bottle", "green", "green bottle"),
+        "cabinet": ObjectSpec("cabinet", "wood", "cabinet"),
+        "drawer": ObjectSpec("drawer", "wood", "drawer"),
+    }
+    layout: dict[str, Pos | str] = dict(bowl=(0.0, 0.0), plate=(0.16, 0.1), mug=(0.05, -0.14),
+                                        cheese=(-0.12, -0.1), bottle=(0.02, 0.16), cabinet=(-0.16, 0.15),
+                                        drawer="in:cabinet")
+    return objects, layout
+
+
+_GOAL_TRAIN = [
+    ("put the black bowl on the plate", (("on", "bowl", "plate"),)),
+    ("put the black bowl on top of the cabinet", (("on", "bowl", "cabinet"),)),
+    ("open the drawer of the cabinet", (("open", "drawer", ""),)),
+    ("put the red mug on the plate", (("on", "mug", "plate"),)),
+    ("put the green bottle on top of the cabinet", (("on", "bottle", "cabinet"),)),
+    ("push the plate to the front of the table", (("region", "plate", "front"),)),
+    ("put the red mug in the black bowl", (("in", "mug", "bowl"),)),
+    ("put the cheese box on top of the cabinet", (("on", "cheese", "cabinet"),)),
+    ("stack the black bowl on the cheese box", (("on", "bowl", "cheese"),)),
+    ("put the cheese box on the plate", (("on", "cheese", "plate"),)),
+]
+_GOAL_HELDOUT = [
+    ("put the red mug on top of the cabinet", (("on", "mug", "cabinet"),)),
+    ("put the green bottle on the plate", (("on", "bottle", "plate"),)),
+    ("put the green bottle in the black bowl", (("in", "bottle", "bowl"),)),
+    ("stack the red mug on the cheese box", (("on", "mug", "cheese"),)),
+    ("push the black bowl to the left of the table", (("region", "bowl", "left"),)),
+    ("put the green bottle on the cheese box", (("on", "bottle", "cheese"),)),
+    ("push the red mug to the right of the table", (("region", "mug", "right"),)),
+    ("put the plate on top of the cabinet", (("on", "plate", "cabinet"),)),
+    ("push the cheese box to the front edge of the table", (("region", "cheese", "front_edge"),)),
+    ("put the cheese box on the black bowl", (("on", "cheese", "bowl"),)),
+]
+
+
+def _goal_tasks(split: Split) -> list[TaskSpec]:
+    objects, layout = _goal_scene()
+    goals = _GOAL_TRAIN if split == "train" else _GOAL_HELDOUT
+    return [TaskSpec(name=f"goal_{i}", instruction=text, objects=objects, layout=layout, goals=terms)
+            for i, (text, terms) in enumerate(goals)]
+
+
+def _long_scene() -> tuple[dict[str, ObjectSpec], dict[str, Pos | str]]:
+    objects = {
+        "cabinet": ObjectSpec("cabinet", "wood", "cabinet"),
+        "drawer": ObjectSpec("drawer", "wood", "drawer"),
+        "basket": ObjectSpec("basket", "wicker", "basket"),
+        "plate": ObjectSpec("plate", "white", "plate"),
+        "bowl": ObjectSpec("bowl", "black", "black bowl"),
+        "cube": ObjectSpec("cube", "red", "red cube"),
+        "can": ObjectSpec("can", "yellow", "yellow can"),
+        "mug": ObjectSpec("mug", "blue", "blue mug"),
+        "bottle": ObjectSpec("bottle", "green", "green bottle"),
+    }
+    layout: dict[str, Pos | str] = dict(cabinet=(-0.185, 0.15), drawer="in:cabinet", basket=(0.19, 0.13),
+                                        plate=(0.01, 0.14), bowl=(-0.2, -0.12), cube=(0.04, -0.04),
+                                        can=(0.16, -0.04), mug=(-0.05, -0.15), bottle=(0.2, -0.16))
+    return objects, layout
+
+
+_LONG_TASKS = [
+    ("open the drawer and put the black bowl in it", (("open", "drawer", ""), ("in", "bowl", "drawer"))),
+    ("put the red cube and the yellow can in the basket", (("in", "cube", "basket"), ("in", "can", "basket"))),
+    ("put the black bowl on the plate and the blue mug in the basket",
+     (("on", "bowl", "plate"), ("in", "mug", "basket"))),
+    ("put the red cube on the plate and the green bottle in the basket",
+     (("on", "cube", "plate"), ("in", "bottle", "basket"))),
+    ("put the yellow can on top of the cabinet and the red cube in the basket",
+     (("on", "can", "cabinet"), ("in", "cube", "basket"))),
+    ("put the blue mug in the black bowl and the red cube on the plate",
+     (("in", "mug", "bowl"), ("on", "cube", "plate"))),
+    ("open the drawer and put the red cube in it", (("open", "drawer", ""), ("in", "cube", "drawer"))),
+    ("put the black bowl in the basket and the green bottle on the plate",
+     (("in", "bowl", "basket"), ("on", "bottle", "plate"))),
+    ("put the blue mug on top of the cabinet and the yellow can on the plate",
+     (("on", "mug", "cabinet"), ("on", "can", "plate"))),
+    ("put the green bottle in the basket and open the drawer", (("in", "bottle", "basket"), ("open", "drawer", ""))),
+]
+
+
+def _long_tasks(split: Split) -> list[TaskSpec]:
+    if split == "heldout":
+        raise ValueError("suite 'long' has no held-out split; held-out splits exist for spatial, object, goal")
+    objects, layout = _long_scene()
+    return [TaskSpec(name=f"long_{i}", instruction=text, objects=objects, layout=layout, goals=terms)
+            for i, (text, terms) in enumerate(_LONG_TASKS)]
+
+
+_BUILDERS = {"spatial": _spatial_tasks, "object": _object_tasks, "goal": _goal_tasks, "long": _long_tasks}
+MAX_EPISODE_STEPS = {"spatial": 160, "object": 160, "goal": 160, "long": 320}
+HELDOUT_SUITES = ("spatial", "object", "goal")
+
+
+# ---------------------------------------------------------------- initial states
+
+_TABLE_X, _TABLE_Y = (-0.27, 0.27), (-0.2, 0.22)
+_GAP = 0.006
+
+
+def _overlaps(p: Pos, half: tuple[float, float], placed: list[tuple[Pos, tuple[float, float]]]) -> bool:
+    return any(abs(p[0] - q[0]) < half[0] + h[0] + _GAP and abs(p[1] - q[1]) < half[1] + h[1] + _GAP
+               for q, h in placed)
+
+
+def _sample_init(task: TaskSpec, rng: np.random.Generator, n_slots: int):
+    """One initial state: positions (N, 3), support (N,), inside (N,), gripper (3,)."""
+    keys = list(task.objects)
+    pos = np.zeros((n_slots, 3), np.float32)
+    support = np.full(n_slots, -1, np.int64)
+    inside = np.zeros(n_slots, bool)
+    placed: list[tuple[Pos, tuple[float, float]]] = []
+    order = sorted(range(len(keys)), key=lambda i: isinstance(task.layout[keys[i]], str))
+    for i in order:  # fixed positions first, then stacked / random ones
+        key, spec = keys[i], task.layout[keys[i]]
+        cat = category(task.objects[key].category)
+        if isinstance(spec, str) and spec.startswith(("on:", "in:")):
+            j = keys.index(spec[3:])
+            base = category(task.objects[keys[j]].category)
+            if cat.drawer:  # drawer slides in its cabinet: flush with the cabinet front, low
+                pos[i] = (pos[j, 0], pos[j, 1] - base.half[1] + cat.half[1] - task.drawer_open, 0.015)
+                continue
+            d = rng.uniform(-0.004, 0.004, size=2)
+            pos[i] = (pos[j, 0] + d[0], pos[j, 1] + d[1], pos[j, 2] + base.height)
+            support[i] = j
+            continue
+        for _ in range(500):
+            if spec == "random":
+                p = (rng.uniform(*_TABLE_X) , rng.uniform(_TABLE_Y[0], 0.2))
+            else:
+                d = rng.uniform(-task.jitter, task.jitter, size=2)
+                p = (spec[0] + d[0], spec[1] + d[1])
+            lo_ok = abs(p[0]) + cat.half[0] <= 0.3 and p[1] - cat.half[1] >= -0.24 and p[1] + cat.half[1] <= 0.26
+            if lo_ok and not _overlaps(p, cat.half, placed):
+                break
+        else:
+            raise ValueError(f"task {task.name!r}: could not place {key!r} without overlap; fix its layout")
+        placed.append((p, cat.half))
+        pos[i] = (p[0], p[1], 0.0)
+    g = rng.uniform(-1.0, 1.0, size=3) * (0.02, 0.02, 0.01)
+    gripper = np.asarray(GRIPPER_HOME, np.float32) + g.astype(np.float32)
+    return pos, support, inside, gripper
+
+
+def _goal_tensor(task: TaskSpec, keys: list[str], max_terms: int):
+    terms = np.zeros((max_terms, 3), np.int64)
+    regions = np.zeros((max_terms, 4), np.float32)
+    mask = np.zeros(max_terms, bool)
+    for g, (pred, a, b) in enumerate(task.goals):
+        if pred not in PRED_CODES:
+            raise ValueError(f"task {task.name!r}: unknown predicate {pred!r}; known: {sorted(PRED_CODES)}")
+        terms[g, 0], terms[g, 1] = PRED_CODES[pred], keys.index(a)
+        if pred in ("on", "in"):
+            terms[g, 2] = keys.index(b)
+        if pred == "region":
+            regions[g] = REGIONS[b]
+        mask[g] = True
+    return terms, mask, regions
+
+
+@cache
+def get_suite(name: str, split: Split = "train") -> Suite:
+    """Build (once) the suite ``name`` (spatial | object | goal | long) for ``split`` (train | heldout)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown suite {name!r}; known suites: {list(SUITE_NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {list(SPLITS)}")
+    tasks = _BUILDERS[name](split)
+    n_slots = max(len(t.objects) for t in tasks)
+    max_terms = max(len(t.goals) for t in tasks)
+    T, I = len(tasks), NUM_INIT_STATES
+    cat = np.zeros((T, n_slots), np.int64)
+    rgb = np.zeros((T, n_slots, 3), np.uint8)
+    active = np.zeros((T, n_slots), bool)
+    init_pos = np.zeros((T, I, n_slots, 3), np.float32)
+    init_support = np.full((T, I, n_slots), -1, np.int64)
+    init_inside = np.zeros((T, I, n_slots), bool)
+    init_grip = np.zeros((T, I, 3), np.float32)
+    goal_terms = np.zeros((T, max_terms, 3), np.int64)
+    goal_mask = np.zeros((T, max_terms), bool)
+    goal_regions = np.zeros((T, max_terms, 4), np.float32)
+    object_keys = []
+    for t, task in enumerate(tasks):
+        keys = list(task.objects)
+        object_keys.append(keys)
+        for i, key in enumerate(keys):
+            cat[t, i] = CATEGORY_INDEX[task.objects[key].category]
+            rgb[t, i] = color(task.objects[key].color)
+            active[t, i] = True
+        for i in range(I):
+            rng = np.random.default_rng([zlib.crc32(f"{name}/{split}/{task.name}".encode()), i])
+            init_pos[t, i], init_support[t, i], init_inside[t, i], init_grip[t, i] = _sample_init(
+                task, rng, n_slots)
+        goal_terms[t], goal_mask[t], goal_regions[t] = _goal_tensor(task, keys, max_terms)
+    assert DRAWER_MAX_OPEN > 0
+    return Suite(
+        name=name, split=split, tasks=tasks, max_episode_steps=MAX_EPISODE_STEPS[name], num_objects=n_slots,
+        category=torch.from_numpy(cat), rgb=torch.from_numpy(rgb), active=torch.from_numpy(active),
+        init_pos=torch.from_numpy(init_pos), init_support=torch.from_numpy(init_support),
+        init_inside=torch.from_numpy(init_inside), init_gripper=torch.from_numpy(init_grip),
+        goal_terms=torch.from_numpy(goal_terms), goal_mask=torch.from_numpy(goal_mask),
+        goal_regions=torch.from_numpy(goal_regions), object_keys=object_keys)
