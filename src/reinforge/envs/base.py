@@ -40,20 +40,22 @@ class VecEnv(ABC):
     max_episode_steps: int
 
     @abstractmethod
-    def reset(self, task_ids: torch.Tensor | Sequence[int] | int, init_ids: torch.Tensor | Sequence[int] | None = None,
-              seed: int | None = None, mask: torch.Tensor | None = None) -> Observation:
+    def reset(self, task_ids: torch.Tensor | Sequence[int] | int,
+              init_ids: torch.Tensor | Sequence[int] | None = None, seed: int | None = None,
+              mask: torch.Tensor | None = None) -> Observation:
         """Reset the envs (all, or those where ``mask`` is True) to the given tasks and initial states."""
 
     @abstractmethod
     def step(self, actions: torch.Tensor) -> StepResult:
         """Apply one action per env."""
 
-    def step_chunk(self, actions: torch.Tensor) -> ChunkResult:
-        """Apply an action chunk (B, H, D); envs that finish mid-chunk stop. Generic fallback."""
+    def step_chunk(self, actions: torch.Tensor, active: torch.Tensor | None = None) -> ChunkResult:
+        """Apply an action chunk (B, H, D); envs that finish mid-chunk stop. Generic fallback for envs
+        without a fast path (envs where ``active`` is False are stepped but their results ignored)."""
         B, H, _ = actions.shape
         reward = torch.zeros(B, H)
         valid = torch.zeros(B, H, dtype=torch.bool)
-        done = torch.zeros(B, dtype=torch.bool)
+        done = torch.zeros(B, dtype=torch.bool) if active is None else ~active.cpu().bool()
         term = torch.zeros(B, dtype=torch.bool)
         trunc = torch.zeros(B, dtype=torch.bool)
         success = torch.zeros(B, dtype=torch.bool)

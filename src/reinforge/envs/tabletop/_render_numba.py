@@ -191,10 +191,7 @@ def _shadows(img, cam, prims, H, W):
                 t = -cam[2] / dz
                 rx = cam[0] + t * dx - cx
                 ry = cam[1] + t * dy - cy
-                if q[0] == 1.0:
-                    inside = rx * rx + ry * ry <= hx * hx
-                else:
-                    inside = abs(rx) <= hx and abs(ry) <= hy
+                inside = rx * rx + ry * ry <= hx * hx if q[0] == 1.0 else abs(rx) <= hx and abs(ry) <= hy
                 if inside:
                     for c in range(3):
                         img[c, i, j] = np.uint8(img[c, i, j] * SHADOW)

@@ -19,7 +19,7 @@ import torch
 from reinforge.envs.base import ChunkResult, VecEnv
 from reinforge.envs.tabletop.predicates import task_success
 from reinforge.envs.tabletop.render import Backend, Renderer
-from reinforge.envs.tabletop.tasks import NUM_INIT_STATES, Split, Suite, get_suite
+from reinforge.envs.tabletop.tasks import INIT_BANKS, NUM_INIT_STATES, InitBank, Split, Suite, get_suite
 from reinforge.envs.tabletop.world import Scene, WorldState, step_world
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
 
@@ -53,8 +53,10 @@ class TabletopEnv(VecEnv):
     state_dim = STATE_DIM
 
     def __init__(self, suite: str | Suite = "spatial", num_envs: int = 1, *, split: Split = "train",
-                 image_size: int | tuple[int, int] = 64, render: bool = True, render_backend: Backend = "auto",
-                 max_episode_steps: int | None = None, device: str | torch.device = "cpu", seed: int = 0):
+                 image_size: int | tuple[int, int] = 64, render: bool = True,
+                 render_backend: Backend = "auto",
+                 max_episode_steps: int | None = None, init_bank: InitBank = "eval",
+                 device: str | torch.device = "cpu", seed: int = 0):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
@@ -67,12 +69,17 @@ class TabletopEnv(VecEnv):
         self.max_episode_steps = int(max_episode_steps or self.suite.max_episode_steps)
         if self.max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        if init_bank not in INIT_BANKS:
+            raise ValueError(f"unknown init_bank {init_bank!r}; use one of {list(INIT_BANKS)}")
+        self.init_bank = init_bank
         self._rng = np.random.default_rng(seed)
         dev = self.device
+        bank = INIT_BANKS.index(init_bank)
         s = self.suite
         self._tables = {k: getattr(s, k).to(dev) for k in (
-            "category", "rgb", "active", "init_pos", "init_support", "init_inside", "init_gripper",
-            "goal_terms", "goal_mask", "goal_regions")}
+            "category", "rgb", "active", "goal_terms", "goal_mask", "goal_regions")}
+        for k in ("init_pos", "init_support", "init_inside", "init_gripper"):
+            self._tables[k] = getattr(s, k)[bank].to(dev)
         self.task_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.init_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
@@ -160,8 +167,9 @@ class TabletopEnv(VecEnv):
         return StepResult(obs=self._observe(), reward=success.float(), terminated=terminated,
                           truncated=truncated, success=success, info={"elapsed": self.elapsed.clone()})
 
-    def step_chunk(self, actions: torch.Tensor) -> ChunkResult:
-        """Execute a chunk (B, H, 7); rendering happens once, after the chunk. Finished envs stop."""
+    def step_chunk(self, actions: torch.Tensor, active: torch.Tensor | None = None) -> ChunkResult:
+        """Execute a chunk (B, H, 7); rendering happens once, after the chunk. Envs that finish mid-chunk
+        stop there; envs where ``active`` (B,) is False do not move at all."""
         if isinstance(actions, torch.Tensor) and actions.dim() == 3:
             H = actions.shape[1]
         else:
@@ -171,6 +179,8 @@ class TabletopEnv(VecEnv):
         reward = torch.zeros(B, H, device=dev)
         valid = torch.zeros(B, H, dtype=torch.bool, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
+        if active is not None:
+            done = ~torch.as_tensor(active, dtype=torch.bool, device=dev)
         term = torch.zeros_like(done)
         trunc = torch.zeros_like(done)
         for h in range(H):
@@ -223,8 +233,8 @@ class TabletopEnv(VecEnv):
         return self.state.clone()
 
     def __repr__(self) -> str:
-        return (f"TabletopEnv(suite={self.suite.name!r}, split={self.suite.split!r}, num_envs={self.num_envs}, "
-                f"image_size={self.image_size}, device={self.device})")
+        return (f"TabletopEnv(suite={self.suite.name!r}, split={self.suite.split!r}, "
+                f"num_envs={self.num_envs}, image_size={self.image_size}, device={self.device})")
 
 
 def task_ids_for(suite: Suite | str, per_task: int) -> list[int]:

@@ -26,11 +26,7 @@ import numpy as np
 import torch
 
 from reinforge.envs.tabletop.catalog import BOX, CYLINDER
-from reinforge.envs.tabletop.world import FINGER_LEN, HANDLE_OUT, Scene, WorldState
-
-log = logging.getLogger(__name__)
-
-from reinforge.envs.tabletop.render_constants import (  # noqa: F401  (re-exported)
+from reinforge.envs.tabletop.render_constants import (  # noqa: F401 - re-exported
     AGENT_EYE,
     AGENT_TAN,
     AGENT_TARGET,
@@ -65,6 +61,10 @@ from reinforge.envs.tabletop.render_constants import (  # noqa: F401  (re-export
     WRIST_PITCH,
     WRIST_TAN,
 )
+from reinforge.envs.tabletop.world import FINGER_LEN, HANDLE_OUT, Scene, WorldState
+
+log = logging.getLogger(__name__)
+
 
 Backend = Literal["auto", "numba", "torch"]
 

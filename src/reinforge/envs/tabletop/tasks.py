@@ -27,6 +27,8 @@ from reinforge.envs.tabletop.catalog import (
 )
 
 NUM_INIT_STATES = 50
+INIT_BANKS = ("eval", "train")  # fixed evaluation states; a disjoint bank for demonstrations
+InitBank = Literal["eval", "train"]
 SUITE_NAMES = ("spatial", "object", "goal", "long")
 SPLITS = ("train", "heldout")
 Split = Literal["train", "heldout"]
@@ -83,8 +85,8 @@ class Suite:
     category: torch.Tensor = field(repr=False, default=None)
     rgb: torch.Tensor = field(repr=False, default=None)
     active: torch.Tensor = field(repr=False, default=None)
-    # (T, I, N, 3) object positions (x, y, z_bottom), (T, I, N) support index, (T, I, N) inside flag,
-    # (T, I, 3) gripper start
+    # per init bank (see INIT_BANKS), (K, T, I, N, 3) object positions (x, y, z_bottom), (K, T, I, N)
+    # support index, (K, T, I, N) inside flag, (K, T, I, 3) gripper start
     init_pos: torch.Tensor = field(repr=False, default=None)
     init_support: torch.Tensor = field(repr=False, default=None)
     init_inside: torch.Tensor = field(repr=False, default=None)
@@ -337,8 +339,8 @@ def _sample_init(task: TaskSpec, rng: np.random.Generator, n_slots: int):
             else:
                 d = rng.uniform(-task.jitter, task.jitter, size=2)
                 p = (spec[0] + d[0], spec[1] + d[1])
-            lo_ok = abs(p[0]) + cat.half[0] <= 0.3 and p[1] - cat.half[1] >= -0.24 and p[1] + cat.half[1] <= 0.26
-            if lo_ok and not _overlaps(p, cat.half, placed):
+            on_table = abs(p[0]) + cat.half[0] <= 0.3 and p[1] - cat.half[1] >= -0.24 and p[1] + cat.half[1] <= 0.26
+            if on_table and not _overlaps(p, cat.half, placed):
                 break
         else:
             raise ValueError(f"task {task.name!r}: could not place {key!r} without overlap; fix its layout")
@@ -379,10 +381,11 @@ def get_suite(name: str, split: Split = "train") -> Suite:
     cat = np.zeros((T, n_slots), np.int64)
     rgb = np.zeros((T, n_slots, 3), np.uint8)
     active = np.zeros((T, n_slots), bool)
-    init_pos = np.zeros((T, I, n_slots, 3), np.float32)
-    init_support = np.full((T, I, n_slots), -1, np.int64)
-    init_inside = np.zeros((T, I, n_slots), bool)
-    init_grip = np.zeros((T, I, 3), np.float32)
+    K = len(INIT_BANKS)
+    init_pos = np.zeros((K, T, I, n_slots, 3), np.float32)
+    init_support = np.full((K, T, I, n_slots), -1, np.int64)
+    init_inside = np.zeros((K, T, I, n_slots), bool)
+    init_grip = np.zeros((K, T, I, 3), np.float32)
     goal_terms = np.zeros((T, max_terms, 3), np.int64)
     goal_mask = np.zeros((T, max_terms), bool)
     goal_regions = np.zeros((T, max_terms, 4), np.float32)
@@ -394,10 +397,11 @@ def get_suite(name: str, split: Split = "train") -> Suite:
             cat[t, i] = CATEGORY_INDEX[task.objects[key].category]
             rgb[t, i] = color(task.objects[key].color)
             active[t, i] = True
-        for i in range(I):
-            rng = np.random.default_rng([zlib.crc32(f"{name}/{split}/{task.name}".encode()), i])
-            init_pos[t, i], init_support[t, i], init_inside[t, i], init_grip[t, i] = _sample_init(
-                task, rng, n_slots)
+        for k, bank in enumerate(INIT_BANKS):
+            for i in range(I):
+                rng = np.random.default_rng([zlib.crc32(f"{name}/{split}/{task.name}/{bank}".encode()), i])
+                init_pos[k, t, i], init_support[k, t, i], init_inside[k, t, i], init_grip[k, t, i] = _sample_init(
+                    task, rng, n_slots)
         goal_terms[t], goal_mask[t], goal_regions[t] = _goal_tensor(task, keys, max_terms)
     assert DRAWER_MAX_OPEN > 0
     return Suite(

@@ -1,0 +1,42 @@
+# reinforge: two commands do all the set-up on a fresh machine.
+#   make quickstart   create .venv, install, run the main job
+#   make test         create .venv if missing, install with test extras, run the default test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: quickstart test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch>=2.4,<2.14 picks the local CPU build; an unconstrained torch would pull a CUDA build
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "torch>=2.4,<2.14"
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+quickstart: $(STAMP)
+	$(BIN)/reinforge quickstart
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/reinforge bench env --num-envs 256 --image-size 64 --json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,60 @@
+"""The `reinforge` command end to end with tiny budgets: eval (JSON), demos, bench, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reinforge.cli import main
+from reinforge.eval import evaluate, load_actor
+
+
+def _json_out(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_json_expert_and_random(capsys, tmp_path):
+    r = _json_out(capsys, ["eval", "--policy", "expert", "--suite", "goal", "--episodes-per-task", "2", "--json",
+                           "--video", str(tmp_path / "v"), "--videos-per-task", "1"])
+    assert r["suite"] == "goal" and r["success_rate"] == 1.0 and len(r["per_task"]) == 10
+    assert 20 < r["mean_length"] < 100
+    assert len(r["videos"]) == 10 and all(p.endswith(".mp4") for p in r["videos"])
+    r = _json_out(capsys, ["eval", "--policy", "random", "--suite", "spatial", "--episodes-per-task", "2", "--json"])
+    assert r["success_rate"] <= 0.1 and r["mean_length"] == 160
+
+
+def test_eval_heldout_split_runs_the_heldout_tasks():
+    res = evaluate(load_actor("expert"), "object", split="heldout", episodes_per_task=1)
+    assert res.split == "heldout" and res.success_rate == 1.0
+    assert "blue cube" in res.instructions["object_0"]
+
+
+def test_demos_command_writes_a_dataset(capsys, tmp_path):
+    out = tmp_path / "d"
+    assert main(["demos", "--suite", "object", "--per-task", "1", "--out", str(out), "--image-size", "24"]) == 0
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 10 and info["features"]["observation.images.wrist"]["shape"] == [24, 24, 3]
+
+
+def test_bench_env_prints_one_json_line(capsys):
+    r = _json_out(capsys, ["bench", "env", "--num-envs", "8", "--image-size", "16", "--steps", "2", "--json"])
+    assert set(r) >= {"steps_per_s", "ms_per_step", "steps_per_s_no_render", "peak_mem_mb"}
+    assert r["steps_per_s"] > 0 and r["steps_per_s_no_render"] > 0
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["eval", "--policy", "nowhere/ckpt", "--suite", "spatial"], "neither 'expert', 'random'"),
+    (["eval", "--suite", "spacial"], "unknown suite 'spacial'"),
+    (["eval", "--suite", "long", "--split", "heldout"], "no held-out split"),
+    (["demos", "--per-task", "0", "--out", "x"], "--per-task must be >= 1"),
+])
+def test_cli_errors_are_clear(capsys, argv, msg):
+    assert main(argv) == 2
+    assert msg in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_checkpoint_folder_without_config(tmp_path, capsys):
+    assert main(["eval", "--policy", str(tmp_path), "--suite", "spatial"]) == 2
+    assert "config.json is missing" in capsys.readouterr().err.replace("\n", "")
