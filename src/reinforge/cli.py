@@ -62,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"suite {suite!r} has no held-out split (held-out splits: {list(HELDOUT_SUITES)})")
         r = evaluate(actor, suite, split=args.split, episodes_per_task=args.episodes_per_task, max_envs=args.max_envs,
                      image_size=args.image_size, video_dir=args.video, videos_per_task=args.videos_per_task,
-                     progress=not args.json)
+                     video_format=args.video_format, device=args.device, progress=not args.json)
         results.append((args.policy, r))
     if args.json:
         out = [r.to_dict() for _, r in results]
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--video", default=None, help="folder for episode videos")
     e.add_argument("--videos-per-task", type=int, default=1)
+    e.add_argument("--video-format", default="mp4", choices=("mp4", "gif"))
+    e.add_argument("--device", default="cpu", help="torch device of the simulator (cpu, cuda, ...)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(fn=cmd_eval)

@@ -60,21 +60,22 @@ def _run_batch(actor_fn: Callable[[TabletopEnv], Actor], env: TabletopEnv, tasks
     done = torch.zeros(B, dtype=torch.bool)
     success = torch.zeros(B, dtype=torch.bool)
     length = torch.zeros(B, dtype=torch.int64)
-    frames: dict[int, list[np.ndarray]] = {b: [frames_to_strip(obs[OBS_IMAGE][b].numpy())] for b in video_slots}
+    frames: dict[int, list[np.ndarray]] = {b: [frames_to_strip(obs[OBS_IMAGE][b].cpu().numpy())] for b in video_slots}
     while not bool(done.all()):
         actions = _check_actions(actor.act(obs, mode="greedy").actions.detach().float().cpu(), env)
         # with videos, step one action at a time so every frame is rendered
         pieces = [actions[:, h:h + 1] for h in range(actions.shape[1])] if video_slots else [actions]
         for piece in pieces:
-            res = env.step_chunk(piece, active=~done)
-            length += res.valid.sum(1)
-            success |= res.terminated & ~done
-            finished = (res.terminated | res.truncated) & ~done
+            res = env.step_chunk(piece.to(env.device), active=(~done).to(env.device))
+            term, trunc = res.terminated.cpu(), res.truncated.cpu()
+            length += res.valid.cpu().sum(1)
+            success |= term & ~done
+            finished = (term | trunc) & ~done
             done |= finished
             obs = res.obs
             for b in video_slots:
                 if len(frames[b]) <= int(length[b]):
-                    frames[b].append(frames_to_strip(obs[OBS_IMAGE][b].numpy()))
+                    frames[b].append(frames_to_strip(obs[OBS_IMAGE][b].cpu().numpy()))
             if int(finished.sum()):
                 on_done(int(finished.sum()))
             if bool(done.all()):
@@ -84,11 +85,13 @@ def _run_batch(actor_fn: Callable[[TabletopEnv], Actor], env: TabletopEnv, tasks
 
 def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Split = "train",
              episodes_per_task: int = 10, max_envs: int = 500, image_size: int = 64,
-             video_dir: str | Path | None = None, videos_per_task: int = 1, device: str = "cpu",
-             progress: bool = False) -> EvalResult:
+             video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
+             device: str = "cpu", progress: bool = False) -> EvalResult:
     """Run ``episodes_per_task`` greedy episodes of every task of ``suite`` and report success rates."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if video_format not in ("mp4", "gif"):
+        raise ValueError(f"video format must be 'mp4' or 'gif', got {video_format!r}")
     s = get_suite(suite, split)
     slots = [(t, k) for t in range(s.num_tasks) for k in range(episodes_per_task)]
     success = torch.zeros(len(slots), dtype=torch.bool)
@@ -107,7 +110,7 @@ def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Spl
         for b, fr in frames.items():
             t, k = batch[b]
             tag = "success" if bool(ok[b]) else "failure"
-            path = Path(video_dir) / f"{suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.mp4"
+            path = Path(video_dir) / f"{suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
             videos.append(str(write_video(fr, path, fps=CONTROL_HZ)))
     bar.close()
     per = success.view(s.num_tasks, episodes_per_task).float().mean(1)
