@@ -1,4 +1,4 @@
-"""The ``reinforge`` command: demos, eval, bench, quickstart, suites."""
+"""The ``reinforge`` command: demos, sft, eval, bench, quickstart, suites."""
 
 from __future__ import annotations
 
@@ -85,16 +85,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from reinforge.bench import bench_env
+    from reinforge.bench import bench_env, bench_policy
 
-    if args.what != "env":
-        raise ValueError(f"unknown benchmark {args.what!r}; available: env")
-    res = bench_env(num_envs=args.num_envs, image_size=args.image_size, steps=args.steps,
-                    render_backend=args.render_backend)
+    if args.what == "env":
+        res = bench_env(num_envs=args.num_envs, image_size=args.image_size, steps=args.steps,
+                        render_backend=args.render_backend)
+    else:
+        rows = [bench_policy(kind, batch=args.batch, image_size=args.image_size) for kind in ("token", "flow")]
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+            return 0
+        res = rows[0]
     if args.json:
         print(json.dumps(res))
     else:
-        t = Table(title="tabletop env throughput")
+        t = Table(title=f"{args.what} throughput")
         for k in res:
             t.add_column(k)
         t.add_row(*[str(v) for v in res.values()])
@@ -140,6 +146,34 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from reinforge.algos.sft import SFTConfig, SFTTrainer
+    from reinforge.config import load_config, to_dict
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data"), (args.policy, "policy.kind"), (args.out, "out"), (args.steps, "steps"),
+                      (args.batch_size, "batch_size"), (args.lr, "optim.lr"), (args.seed, "seed")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_config(SFTConfig, args.config, overrides)
+    trainer = SFTTrainer(cfg)
+    if trainer.step:
+        console.print(f"resuming {cfg.out} from step {trainer.step}")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+    n_params = sum(p.numel() for p in trainer.policy.parameters())
+    console.print(f"SFT {cfg.policy.kind} policy ({n_params / 1e6:.2f} M params) on {trainer.ds.num_episodes} "
+                  f"episodes / {trainer.ds.num_frames} frames for {cfg.steps} steps -> {cfg.out}")
+    trainer.run(progress=not args.quiet)
+    from reinforge.train.logging import read_metrics
+
+    final = {k: v for k, v in read_metrics(Path(cfg.out) / "metrics.jsonl")[-1].items() if k.startswith("eval/")}
+    summary = {"policy": str(Path(cfg.out) / "policy"), "steps": trainer.step,
+               **{k: round(v, 4) for k, v in final.items()}}
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reinforge", description="RL fine-tuning of Vision-Language-Action policies")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -172,13 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=("env",))
+    b.add_argument("what", choices=("env", "policy"))
+    b.add_argument("--batch", type=int, default=512, help="policy benchmark: observations per act() call")
     b.add_argument("--num-envs", type=int, default=256)
     b.add_argument("--image-size", type=int, default=64)
     b.add_argument("--steps", type=int, default=50)
     b.add_argument("--render-backend", default="auto", choices=("auto", "numba", "torch"))
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_bench)
+
+    f = sub.add_parser("sft", help="supervised fine-tuning of a token or flow VLA on demonstrations")
+    f.add_argument("--config", default=None, help="YAML config (fields of SFTConfig); flags and overrides win")
+    f.add_argument("--data", default=None, help="dataset folder written by `reinforge demos`")
+    f.add_argument("--policy", default=None, choices=("token", "flow"))
+    f.add_argument("--out", default=None)
+    f.add_argument("--steps", type=int, default=None)
+    f.add_argument("--batch-size", type=int, default=None)
+    f.add_argument("--lr", type=float, default=None)
+    f.add_argument("--seed", type=int, default=None)
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. policy.horizon=4 optim.lr=3e-4")
+    f.set_defaults(fn=cmd_sft)
 
     s = sub.add_parser("suites", help="list the task suites and their instructions")
     s.add_argument("--suite", default="all")
@@ -199,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (ValueError, TypeError, ImportError, FileNotFoundError) as e:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, FloatingPointError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
 

@@ -41,6 +41,7 @@ DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 IMAGE_KEYS = ("observation.images.agentview", "observation.images.wrist")
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+LABEL_KEY = "expert_action"  # optional: the demonstrator's noise-free action in the same state
 
 
 class DatasetError(ValueError):
@@ -85,10 +86,12 @@ class EpisodeWriter:
         self.total_frames = 0
         self._states: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
 
     def add_episode(self, images: np.ndarray, states: np.ndarray, actions: np.ndarray, instruction: str,
-                    **meta: Any) -> int:
-        """Append one episode: images (T, V, 3, H, W) uint8, states (T, S), actions (T, D)."""
+                    expert_actions: np.ndarray | None = None, **meta: Any) -> int:
+        """Append one episode: images (T, V, 3, H, W) uint8, states (T, S), executed actions (T, D) and
+        optionally the expert's noise-free actions (T, D)."""
         T = len(actions)
         if not (len(images) == len(states) == T) or T == 0:
             raise DatasetError(f"episode arrays disagree in length: images {len(images)}, states {len(states)}, "
@@ -103,6 +106,10 @@ class EpisodeWriter:
             cols[key] = [{"bytes": _png(images[t, v].transpose(1, 2, 0)), "path": None} for t in range(T)]
         cols[STATE_KEY] = pa.array(list(states.astype(np.float32)), type=pa.list_(pa.float32(), self.state_dim))
         cols[ACTION_KEY] = pa.array(list(actions.astype(np.float32)), type=pa.list_(pa.float32(), self.action_dim))
+        labels = actions if expert_actions is None else expert_actions
+        if labels.shape != actions.shape:
+            raise DatasetError(f"expert_actions shape {labels.shape} differs from actions {actions.shape}")
+        cols[LABEL_KEY] = pa.array(list(labels.astype(np.float32)), type=pa.list_(pa.float32(), self.action_dim))
         cols["timestamp"] = pa.array(np.arange(T, dtype=np.float32) / self.fps)
         cols["frame_index"] = pa.array(np.arange(T, dtype=np.int64))
         cols["episode_index"] = pa.array(np.full(T, ep, dtype=np.int64))
@@ -122,6 +129,7 @@ class EpisodeWriter:
         self.total_frames += T
         self._states.append(states.astype(np.float32))
         self._actions.append(actions.astype(np.float32))
+        self._labels.append(labels.astype(np.float32))
         return ep
 
     def _info(self) -> dict[str, Any]:
@@ -138,6 +146,8 @@ class EpisodeWriter:
                             "names": ["x", "y", "z", "ax", "ay", "az", "finger_l", "finger_r"]},
                 ACTION_KEY: {"dtype": "float32", "shape": [self.action_dim],
                              "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
+                LABEL_KEY: {"dtype": "float32", "shape": [self.action_dim],
+                            "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
                 "timestamp": {"dtype": "float32", "shape": [1]}, "frame_index": {"dtype": "int64", "shape": [1]},
                 "episode_index": {"dtype": "int64", "shape": [1]}, "index": {"dtype": "int64", "shape": [1]},
                 "task_index": {"dtype": "int64", "shape": [1]}, "next.reward": {"dtype": "float32", "shape": [1]},
@@ -156,7 +166,8 @@ class EpisodeWriter:
                                                   for t, i in self.tasks.items()))
         (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
         stats = {STATE_KEY: compute_stats(torch.from_numpy(np.concatenate(self._states))),
-                 ACTION_KEY: compute_stats(torch.from_numpy(np.concatenate(self._actions)))}
+                 ACTION_KEY: compute_stats(torch.from_numpy(np.concatenate(self._actions))),
+                 LABEL_KEY: compute_stats(torch.from_numpy(np.concatenate(self._labels)))}
         (meta / "stats.json").write_text(json.dumps(stats, indent=2))
         if self.root.exists():
             shutil.rmtree(self.root)
@@ -168,7 +179,8 @@ class EpisodeWriter:
 class DemoDataset:
     """A demonstration dataset loaded into memory as tensors (frames of all episodes concatenated).
 
-    ``images`` uint8 (F, V, 3, H, W), ``states`` (F, S), ``actions`` (F, D), ``episode_index``,
+    ``images`` uint8 (F, V, 3, H, W), ``states`` (F, S), ``actions`` (F, D) executed, ``labels`` (F, D) the
+    expert's noise-free actions (the executed ones when the dataset has none), ``episode_index``,
     ``frame_index``, ``task_index`` int64 (F,); ``episodes`` the per-episode meta records;
     ``episode_start`` (E,) the first frame of each episode; ``stats`` the meta/stats.json content.
     """
@@ -181,6 +193,7 @@ class DemoDataset:
     images: torch.Tensor
     states: torch.Tensor
     actions: torch.Tensor
+    labels: torch.Tensor
     episode_index: torch.Tensor
     frame_index: torch.Tensor
     task_index: torch.Tensor
@@ -197,15 +210,17 @@ class DemoDataset:
     def instruction(self, frame: int) -> str:
         return self.tasks[int(self.task_index[frame])]
 
-    def action_chunk(self, frames: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def action_chunk(self, frames: torch.Tensor, horizon: int, labels: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions of ``frames`` (B,) and the next ``horizon - 1`` steps of the same episode: (B, H, D),
-        with a (B, H) bool mask that is True on padding past the episode end."""
+        with a (B, H) bool mask that is True on padding past the episode end. ``labels`` takes the
+        expert's noise-free actions instead of the executed ones."""
         ep = self.episode_index[frames]
         lengths = torch.tensor([e["length"] for e in self.episodes])[ep]
         offs = self.frame_index[frames][:, None] + torch.arange(horizon)[None]
         is_pad = offs >= lengths[:, None]
         idx = self.episode_start[ep][:, None] + offs.clamp(max=lengths[:, None] - 1)
-        return self.actions[idx], is_pad
+        return (self.labels if labels else self.actions)[idx], is_pad
 
     @classmethod
     def load(cls, root: str | Path, *, expect_action_dim: int | None = None,
@@ -241,7 +256,7 @@ class DemoDataset:
         return cls(
             root=root, info=info, tasks=tasks, episodes=keep, stats=stats,
             images=torch.cat([p[0] for p in parts]), states=torch.cat([p[1] for p in parts]),
-            actions=torch.cat([p[2] for p in parts]),
+            actions=torch.cat([p[2] for p in parts]), labels=torch.cat([p[4] for p in parts]),
             episode_index=torch.repeat_interleave(torch.arange(len(keep)), lengths),
             frame_index=torch.cat([torch.arange(n) for n in lengths.tolist()]),
             task_index=torch.cat([p[3] for p in parts]), episode_start=start)
@@ -300,4 +315,9 @@ def _read_episode(root: Path, info: dict[str, Any], ep: dict[str, Any], hw: tupl
         views.append(arr.transpose(0, 3, 1, 2))
     images = torch.from_numpy(np.stack(views, 1))
     task_index = torch.from_numpy(np.asarray(table.column("task_index").to_pylist(), np.int64))
-    return images, torch.from_numpy(states), torch.from_numpy(actions), task_index
+    labels = actions
+    if LABEL_KEY in cols:
+        labels = np.asarray(table.column(LABEL_KEY).to_pylist(), np.float32).reshape(T, -1)
+        if labels.shape != actions.shape or not np.isfinite(labels).all():
+            raise DatasetError(f"{path}: {LABEL_KEY} is malformed (shape {labels.shape}, or NaN); re-record it")
+    return images, torch.from_numpy(states), torch.from_numpy(actions), task_index, torch.from_numpy(labels)

@@ -31,16 +31,18 @@ def _run_batch(suite: str, split: Split, slots: list[tuple[int, int]], *, image_
     while not bool(done.all()):
         action = expert.act(obs).actions[:, 0]
         img, state, act = obs[OBS_IMAGE].numpy(), obs[OBS_STATE].numpy(), action.numpy()
+        label = expert.clean_action.numpy()
         for b in (~done).nonzero().flatten().tolist():
-            frames[b].append((img[b], state[b], act[b]))
+            frames[b].append((img[b], state[b], act[b], label[b]))
         res = env.step(action)
         success |= res.success & ~done
         done |= res.terminated | res.truncated
         obs = res.obs
     out = []
     for b, (task, init) in enumerate(slots):
-        img, state, act = (np.stack(x) for x in zip(*frames[b]))
-        out.append({"images": img, "states": state, "actions": act, "task_id": task, "init_id": init % NUM_INIT_STATES,
+        img, state, act, label = (np.stack(x) for x in zip(*frames[b]))
+        out.append({"images": img, "states": state, "actions": act, "labels": label, "task_id": task,
+                    "init_id": init % NUM_INIT_STATES,
                     "success": bool(success[b]), "instruction": env.suite.tasks[task].instruction})
     return out
 
@@ -51,7 +53,8 @@ def record_demos(suite: str, out: str | Path, *, per_task: int = 1, split: Split
     """Record ``per_task`` successful expert episodes for each task of ``suite`` into ``out``.
 
     Demonstrations start from the suite's *train* bank of initial states, disjoint from the 50 fixed
-    evaluation states. A failed expert episode is retried with fresh noise up to ``retries`` times.
+    evaluation states. The executed (noisy) actions are stored as ``action``; the expert's noise-free
+    actions in the same states as ``expert_action`` (DART-style corrective labels, used by SFT). A failed expert episode is retried with fresh noise up to ``retries`` times.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be >= 1, got {per_task}")
@@ -83,6 +86,7 @@ def record_demos(suite: str, out: str | Path, *, per_task: int = 1, split: Split
                     len(pending), len(slots), retries)
     for slot in slots:
         ep = results[slot]
-        writer.add_episode(ep["images"], ep["states"], ep["actions"], ep["instruction"], task_id=ep["task_id"],
-                           init_id=ep["init_id"], success=ep["success"], suite=suite, split=split)
+        writer.add_episode(ep["images"], ep["states"], ep["actions"], ep["instruction"], expert_actions=ep["labels"],
+                           task_id=ep["task_id"], init_id=ep["init_id"], success=ep["success"], suite=suite,
+                           split=split)
     return writer.close()

@@ -4,8 +4,10 @@ It solves every task of every suite by running, per env, the skills that the tas
 ``on``/``in`` -> pick-and-place, ``open``/``closed`` -> pull or push the drawer by its handle,
 ``region`` -> push the object there with the closed gripper. Each skill is a small phase machine
 (approach at a safe travel height, descend, close, lift, carry, lower, release, retreat); all envs run in
-one batch with tensor ops. ``noise`` adds Gaussian noise to the translation actions for diverse demos.
-A failed grasp is detected from the state and retried.
+one batch with tensor ops. ``noise`` adds Gaussian noise to the executed translation actions for diverse
+demos; ``clean_action`` keeps the noise-free action of the last step, the corrective label that
+DART-style recording (Laskey et al., 2017) stores next to the executed one. A failed grasp is detected from
+the state and retried.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ScriptedExpert:
         self.env, self.noise = env, float(noise)
         self.gen = torch.Generator(device=env.device).manual_seed(seed)
         B = env.num_envs
+        self.clean_action = torch.zeros(B, env.action_dim, device=env.device)
         self.term = torch.zeros(B, dtype=torch.int64, device=env.device)
         self.phase = torch.zeros(B, dtype=torch.int64, device=env.device)
         self.wait = torch.zeros(B, dtype=torch.int64, device=env.device)
@@ -102,11 +105,13 @@ class ScriptedExpert:
 
         act = torch.zeros(s.grip_pos.shape[0], 7, device=s.grip_pos.device)
         act[:, :3] = ((target - s.grip_pos) / MAX_STEP).clamp(-1, 1)
+        act[:, 6] = torch.where(close, 1.0, -1.0)
+        self.clean_action = act.clamp(-1, 1)  # the label DART-style recording stores
+        act = act.clone()
         if self.noise > 0:  # less noise near contact, as a careful demonstrator slows down there
             precise = torch.where(is_pp, prec_pp, torch.where(is_dr, prec_dr, prec_pu))
             scale = self.noise * torch.where(precise, 0.3, 1.0)[:, None]
             act[:, :3] += scale * torch.randn(act[:, :3].shape, generator=self.gen, device=act.device)
-        act[:, 6] = torch.where(close, 1.0, -1.0)
         return act.clamp(-1, 1)
 
     def _set_phase(self, cond: torch.Tensor, phase: int | torch.Tensor) -> None:

@@ -1,0 +1,107 @@
+"""Typed configs: dataclasses that validate themselves, built from YAML files and dotted overrides.
+
+``load_config(MyConfig, "file.yaml", ["optim.lr=1e-4", "steps=200"])`` builds a nested dataclass from the
+YAML mapping, applies ``key=value`` overrides (values parsed as YAML scalars), and refuses unknown keys
+with a message that names the key and suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed or names an unknown key."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key '{where}{key}'{hint}; valid keys: {sorted(valid)}")
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            if dataclasses.is_dataclass(a):
+                return a
+    return None
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or '<root>'} must be a mapping, got {type(data).__name__}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown(key, list(types_), prefix)
+        sub = _dataclass_of(types_[key])
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, f"{prefix}{key}.")
+        elif isinstance(value, list) and typing.get_origin(types_[key]) is tuple:
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"config section {prefix or '<root>'}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested mapping (values parsed as YAML scalars)."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Read ``path`` (YAML; optional), apply ``overrides`` and build ``cls``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def check(cond: bool, field: str, value: Any, requirement: str) -> None:
+    """Raise a ConfigError naming the field and the value it got."""
+    if not cond:
+        raise ConfigError(f"config field {field!r} {requirement}, got {value!r}")

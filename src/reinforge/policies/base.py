@@ -1,0 +1,226 @@
+"""The Policy base class, its config, action/state normalisation and save/load.
+
+Every policy is an ``nn.Module`` with the contract of DESIGN.md:
+
+- ``sft_loss(batch) -> (loss, metrics)``
+- ``act(obs, *, mode, temperature) -> PolicyOutput(actions (B, H, D), log_prob, value, replay)``
+- ``evaluate(obs, replay) -> (log_prob, entropy, value)``, recomputing ``act``'s log-prob exactly.
+
+Actions are normalised per dimension to [-1, 1] with the dataset's q01/q99 statistics (OpenVLA's choice);
+dimensions that never vary in the data (e.g. roll and pitch in the tabletop world) are masked out of
+every loss and log-prob and decoded to their constant value. The state is standardised with mean/std.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from reinforge.config import ConfigError, check, from_dict
+from reinforge.policies.backbone import Backbone, ValueHead
+from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATS_NAME = "normalization.json"
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture of a VLA policy. ``kind`` picks the action head: ``token`` or ``flow``."""
+
+    kind: Literal["token", "flow"] = "token"
+    image_size: tuple[int, int] = (64, 64)
+    num_views: int = 2
+    state_dim: int = 8
+    action_dim: int = 7
+    horizon: int = 8  # H: action chunk length predicted per call
+    execute_steps: int = 8  # steps of the chunk executed in the env (<= horizon)
+    d_model: int = 64
+    heads: int = 4
+    fusion_layers: int = 2
+    lang_layers: int = 1
+    channels: tuple[int, ...] = (32, 64, 64)
+    vocab_size: int = 2048
+    max_words: int = 32
+    dropout: float = 0.0
+    value_head: bool = True
+    value_hidden: int = 128
+    detach_value_input: bool = True
+    # token head
+    num_bins: int = 256
+    # flow head
+    num_steps: int = 5  # K denoising steps
+    expert_layers: int = 2
+    flow_sampler: Literal["sde", "noise"] = "sde"  # stochastic sampler used by act(mode="sample")
+    noise_level: float = 0.5  # Flow-SDE a
+    noise_min: float = 0.08  # Flow-Noise sigma bounds
+    noise_max: float = 0.16
+    time_beta: bool = True  # t ~ Beta(1.5, 1) for the flow-matching loss (pi0), else uniform
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(self.image_size)
+        self.channels = tuple(self.channels)
+        check(self.kind in ("token", "flow"), "kind", self.kind, "must be 'token' or 'flow'")
+        check(self.horizon >= 1, "horizon", self.horizon, "must be >= 1")
+        check(1 <= self.execute_steps <= self.horizon, "execute_steps", self.execute_steps,
+              f"must be in [1, horizon={self.horizon}]")
+        check(self.d_model % self.heads == 0, "d_model", self.d_model, f"must be divisible by heads={self.heads}")
+        check(self.num_bins >= 2, "num_bins", self.num_bins, "must be >= 2")
+        check(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
+        check(self.flow_sampler in ("sde", "noise"), "flow_sampler", self.flow_sampler, "must be 'sde' or 'noise'")
+        check(0 < self.noise_min < self.noise_max, "noise_min", (self.noise_min, self.noise_max),
+              "must satisfy 0 < noise_min < noise_max")
+        check(all(c % 8 == 0 for c in self.channels), "channels", self.channels, "must be multiples of 8")
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension action range (q01, q99) and state mean/std from a dataset's stats."""
+
+    action_low: list[float]
+    action_high: list[float]
+    state_mean: list[float]
+    state_std: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, dict[str, list[float]]]) -> Normalizer:
+        a, s = stats["action"], stats["observation.state"]
+        return cls(a["q01"], a["q99"], s["mean"], s["std"])
+
+    @classmethod
+    def identity(cls, action_dim: int, state_dim: int) -> Normalizer:
+        return cls([-1.0] * action_dim, [1.0] * action_dim, [0.0] * state_dim, [1.0] * state_dim)
+
+
+class Policy(nn.Module):
+    """Base class: backbone, optional value head, normalisation buffers, (de)serialisation."""
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
+        super().__init__()
+        self.config = config
+        c = config
+        norm = normalizer or Normalizer.identity(c.action_dim, c.state_dim)
+        if len(norm.action_low) != c.action_dim or len(norm.state_mean) != c.state_dim:
+            raise ConfigError(f"normalisation stats have action dim {len(norm.action_low)} / state dim "
+                              f"{len(norm.state_mean)} but the policy config says {c.action_dim} / {c.state_dim}")
+        self.normalizer = norm
+        low, high = torch.tensor(norm.action_low), torch.tensor(norm.action_high)
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        self.register_buffer("action_dim_mask", (high - low) > 1e-6)
+        self.register_buffer("state_mean", torch.tensor(norm.state_mean))
+        self.register_buffer("state_std", torch.tensor(norm.state_std).clamp(min=1e-3))
+        self.backbone = Backbone(d_model=c.d_model, heads=c.heads, fusion_layers=c.fusion_layers,
+                                 lang_layers=c.lang_layers, vocab_size=c.vocab_size, max_words=c.max_words,
+                                 channels=c.channels, num_views=c.num_views, image_size=c.image_size,
+                                 state_dim=c.state_dim, dropout=c.dropout)
+        self.value_head = ValueHead(c.d_model, c.value_hidden, c.detach_value_input) if c.value_head else None
+
+    # ---------------------------------------------------------------- normalisation
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        span = (self.action_high - self.action_low).clamp(min=1e-6)
+        x = 2 * (actions - self.action_low) / span - 1
+        return torch.where(self.action_dim_mask, x.clamp(-1, 1), torch.zeros_like(x))
+
+    def unnormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
+        a = (x.clamp(-1, 1) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
+        return torch.where(self.action_dim_mask, a, self.action_low.expand_as(a))
+
+    def entry_mask(self) -> torch.Tensor:
+        """(H, D) bool: the entries that count in log-probs: executed steps x real action dims."""
+        steps = torch.arange(self.config.horizon, device=self.action_low.device) < self.config.execute_steps
+        return steps[:, None] & self.action_dim_mask[None, :]
+
+    def prepare(self, obs: Observation) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """Check and move observations: images (B, V, 3, H, W), instructions, standardised state."""
+        images, state, texts = obs[OBS_IMAGE], obs[OBS_STATE], obs[OBS_INSTRUCTION]
+        c = self.config
+        if images.dim() != 5 or tuple(images.shape[1:]) != (c.num_views, 3, *c.image_size):
+            raise ValueError(f"policy expects images of shape (B, {c.num_views}, 3, {c.image_size[0]}, "
+                             f"{c.image_size[1]}), got {tuple(images.shape)}; match the env's image_size and views")
+        if state.shape[-1] != c.state_dim:
+            raise ValueError(f"policy expects a {c.state_dim}-dim state, got {state.shape[-1]}")
+        dev = self.action_low.device
+        state = (state.to(dev).float() - self.state_mean) / self.state_std
+        return images.to(dev), list(texts), state
+
+    def value(self, pooled: torch.Tensor) -> torch.Tensor | None:
+        return self.value_head(pooled) if self.value_head is not None else None
+
+    # ---------------------------------------------------------------- contract
+
+    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy",
+            temperature: float = 1.0) -> PolicyOutput:
+        raise NotImplementedError
+
+    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- save / load
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write config.json, model.safetensors and normalization.json into ``path`` (atomically)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp-saving")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        (tmp / CONFIG_NAME).write_text(json.dumps({"reinforge_policy": asdict(self.config)}, indent=2))
+        (tmp / STATS_NAME).write_text(json.dumps(asdict(self.normalizer), indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        if path.exists():
+            old = path.with_name(path.name + ".tmp-old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+        return path
+
+
+def read_config(path: str | Path) -> PolicyConfig:
+    path = Path(path)
+    f = path / CONFIG_NAME
+    if not f.is_file():
+        raise ValueError(f"{path} is not a policy checkpoint: {CONFIG_NAME} is missing")
+    try:
+        raw = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f} is not valid JSON ({e})") from None
+    if "reinforge_policy" not in raw:
+        raise ValueError(f"{f} is not a reinforge policy config (no 'reinforge_policy' section)")
+    return from_dict(PolicyConfig, raw["reinforge_policy"])
+
+
+def load_weights(policy: Policy, path: str | Path) -> None:
+    """Load safetensors weights, refusing missing/unexpected keys or shape mismatches with a clear error."""
+    f = Path(path) / WEIGHTS_NAME
+    if not f.is_file():
+        raise ValueError(f"{path}: {WEIGHTS_NAME} is missing")
+    state = load_file(str(f))
+    own = policy.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad:
+        raise ValueError(f"{path}: weights do not match the policy config (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, shape mismatch {bad[:5]}); the checkpoint belongs to another config")
+    policy.load_state_dict(state)

@@ -1,0 +1,252 @@
+"""Flow-matching VLA (pi0 style) with the two RL likelihoods of pi_RL (METHODS.md section 2).
+
+Convention: x_t = t * eps + (1 - t) * a; t = 1 is noise, t = 0 the action; the action expert predicts the
+velocity v(x_t, t, obs) with target u = eps - a. Inference integrates t_k = linspace(1, 1/K, K), then 0.
+
+- ODE (evaluation): x_{k+1} = x_k - delta_k * v.
+- Flow-SDE (hybrid ODE-SDE): one step k* per sample is the SDE transition
+  mean = x - delta v - (sigma^2 delta / (2 t)) (x + (1 - t) v),  std = sqrt(delta) sigma,
+  sigma(t) = a sqrt(t / (1 - t)) (t_1 in the denominator at t = 1); every other step is the ODE step. The
+  action's log-prob is the Gaussian log-density of that one transition.
+- Flow-Noise: every step is x_{k+1} ~ N(x - delta v, sigma_theta^2) with sigma from a learned head bounded
+  to [s_min, s_max]; the chain's log-likelihood [log N(x_0; 0, I), log p(x_1|x_0), ...] is AVERAGED over
+  its K + 1 terms, as in the reference.
+
+Log-probs sum over the executed entries only: the first ``execute_steps`` steps and the real action dims.
+The action expert is a transformer decoder over the H noisy action tokens that cross-attends to the
+backbone's fused tokens, so the backbone runs once per observation and only the expert runs K times.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from reinforge.policies.backbone import masked_mean
+from reinforge.policies.base import Normalizer, Policy, PolicyConfig
+from reinforge.types import Observation, PolicyOutput
+
+LOG_2PI = math.log(2 * math.pi)
+SAMPLER_IDS = {"sde": 0, "noise": 1}
+
+
+# ---------------------------------------------------------------- pure functions
+
+def time_grid(num_steps: int, device: torch.device | None = None) -> torch.Tensor:
+    """(K + 1,) t_k = linspace(1, 1/K, K) followed by 0."""
+    K = num_steps
+    return torch.cat([torch.linspace(1.0, 1.0 / K, K), torch.zeros(1)]).to(device)
+
+
+def sde_sigma(grid: torch.Tensor, noise_level: float) -> torch.Tensor:
+    """(K,) sigma(t_k) = a * sqrt(t / (1 - t)), using t_1 in the denominator where t = 1."""
+    t = grid[:-1]
+    denom_t = torch.where(t >= 1.0, grid[1].expand_as(t), t)
+    return noise_level * torch.sqrt(t / (1 - denom_t))
+
+
+def ode_step(x: torch.Tensor, v: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """x_{k+1} = x_k - delta * v. ``delta`` broadcasts against x."""
+    return x - delta * v
+
+
+def flow_sde_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, delta: torch.Tensor, sigma: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the Flow-SDE transition from x at time t over a step delta (all broadcast)."""
+    mean = x - delta * v - (sigma**2 * delta / (2 * t)) * (x + (1 - t) * v)
+    return mean, torch.sqrt(delta) * sigma
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(x; mean, std)."""
+    return -torch.log(std) - 0.5 * LOG_2PI - 0.5 * ((x - mean) / std) ** 2
+
+
+def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
+    """Element-wise entropy 0.5 * log(2 pi e std^2)."""
+    return 0.5 * (LOG_2PI + 1) + torch.log(std)
+
+
+def bounded_sigma(raw: torch.Tensor, s_min: float, s_max: float) -> torch.Tensor:
+    """Flow-Noise's bounded std: logvar = log s_min^2 + (log s_max^2 - log s_min^2) (tanh(raw) + 1) / 2."""
+    lo, hi = 2 * math.log(s_min), 2 * math.log(s_max)
+    logvar = lo + (hi - lo) * (torch.tanh(raw) + 1) / 2
+    return torch.exp(logvar / 2)
+
+
+def _sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device) / half)
+    ang = t[:, None] * freqs[None] * 100.0
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+# ---------------------------------------------------------------- modules
+
+class ActionExpert(nn.Module):
+    """Velocity (and Flow-Noise sigma) of H noisy action tokens, cross-attending to the backbone tokens."""
+
+    def __init__(self, d_model: int, heads: int, layers: int, horizon: int, action_dim: int, dropout: float):
+        super().__init__()
+        self.inp = nn.Linear(action_dim, d_model)
+        self.time = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.pos = nn.Parameter(torch.randn(horizon, d_model) * 0.02)
+        layer = nn.TransformerDecoderLayer(d_model, heads, 4 * d_model, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(d_model)
+        self.velocity = nn.Linear(d_model, action_dim)
+        self.noise = nn.Linear(d_model, action_dim)
+        self.d_model = d_model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, H, D), t (N,), memory (N, T, d) -> velocity (N, H, D), hidden (N, H, d)."""
+        h = self.inp(x) + self.pos + self.time(_sinusoidal(t, self.d_model))[:, None]
+        h = self.norm(self.decoder(h, memory, memory_key_padding_mask=memory_pad))
+        return self.velocity(h), h
+
+
+class FlowPolicy(Policy):
+    """Flow-matching action expert on the shared backbone; ODE / Flow-SDE / Flow-Noise sampling."""
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
+        super().__init__(config, normalizer)
+        c = config
+        self.expert = ActionExpert(c.d_model, c.heads, c.expert_layers, c.horizon, c.action_dim, c.dropout)
+
+    def encode(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        images, texts, state = self.prepare(obs)
+        prefix, pad = self.backbone(images, texts, state)
+        return prefix, pad, self.value(masked_mean(prefix, pad))
+
+    def _grid(self, device) -> torch.Tensor:
+        return time_grid(self.config.num_steps, device)
+
+    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Flow-matching loss mean ||v - (eps - a)||^2 over unpadded steps and real action dims."""
+        prefix, pad, _ = self.encode(batch)
+        is_pad = batch["is_pad"].to(prefix.device)
+        # padded steps carry no information: zero them so they cannot leak into the other tokens' inputs
+        a = self.normalize_actions(batch["actions"].to(prefix.device)).masked_fill(is_pad[..., None], 0.0)
+        B = a.shape[0]
+        if self.config.time_beta:
+            t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(a.device) * 0.999 + 0.001
+        else:
+            t = torch.rand(B, device=a.device) * 0.999 + 0.001
+        eps = torch.randn_like(a)
+        x_t = t[:, None, None] * eps + (1 - t[:, None, None]) * a
+        v, _ = self.expert(x_t, t, prefix, pad)
+        mask = (~is_pad)[..., None] & self.action_dim_mask
+        err = ((v - (eps - a)) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+        return err, {"sft/loss": float(err.detach())}
+
+    @torch.no_grad()
+    def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy", temperature: float = 1.0,
+            sampler: Literal["sde", "noise"] | None = None, generator: torch.Generator | None = None
+            ) -> PolicyOutput:
+        """Denoise an action chunk. ``greedy``: deterministic ODE from the initial noise. ``sample``:
+        Flow-SDE or Flow-Noise (``sampler``, default from the config) with the chain kept for ``evaluate``."""
+        if mode not in ("sample", "greedy"):
+            raise ValueError(f"mode must be 'sample' or 'greedy', got {mode!r}")
+        sampler = sampler or self.config.flow_sampler
+        if sampler not in SAMPLER_IDS:
+            raise ValueError(f"sampler must be 'sde' or 'noise', got {sampler!r}")
+        c = self.config
+        prefix, pad, value = self.encode(obs)
+        B, dev = prefix.shape[0], prefix.device
+        grid = self._grid(dev)
+        K = c.num_steps
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=generator, device=dev) if generator is not None else torch.randn(
+                *shape, device=dev)
+
+        x = randn(B, c.horizon, c.action_dim)
+        chain = [x]
+        mask = self.entry_mask()
+        log_prob = torch.zeros(B, device=dev)
+        k_star = torch.randint(0, K, (B,), generator=generator, device=dev) if generator is not None else \
+            torch.randint(0, K, (B,), device=dev)
+        if mode == "sample" and sampler == "noise":
+            log_prob = (gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)) * mask).sum((1, 2))
+        sig = sde_sigma(grid, c.noise_level)
+        for k in range(K):
+            t, delta = grid[k].expand(B), grid[k] - grid[k + 1]
+            v, h = self.expert(x, t, prefix, pad)
+            ode = ode_step(x, v, delta)
+            if mode == "greedy":
+                x = ode
+            elif sampler == "sde":
+                mean, std = flow_sde_step(x, v, grid[k], delta, sig[k])
+                x_sde = mean + std * randn(*x.shape)
+                here = k_star == k
+                lp = (gaussian_log_prob(x_sde, mean, std.expand_as(mean)) * mask).sum((1, 2))
+                log_prob = torch.where(here, lp, log_prob)
+                x = torch.where(here[:, None, None], x_sde, ode)
+            else:
+                std = bounded_sigma(self.expert.noise(h), c.noise_min, c.noise_max)
+                x = ode + std * randn(*x.shape)
+                log_prob = log_prob + (gaussian_log_prob(x, ode, std) * mask).sum((1, 2))
+            chain.append(x)
+        if mode == "sample" and sampler == "noise":
+            log_prob = log_prob / (K + 1)
+        actions = self.unnormalize_actions(x)[:, : c.execute_steps]
+        if mode == "greedy":
+            return PolicyOutput(actions=actions, log_prob=None, value=value, replay={})
+        replay = {"chain": torch.stack(chain, 1), "k_star": k_star,
+                  "sampler": torch.full((B,), SAMPLER_IDS[sampler], device=dev)}
+        return PolicyOutput(actions=actions, log_prob=log_prob, value=value, replay=replay)
+
+    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Recompute the log-prob (B,) of the stored denoising chain, the entropy (B,) and the value."""
+        prefix, pad, value = self.encode(obs)
+        chain = replay["chain"].to(prefix.device)
+        sampler = int(replay["sampler"][0])
+        if not bool((replay["sampler"] == sampler).all()):
+            raise ValueError("a replay batch mixes Flow-SDE and Flow-Noise chains; evaluate them separately")
+        if sampler == SAMPLER_IDS["sde"]:
+            lp, ent = self._sde_log_prob(prefix, pad, chain, replay["k_star"].to(prefix.device))
+        else:
+            lp, ent = self._noise_log_prob(prefix, pad, chain)
+        return lp, ent, value
+
+    def _sde_log_prob(self, prefix, pad, chain, k_star):
+        c = self.config
+        B = chain.shape[0]
+        grid = self._grid(prefix.device)
+        ar = torch.arange(B, device=prefix.device)
+        x, x_next = chain[ar, k_star], chain[ar, k_star + 1]
+        t = grid[k_star]
+        delta = (grid[k_star] - grid[k_star + 1])[:, None, None]
+        sigma = sde_sigma(grid, c.noise_level)[k_star][:, None, None]
+        v, _ = self.expert(x, t, prefix, pad)
+        mean, std = flow_sde_step(x, v, t[:, None, None], delta, sigma)
+        std = std.expand_as(mean)
+        mask = self.entry_mask()
+        lp = (gaussian_log_prob(x_next, mean, std) * mask).sum((1, 2))
+        return lp, (gaussian_entropy(std) * mask).sum((1, 2))
+
+    def _noise_log_prob(self, prefix, pad, chain):
+        c = self.config
+        B, K = chain.shape[0], c.num_steps
+        grid = self._grid(prefix.device)
+        xs = chain[:, :K].flatten(0, 1)  # (B*K, H, D)
+        t = grid[:K].repeat(B)
+        delta = (grid[:K] - grid[1:]).repeat(B)[:, None, None]
+        mem = prefix.repeat_interleave(K, 0)
+        mem_pad = pad.repeat_interleave(K, 0)
+        v, h = self.expert(xs, t, mem, mem_pad)
+        mean = ode_step(xs, v, delta)
+        std = bounded_sigma(self.expert.noise(h), c.noise_min, c.noise_max)
+        mask = self.entry_mask()
+        steps = (gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std) * mask).sum((1, 2)).view(B, K)
+        x0 = chain[:, 0]
+        first = (gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)) * mask).sum((1, 2))
+        lp = (first + steps.sum(1)) / (K + 1)
+        ent = (gaussian_entropy(std) * mask).sum((1, 2)).view(B, K).mean(1)
+        return lp, ent

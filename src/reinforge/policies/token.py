@@ -1,0 +1,110 @@
+"""Token-action VLA (OpenVLA-OFT style, as used by SimpleVLA-RL; METHODS.md section 1).
+
+Each action dim is normalised to [-1, 1] and discretised into ``num_bins`` uniform bins; a call predicts
+the whole chunk of H x D action tokens in ONE forward pass (parallel decoding): H learned placeholder
+tokens are appended to the prompt, attend bidirectionally to everything, and each is decoded into D
+categoricals. (Deviation from OpenVLA-OFT: one placeholder per chunk step rather than one per action
+token, which is H times cheaper on a CPU; the categoricals are the same.) Sampling uses softmax(logits /
+T); greedy takes the argmax. Log-probs are computed on logits / T, summed over the executed entries of
+the chunk (``chunk``) or kept per token (``token``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reinforge.policies.backbone import masked_mean
+from reinforge.policies.base import Normalizer, Policy, PolicyConfig
+from reinforge.types import Observation, PolicyOutput
+
+
+def bin_tokens(x: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Normalised actions in [-1, 1] -> bin ids in [0, num_bins)."""
+    return ((x.clamp(-1, 1) + 1) / 2 * num_bins).long().clamp(0, num_bins - 1)
+
+
+def bin_centers(tokens: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Bin ids -> normalised actions at the bin centres."""
+    return -1 + (tokens.float() + 0.5) * (2.0 / num_bins)
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: torch.Tensor | float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies (B, H, D) of ``tokens`` under softmax(logits / T).
+
+    ``logits`` (B, H, D, K); ``temperature`` a float or (B,) tensor.
+    """
+    t = temperature if isinstance(temperature, float) else temperature.view(-1, 1, 1, 1)
+    logp = F.log_softmax(logits.float() / t, dim=-1)
+    lp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return lp, ent
+
+
+class TokenPolicy(Policy):
+    """Discrete action tokens decoded in parallel from H placeholder tokens."""
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
+        super().__init__(config, normalizer)
+        c = config
+        self.placeholders = nn.Parameter(torch.randn(c.horizon, c.d_model) * 0.02)
+        self.head = nn.Linear(c.d_model, c.action_dim * c.num_bins)
+        self.logprob_type: Literal["chunk", "token"] = "chunk"
+
+    def features(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, H, D, bins) and value (B,) of one forward pass."""
+        images, texts, state = self.prepare(obs)
+        B, c = images.shape[0], self.config
+        x, pad = self.backbone(images, texts, state, extra=self.placeholders.expand(B, -1, -1))
+        q = x[:, -c.horizon:]
+        logits = self.head(q).view(B, c.horizon, c.action_dim, c.num_bins)
+        return logits, self.value(masked_mean(x[:, :-c.horizon], pad[:, :-c.horizon]))
+
+    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of the demo's action tokens; padded steps and constant dims are masked out."""
+        logits, _ = self.features(batch)
+        target = bin_tokens(self.normalize_actions(batch["actions"].to(logits.device)), self.config.num_bins)
+        mask = ~batch["is_pad"].to(logits.device)[..., None] & self.action_dim_mask
+        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)
+        loss = (ce * mask).sum() / mask.sum().clamp(min=1)
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == target) & mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"sft/loss": float(loss.detach()), "sft/token_accuracy": float(acc)}
+
+    def _reduce(self, per_token: torch.Tensor) -> torch.Tensor:
+        mask = self.entry_mask()
+        if self.logprob_type == "token":
+            return per_token * mask
+        return (per_token * mask).sum((1, 2))
+
+    @torch.no_grad()
+    def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy",
+            temperature: float = 1.0, generator: torch.Generator | None = None) -> PolicyOutput:
+        if mode not in ("sample", "greedy"):
+            raise ValueError(f"mode must be 'sample' or 'greedy', got {mode!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        logits, value = self.features(obs)
+        if mode == "greedy":
+            tokens = logits.argmax(-1)
+        else:
+            probs = F.softmax(logits.float() / temperature, dim=-1)
+            tokens = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).view(probs.shape[:-1])
+        temp = torch.full((tokens.shape[0],), float(temperature), device=tokens.device)
+        lp, _ = token_log_probs(logits, tokens, temp)
+        actions = self.unnormalize_actions(bin_centers(tokens, self.config.num_bins))
+        return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=self._reduce(lp), value=value,
+                            replay={"tokens": tokens, "temperature": temp})
+
+    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Log-prob (chunk: (B,), token: (B, H, D)), entropy (B,) and value of the replayed tokens."""
+        logits, value = self.features(obs)
+        lp, ent = token_log_probs(logits, replay["tokens"].to(logits.device), replay["temperature"].to(logits.device))
+        mask = self.entry_mask()
+        entropy = (ent * mask).sum((1, 2))
+        return self._reduce(lp), entropy, value

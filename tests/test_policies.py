@@ -1,0 +1,168 @@
+"""VLA policies: log-prob recomputation, overfitting, masking, save/load, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reinforge.config import ConfigError, load_config
+from reinforge.envs import TabletopEnv
+from reinforge.policies import Normalizer, PolicyConfig, load_pretrained, make_policy
+from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
+
+SMALL = dict(image_size=(32, 32), d_model=32, heads=2, fusion_layers=1, channels=(16, 16), horizon=4,
+             execute_steps=3, num_steps=4)
+# roll/pitch/yaw never vary in the tabletop data: constant dims are masked
+NORM = Normalizer([-1, -1, -1, 0, 0, 0, -1], [1, 1, 1, 0, 0, 0, 1], [0.0] * 8, [1.0] * 8)
+
+
+def _obs(n=6, size=32):
+    env = TabletopEnv("spatial", n, image_size=size)
+    return env.reset(torch.arange(n) % 10, torch.arange(n))
+
+
+def _policy(kind, **kw):
+    torch.manual_seed(0)
+    return make_policy(PolicyConfig(kind=kind, **{**SMALL, **kw}), NORM)
+
+
+@pytest.mark.parametrize("kind,mode,extra", [
+    ("token", "sample", {"temperature": 1.6}), ("token", "sample", {"temperature": 1.0}),
+    ("token", "greedy", {}), ("flow", "sample", {"sampler": "sde"}), ("flow", "sample", {"sampler": "noise"}),
+])
+def test_evaluate_recomputes_the_rollout_log_prob(kind, mode, extra):
+    policy = _policy(kind).eval()
+    obs = _obs()
+    out = policy.act(obs, mode=mode, **extra)
+    assert out.actions.shape == (6, 3, 7) and out.value.shape == (6,)
+    lp, ent, value = policy.evaluate(obs, out.replay)
+    assert torch.allclose(lp, out.log_prob, atol=1e-5), (lp - out.log_prob).abs().max()
+    assert ent.shape == (6,) and torch.isfinite(ent).all()
+    # a sub-batch in another order recomputes the same values: the replay tensors are all it needs
+    idx = torch.tensor([4, 1, 3])
+    sub = {OBS_IMAGE: obs[OBS_IMAGE][idx], OBS_STATE: obs[OBS_STATE][idx],
+           OBS_INSTRUCTION: [obs[OBS_INSTRUCTION][i] for i in idx]}
+    lp2, _, _ = policy.evaluate(sub, {k: v[idx] for k, v in out.replay.items()})
+    assert torch.allclose(lp2, out.log_prob[idx], atol=1e-5)
+
+
+def test_token_level_log_probs_sum_to_chunk_log_prob():
+    policy = _policy("token").eval()
+    obs = _obs()
+    out = policy.act(obs, mode="sample", temperature=1.6)
+    policy.logprob_type = "token"
+    per_token, _, _ = policy.evaluate(obs, out.replay)
+    assert per_token.shape == (6, 4, 7)
+    assert torch.allclose(per_token.sum((1, 2)), out.log_prob, atol=1e-5)
+    assert (per_token[:, 3] == 0).all(), "steps past execute_steps carry no log-prob"
+    assert (per_token[:, :, 3:6] == 0).all(), "constant action dims carry no log-prob"
+
+
+def test_flow_sde_log_prob_depends_on_the_stochastic_step_only():
+    policy = _policy("flow").eval()
+    obs = _obs()
+    out = policy.act(obs, mode="sample", sampler="sde")
+    replay = {k: v.clone() for k, v in out.replay.items()}
+    k = replay["k_star"]
+    # perturbing a chain entry before step k* changes nothing that the log-prob reads except x_{k*}
+    ar = torch.arange(6)
+    replay["chain"][ar, k + 1] += 0.5
+    lp, _, _ = policy.evaluate(obs, replay)
+    assert (lp < out.log_prob).all(), "moving x_{k*+1} away from the mean lowers its log-prob"
+
+
+def test_greedy_is_deterministic_and_in_range():
+    policy = _policy("flow").eval()
+    obs = _obs()
+    g = torch.Generator().manual_seed(1)
+    a = policy.act(obs, mode="greedy", generator=g).actions
+    g = torch.Generator().manual_seed(1)
+    b = policy.act(obs, mode="greedy", generator=g).actions
+    assert torch.equal(a, b) and a.abs().max() <= 1.0
+    assert (a[..., 3:6] == 0).all(), "masked dims decode to their constant value"
+    tok = _policy("token").eval()
+    assert torch.equal(tok.act(obs).actions, tok.act(obs).actions)
+
+
+def _batch(obs, horizon=4):
+    actions = torch.rand(obs[OBS_STATE].shape[0], horizon, 7) * 2 - 1
+    actions[..., 3:6] = 0
+    return {**obs, "actions": actions, "is_pad": torch.zeros(actions.shape[:2], dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("kind", ["token", "flow"])
+def test_overfits_a_tiny_batch(kind):
+    policy = _policy(kind)
+    batch = _batch(_obs(4))
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        torch.manual_seed(0)  # same flow-matching noise each step: a fixed regression target
+        loss, metrics = policy.sft_loss(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first, (first, loss.item())
+    if kind == "token":
+        assert metrics["sft/token_accuracy"] > 0.95
+        policy.eval()
+        pred = policy.act(batch, mode="greedy").actions
+        assert (pred[..., [0, 1, 2, 6]] - batch["actions"][:, :3][..., [0, 1, 2, 6]]).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("kind", ["token", "flow"])
+def test_padding_and_constant_dims_are_ignored_by_the_loss(kind):
+    policy = _policy(kind)
+    batch = _batch(_obs(4))
+    batch["is_pad"][:, 2:] = True
+    torch.manual_seed(0)
+    base, _ = policy.sft_loss(batch)
+    changed = dict(batch)
+    changed["actions"] = batch["actions"].clone()
+    changed["actions"][:, 2:] = torch.rand(4, 2, 7) * 2 - 1  # padded steps: anything
+    changed["actions"][..., 3:6] = 0.7  # constant dims: anything
+    torch.manual_seed(0)
+    other, _ = policy.sft_loss(changed)
+    assert torch.allclose(base, other)
+    changed["actions"][:, 0, 0] = -batch["actions"][:, 0, 0]
+    torch.manual_seed(0)
+    moved, _ = policy.sft_loss(changed)
+    assert not torch.allclose(base, moved), "a real entry does change the loss"
+
+
+@pytest.mark.parametrize("kind", ["token", "flow"])
+def test_save_load_round_trip(kind, tmp_path):
+    policy = _policy(kind).eval()
+    obs = _obs()
+    policy.save_pretrained(tmp_path / "p")
+    assert {f.name for f in (tmp_path / "p").iterdir()} == {"config.json", "model.safetensors", "normalization.json"}
+    loaded = load_pretrained(tmp_path / "p").eval()
+    out = policy.act(obs, mode="sample", temperature=1.3)
+    lp, _, v = loaded.evaluate(obs, out.replay)
+    assert torch.allclose(lp, out.log_prob, atol=1e-5) and torch.allclose(v, out.value)
+    assert torch.equal(loaded.action_dim_mask, policy.action_dim_mask)
+    with pytest.raises(ValueError, match="different policy config.*horizon"):
+        load_pretrained(tmp_path / "p", expect=PolicyConfig(kind=kind, **{**SMALL, "horizon": 8}))
+    other = _policy(kind, d_model=64)
+    other.save_pretrained(tmp_path / "q")
+    (tmp_path / "q" / "config.json").write_text((tmp_path / "p" / "config.json").read_text())
+    with pytest.raises(ValueError, match="weights do not match the policy config"):
+        load_pretrained(tmp_path / "q")
+
+
+def test_bad_inputs_and_configs():
+    policy = _policy("token")
+    obs = _obs(2, size=64)
+    with pytest.raises(ValueError, match=r"images of shape \(B, 2, 3, 32, 32\)"):
+        policy.act(obs)
+    with pytest.raises(ValueError, match="mode must be"):
+        policy.act(_obs(2), mode="beam")
+    with pytest.raises(ConfigError, match="execute_steps"):
+        PolicyConfig(horizon=4, execute_steps=5)
+    with pytest.raises(ConfigError, match=r"unknown config key 'policy.horizn' \(did you mean 'horizon'\?\)"):
+        from reinforge.algos.sft import SFTConfig
+
+        load_config(SFTConfig, None, ["policy.horizn=4"])
+    with pytest.raises(ConfigError, match="normalisation stats have action dim 7"):
+        make_policy(PolicyConfig(action_dim=6), NORM)
