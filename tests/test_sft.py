@@ -75,3 +75,11 @@ def test_schedule_and_config_errors(data):
         SFTTrainer(SFTConfig())
     with pytest.raises(ValueError, match="images are 32x32 but 64x64"):
         SFTTrainer(load_config(SFTConfig, None, [f"data={data}"]))
+
+
+@pytest.mark.parametrize("name", ["tabletop_sft_token.yaml", "tabletop_sft_flow.yaml"])
+def test_shipped_sft_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(SFTConfig, Path(__file__).parent.parent / "configs" / name, ["data=x"])
+    assert cfg.policy.kind in name and cfg.steps > 0

@@ -54,7 +54,8 @@ def record_demos(suite: str, out: str | Path, *, per_task: int = 1, split: Split
 
     Demonstrations start from the suite's *train* bank of initial states, disjoint from the 50 fixed
     evaluation states. The executed (noisy) actions are stored as ``action``; the expert's noise-free
-    actions in the same states as ``expert_action`` (DART-style corrective labels, used by SFT). A failed expert episode is retried with fresh noise up to ``retries`` times.
+    actions in the same states as ``expert_action`` (DART-style corrective labels, used by SFT). A failed
+    expert episode is retried with fresh noise up to ``retries`` times.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be >= 1, got {per_task}")

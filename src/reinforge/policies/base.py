@@ -43,7 +43,7 @@ class PolicyConfig:
     state_dim: int = 8
     action_dim: int = 7
     horizon: int = 8  # H: action chunk length predicted per call
-    execute_steps: int = 8  # steps of the chunk executed in the env (<= horizon)
+    execute_steps: int = 4  # steps of the chunk executed in the env (<= horizon), then re-plan
     d_model: int = 64
     heads: int = 4
     fusion_layers: int = 2

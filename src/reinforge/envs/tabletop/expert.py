@@ -32,6 +32,7 @@ from reinforge.types import Observation, PolicyOutput
 
 CLEARANCE = 0.035  # travel height above the tallest object
 TOL = 0.004  # position tolerance of a waypoint
+APPROACH_SCALE = 2.5  # proportional control within 2.5 max-steps of a waypoint: slows down smoothly
 # phases
 APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
 
@@ -104,7 +105,7 @@ class ScriptedExpert:
         self.wait = self.wait + 1
 
         act = torch.zeros(s.grip_pos.shape[0], 7, device=s.grip_pos.device)
-        act[:, :3] = ((target - s.grip_pos) / MAX_STEP).clamp(-1, 1)
+        act[:, :3] = ((target - s.grip_pos) / (MAX_STEP * APPROACH_SCALE)).clamp(-1, 1)
         act[:, 6] = torch.where(close, 1.0, -1.0)
         self.clean_action = act.clamp(-1, 1)  # the label DART-style recording stores
         act = act.clone()
@@ -115,6 +116,7 @@ class ScriptedExpert:
         return act.clamp(-1, 1)
 
     def _set_phase(self, cond: torch.Tensor, phase: int | torch.Tensor) -> None:
+        """Move envs where ``cond`` holds to ``phase``; only envs running the current skill (``_active``)."""
         cond = cond & self._active
         self.phase = torch.where(cond, phase, self.phase)
         self.wait = torch.where(cond, 0, self.wait)
@@ -235,7 +237,7 @@ class ScriptedExpert:
         push_z = torch.clamp(p[:, 2] + 0.5 * _g(scene.height, a), max=p[:, 2] + 0.02)
         over = self._move_high(s, pre, travel)
         at_pre = torch.cat([pre, push_z[:, None]], 1)
-        through = torch.cat([c + u * 0.03, push_z[:, None]], 1)
+        through = torch.cat([c + u * 0.08, push_z[:, None]], 1)
         up = torch.cat([s.grip_pos[:, :2], travel[:, None]], 1)
         target = torch.stack([over, s.grip_pos, at_pre, through, up, up, up, up], 1)[torch.arange(a.shape[0]), ph]
         close = (ph >= 1) & (ph <= 3)

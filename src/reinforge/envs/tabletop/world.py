@@ -181,7 +181,7 @@ def step_world(scene: Scene, state: WorldState, actions: torch.Tensor) -> WorldS
     # pushes), unless the open fingers straddle the object
     finger = torch.full((B, 2), FINGER_HALF, device=actions.device)
     straddle = (s.grip_open >= 0.5)[:, None] & (scene.half.max(-1).values <= STRADDLE_MAX)
-    was_above = s.grip_pos[:, 2:3] >= s.pos[..., 2] + scene.height - 0.003
+    was_above = s.grip_pos[:, 2:3] >= s.pos[..., 2] + scene.height - 0.0005
     gfloor, _, _ = surface_under(scene, s, target[:, :2], finger, straddle | ~was_above)
     target[:, 2] = torch.where(~has, torch.maximum(target[:, 2], gfloor + lo[2]), target[:, 2])
 
