@@ -28,12 +28,17 @@ def _suites(arg: str) -> list[str]:
 
 def cmd_demos(args: argparse.Namespace) -> int:
     from reinforge.data.record import record_demos
+    from reinforge.envs.tabletop.tasks import get_suite
+    from reinforge.progress import ProgressBar
 
-    def progress(done: int, total: int) -> None:
-        console.print(f"[dim]recorded {done}/{total} successful demonstrations[/dim]")
-
-    path = record_demos(args.suite, args.out, per_task=args.per_task, split=args.split, image_size=args.image_size,
-                        noise=args.noise, seed=args.seed, overwrite=args.overwrite, progress=progress)
+    total = args.per_task * get_suite(args.suite, args.split).num_tasks
+    bar = ProgressBar(f"demos {args.suite}", total)
+    try:
+        path = record_demos(args.suite, args.out, per_task=args.per_task, split=args.split,
+                            image_size=args.image_size, noise=args.noise, seed=args.seed, overwrite=args.overwrite,
+                            progress=lambda done, _: bar.update(done))
+    finally:
+        bar.close()
     from reinforge.data import DemoDataset
 
     ds = DemoDataset.load(path, success_only=False)

@@ -22,6 +22,7 @@ from reinforge.config import check
 from reinforge.data import DemoDataset
 from reinforge.data.augment import AugmentConfig, augment_images
 from reinforge.policies import Normalizer, Policy, PolicyConfig, make_policy
+from reinforge.progress import ProgressBar
 from reinforge.train.checkpoint import load_checkpoint, save_checkpoint
 from reinforge.train.logging import MetricLogger
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
@@ -167,13 +168,13 @@ class SFTTrainer:
     def run(self, progress: bool = True) -> Policy:
         cfg = self.cfg
         logger = MetricLogger(self.out)
-        bar = _bar(progress, cfg.steps, self.step)
+        bar = ProgressBar("sft", cfg.steps, start=self.step, enabled=progress, loss="-")
         t0, acc = time.perf_counter(), []
         try:
             while self.step < cfg.steps:
                 m = self.train_step()
                 acc.append(m)
-                bar.update(self.step, m.get("sft/loss", 0.0))
+                bar.update(self.step, loss=f"{m.get('sft/loss', 0.0):.4f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     avg = {k: sum(x[k] for x in acc) / len(acc) for k in acc[0]}
                     avg["time/step_s"] = (time.perf_counter() - t0) / len(acc)
@@ -200,31 +201,3 @@ def _plain(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_plain(v) for v in x]
     return x
-
-
-class _Bar:
-    def __init__(self, total: int, start: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                          TimeRemainingColumn(), transient=True)
-        self.p.start()
-        self.t = self.p.add_task("sft", total=total, completed=start, loss="-")
-
-    def update(self, step: int, loss: float) -> None:
-        self.p.update(self.t, completed=step, loss=f"{loss:.4f}")
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-class _NoBar:
-    def update(self, step: int, loss: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(enabled: bool, total: int, start: int):
-    return _Bar(total, start) if enabled else _NoBar()

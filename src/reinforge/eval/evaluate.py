@@ -19,6 +19,7 @@ import torch
 from reinforge.envs.tabletop.env import CONTROL_HZ, TabletopEnv
 from reinforge.envs.tabletop.tasks import NUM_INIT_STATES, Split, get_suite
 from reinforge.eval.video import frames_to_strip, write_video
+from reinforge.progress import ProgressBar
 from reinforge.types import OBS_IMAGE, Actor
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Spl
     length = torch.zeros(len(slots), dtype=torch.int64)
     videos: list[str] = []
     t0 = time.perf_counter()
-    bar = _progress(progress, f"eval {suite}/{split}", len(slots))
+    bar = ProgressBar(f"eval {suite}/{split}", len(slots), enabled=progress)
     for start in range(0, len(slots), max_envs):
         batch = slots[start:start + max_envs]
         env = TabletopEnv(s, len(batch), image_size=image_size, device=device)
@@ -122,31 +123,3 @@ def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Spl
         mean_length=float(length.float().mean()), per_task_length={n: float(v) for n, v in zip(names, per_len)},
         num_episodes=len(slots), episodes_per_task=episodes_per_task, wall_s=time.perf_counter() - t0,
         videos=videos)
-
-
-class _NoBar:
-    def advance(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _RichBar:
-    def __init__(self, desc: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          transient=True)
-        self.p.start()
-        self.task = self.p.add_task(desc, total=total)
-
-    def advance(self, n: int) -> None:
-        self.p.advance(self.task, n)
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-def _progress(enabled: bool, desc: str, total: int):
-    return _RichBar(desc, total) if enabled else _NoBar()
