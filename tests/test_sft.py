@@ -83,3 +83,23 @@ def test_shipped_sft_configs_load(name):
 
     cfg = load_config(SFTConfig, Path(__file__).parent.parent / "configs" / name, ["data=x"])
     assert cfg.policy.kind in name and cfg.steps > 0
+
+
+def test_augmentation_shifts_and_jitters_per_sample():
+    from reinforge.data.augment import AugmentConfig, augment_images
+
+    img = torch.randint(0, 256, (6, 2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(augment_images(img, AugmentConfig(enabled=False)), img)
+    g = torch.Generator().manual_seed(0)
+    shifted = augment_images(img, AugmentConfig(shift=2, brightness=0.0, contrast=0.0), g)
+    assert shifted.shape == img.shape and shifted.dtype == torch.uint8
+    # a pure shift moves pixels: every output row is a (clamped) row of the input
+    for n in range(6):
+        for v in range(2):
+            found = [any(torch.equal(shifted[n, v, :, r, 2:14], img[n, v, :, q, 2 + dx:14 + dx])
+                         for q in range(16) for dx in range(-2, 3)) for r in range(2, 14)]
+            assert all(found)
+    assert not torch.equal(shifted, img)
+    jitter = augment_images(img, AugmentConfig(shift=0, brightness=0.3, contrast=0.3), g).float()
+    ratio = jitter.mean((2, 3, 4)) / img.float().mean((2, 3, 4))
+    assert ratio.std() > 0.01, "brightness differs between samples"

@@ -95,6 +95,9 @@ class TabletopEnv(VecEnv):
 
     def reset(self, task_ids=0, init_ids=None, seed: int | None = None, mask: torch.Tensor | None = None
               ) -> Observation:
+        """Reset envs to ``task_ids`` (int or (B,)) from initial states ``init_ids`` of the env's bank
+        (None: drawn from the env's seeded generator; ``seed`` reseeds it). With ``mask`` (B,) bool only
+        those envs are reset; the others keep their state. Returns the observation of every env."""
         B, dev = self.num_envs, self.device
         if seed is not None:
             self._rng = np.random.default_rng(seed)
