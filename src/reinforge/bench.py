@@ -40,7 +40,6 @@ def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, r
                  image_size: int = 64, seed: int = 0) -> dict[str, Any]:
     """Policy inference (act, sample mode) and SFT update throughput for the default CPU preset."""
     from reinforge.policies import PolicyConfig, make_policy
-    from reinforge.types import OBS_STATE
 
     torch.manual_seed(seed)
     cfg = PolicyConfig(kind=kind, image_size=(image_size, image_size))
@@ -71,7 +70,6 @@ def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, r
         loss.backward()
         opt.step()
     step_s = (time.perf_counter() - t0) / repeats
-    del OBS_STATE
     return {"kind": kind, "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
             "act_batch": batch, "act_s": round(act_s, 4), "act_obs_per_s": round(batch / act_s, 1),
             "evaluate_s": round(eval_s, 4), "sft_batch": train_batch, "sft_step_s": round(step_s, 4),

@@ -21,8 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+
+from reinforge.fsutil import replace_dir, temp_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class EpisodeWriter:
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise DatasetError(f"{self.root} already exists and is not empty; choose another --out or pass "
                                "--overwrite")
-        self.tmp = self.root.with_name(self.root.name + ".tmp-writing")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.tmp = temp_dir_for(self.root)
         (self.tmp / "meta").mkdir(parents=True)
         self.fps, self.image_size, self.state_dim, self.action_dim = fps, image_size, state_dim, action_dim
         self.extra_info = extra_info or {}
@@ -169,10 +167,7 @@ class EpisodeWriter:
                  ACTION_KEY: compute_stats(torch.from_numpy(np.concatenate(self._actions))),
                  LABEL_KEY: compute_stats(torch.from_numpy(np.concatenate(self._labels)))}
         (meta / "stats.json").write_text(json.dumps(stats, indent=2))
-        if self.root.exists():
-            shutil.rmtree(self.root)
-        os.replace(self.tmp, self.root)
-        return self.root
+        return replace_dir(self.tmp, self.root)
 
 
 @dataclass

@@ -14,8 +14,6 @@ every loss and log-prob and decoded to their constant value. The state is standa
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reinforge.config import ConfigError, check, from_dict
+from reinforge.fsutil import replace_dir, temp_dir_for
 from reinforge.policies.backbone import Backbone, ValueHead
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
 
@@ -175,25 +174,13 @@ class Policy(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json, model.safetensors and normalization.json into ``path`` (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp-saving")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        tmp = temp_dir_for(path, "saving")
+        tmp.mkdir()
         (tmp / CONFIG_NAME).write_text(json.dumps({"reinforge_policy": asdict(self.config)}, indent=2))
         (tmp / STATS_NAME).write_text(json.dumps(asdict(self.normalizer), indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
-        if path.exists():
-            old = path.with_name(path.name + ".tmp-old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-        return path
+        return replace_dir(tmp, path)
 
 
 def read_config(path: str | Path) -> PolicyConfig:

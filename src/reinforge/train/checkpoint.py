@@ -8,35 +8,22 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from reinforge.fsutil import replace_dir, temp_dir_for
 from reinforge.policies import Policy, load_pretrained
 
 TRAINER_STATE = "trainer_state.pt"
 
 
 def save_checkpoint(path: str | Path, policy: Policy, trainer_state: dict[str, Any]) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp-ckpt")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_dir_for(path, "ckpt")
     policy.save_pretrained(tmp)
     torch.save(trainer_state, tmp / TRAINER_STATE)
-    if path.exists():
-        old = path.with_name(path.name + ".tmp-old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-    return path
+    return replace_dir(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Policy, dict[str, Any]]:

@@ -137,7 +137,7 @@ def build_cameras(state: WorldState, aspect: float = 1.0) -> torch.Tensor:
     agent = torch.tensor(np.concatenate([_look_at(AGENT_EYE, AGENT_TARGET).ravel(),
                                          [AGENT_TAN * aspect, AGENT_TAN]]), dtype=torch.float32, device=dev)
     c, s = torch.cos(state.grip_yaw), torch.sin(state.grip_yaw)
-    zero, one = torch.zeros_like(c), torch.ones_like(c)
+    one = torch.ones_like(c)
 
     def rot(v):  # rotate gripper-frame vectors (x, y, z) by yaw about z
         return torch.stack([c * v[0] - s * v[1], s * v[0] + c * v[1], v[2] * one], -1)
@@ -148,7 +148,6 @@ def build_cameras(state: WorldState, aspect: float = 1.0) -> torch.Tensor:
     right = rot((1.0, 0.0, 0.0))
     up = rot((0.0, cp, sp))
     wrist = torch.cat([eye, right, up, fwd, WRIST_TAN * aspect * one[:, None], WRIST_TAN * one[:, None]], -1)
-    del zero
     return torch.stack([agent.expand(B, -1), wrist], 1).contiguous()
 
 

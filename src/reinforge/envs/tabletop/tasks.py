@@ -19,12 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from reinforge.envs.tabletop.catalog import (
-    CATEGORY_INDEX,
-    DRAWER_MAX_OPEN,
-    category,
-    color,
-)
+from reinforge.envs.tabletop.catalog import CATEGORY_INDEX, category, color
 
 NUM_INIT_STATES = 50
 INIT_BANKS = ("eval", "train")  # fixed evaluation states; a disjoint bank for demonstrations
@@ -403,7 +398,6 @@ def get_suite(name: str, split: Split = "train") -> Suite:
                 init_pos[k, t, i], init_support[k, t, i], init_inside[k, t, i], init_grip[k, t, i] = _sample_init(
                     task, rng, n_slots)
         goal_terms[t], goal_mask[t], goal_regions[t] = _goal_tensor(task, keys, max_terms)
-    assert DRAWER_MAX_OPEN > 0
     return Suite(
         name=name, split=split, tasks=tasks, max_episode_steps=MAX_EPISODE_STEPS[name], num_objects=n_slots,
         category=torch.from_numpy(cat), rgb=torch.from_numpy(rgb), active=torch.from_numpy(active),
