@@ -1,4 +1,5 @@
-"""Flow-matching VLA (pi0 style) with the two RL likelihoods of pi_RL (METHODS.md section 2).
+"""Flow-matching VLA (pi0, arXiv 2410.24164) with the two RL likelihoods of pi_RL (arXiv 2510.25889;
+METHODS.md section 2).
 
 Convention: x_t = t * eps + (1 - t) * a; t = 1 is noise, t = 0 the action; the action expert predicts the
 velocity v(x_t, t, obs) with target u = eps - a. Inference integrates t_k = linspace(1, 1/K, K), then 0.

@@ -1,4 +1,5 @@
-"""Token-action VLA (OpenVLA-OFT style, as used by SimpleVLA-RL; METHODS.md section 1).
+"""Token-action VLA (OpenVLA-OFT, arXiv 2502.19645, as used by SimpleVLA-RL, arXiv 2509.09674;
+METHODS.md section 1).
 
 Each action dim is normalised to [-1, 1] and discretised into ``num_bins`` uniform bins; a call predicts
 the whole chunk of H x D action tokens in ONE forward pass (parallel decoding): H learned placeholder
