@@ -60,6 +60,11 @@ def test_interrupted_run_resumes_exactly(data, tmp_path):
         resumed.train_step()
     for (k, a), (_, b) in zip(full.policy.state_dict().items(), resumed.policy.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), k
+    changed = cfg(tmp_path / "b")
+    changed.policy.horizon = 8
+    changed.policy.execute_steps = 8
+    with pytest.raises(ValueError, match="different policy config"):
+        SFTTrainer(changed)
 
 
 def test_schedule_and_config_errors(data):

@@ -110,7 +110,7 @@ class SFTTrainer:
         torch.manual_seed(cfg.seed)
         ckpt = self.out / "checkpoints" / "last"
         if cfg.resume and ckpt.is_dir():
-            self.policy, state = load_checkpoint(ckpt)
+            self.policy, state = load_checkpoint(ckpt, expect=pc)  # a changed policy config is an error
             self._build_optimizer()
             self._restore(state)
             log.info("resumed from %s at step %d", ckpt, self.step)

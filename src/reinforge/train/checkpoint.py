@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from reinforge.fsutil import replace_dir, temp_dir_for
-from reinforge.policies import Policy, load_pretrained
+from reinforge.policies import Policy, PolicyConfig, load_pretrained
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -26,9 +26,10 @@ def save_checkpoint(path: str | Path, policy: Policy, trainer_state: dict[str, A
     return replace_dir(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[Policy, dict[str, Any]]:
+def load_checkpoint(path: str | Path, expect: PolicyConfig | None = None) -> tuple[Policy, dict[str, Any]]:
+    """The policy and trainer state of a checkpoint; with ``expect``, refuse one of another policy config."""
     path = Path(path)
     f = path / TRAINER_STATE
     if not f.is_file():
         raise ValueError(f"{path} is not a resumable checkpoint: {TRAINER_STATE} is missing")
-    return load_pretrained(path), torch.load(f, weights_only=True)
+    return load_pretrained(path, expect=expect), torch.load(f, weights_only=True)
