@@ -23,6 +23,8 @@ def test_eval_json_expert_and_random(capsys, tmp_path):
     assert len(r["videos"]) == 10 and all(p.endswith(".mp4") for p in r["videos"])
     r = _json_out(capsys, ["eval", "--policy", "random", "--suite", "spatial", "--episodes-per-task", "2", "--json"])
     assert r["success_rate"] <= 0.1 and r["mean_length"] == 160
+    r = _json_out(capsys, ["eval", "--suite", "long", "--tasks", "0,3", "--episodes-per-task", "2", "--json"])
+    assert list(r["per_task"]) == ["long_0", "long_3"] and r["num_episodes"] == 4 and r["success_rate"] == 1.0
 
 
 def test_eval_heldout_split_runs_the_heldout_tasks():

@@ -67,7 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"suite {suite!r} has no held-out split (held-out splits: {list(HELDOUT_SUITES)})")
         r = evaluate(actor, suite, split=args.split, episodes_per_task=args.episodes_per_task, max_envs=args.max_envs,
                      image_size=args.image_size, video_dir=args.video, videos_per_task=args.videos_per_task,
-                     video_format=args.video_format, device=args.device, progress=not args.json)
+                     video_format=args.video_format, device=args.device, progress=not args.json,
+                     tasks=[int(t) for t in args.tasks.split(",")] if args.tasks else None)
         results.append((args.policy, r))
     if args.json:
         out = [r.to_dict() for _, r in results]
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--suite", default="spatial", help="a suite, a comma list, or 'all'")
     e.add_argument("--split", default="train", choices=("train", "heldout"))
     e.add_argument("--episodes-per-task", type=int, default=50)
+    e.add_argument("--tasks", default=None, help="comma-separated task ids to evaluate (default: all)")
     e.add_argument("--max-envs", type=int, default=500, help="envs stepped together per batch")
     e.add_argument("--image-size", type=int, default=64)
     e.add_argument("--video", default=None, help="folder for episode videos")

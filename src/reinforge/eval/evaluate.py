@@ -87,14 +87,16 @@ def _run_batch(actor_fn: Callable[[TabletopEnv], Actor], env: TabletopEnv, tasks
 def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Split = "train",
              episodes_per_task: int = 10, max_envs: int = 500, image_size: int = 64,
              video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
-             device: str = "cpu", progress: bool = False) -> EvalResult:
-    """Run ``episodes_per_task`` greedy episodes of every task of ``suite`` and report success rates."""
+             device: str = "cpu", tasks: list[int] | None = None, progress: bool = False) -> EvalResult:
+    """Run ``episodes_per_task`` greedy episodes of every task of ``suite`` (or of ``tasks``) and report
+    success rates."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     if video_format not in ("mp4", "gif"):
         raise ValueError(f"video format must be 'mp4' or 'gif', got {video_format!r}")
     s = get_suite(suite, split)
-    slots = [(t, k) for t in range(s.num_tasks) for k in range(episodes_per_task)]
+    task_ids = list(range(s.num_tasks)) if tasks is None else [s.task_index(t) for t in tasks]
+    slots = [(t, k) for t in task_ids for k in range(episodes_per_task)]
     success = torch.zeros(len(slots), dtype=torch.bool)
     length = torch.zeros(len(slots), dtype=torch.int64)
     videos: list[str] = []
@@ -114,12 +116,13 @@ def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Spl
             path = Path(video_dir) / f"{suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
             videos.append(str(write_video(fr, path, fps=CONTROL_HZ)))
     bar.close()
-    per = success.view(s.num_tasks, episodes_per_task).float().mean(1)
-    per_len = length.view(s.num_tasks, episodes_per_task).float().mean(1)
-    names = [t.name for t in s.tasks]
+    per = success.view(len(task_ids), episodes_per_task).float().mean(1)
+    per_len = length.view(len(task_ids), episodes_per_task).float().mean(1)
+    names = [s.tasks[t].name for t in task_ids]
     return EvalResult(
         suite=suite, split=split, success_rate=float(success.float().mean()),
-        per_task={n: float(v) for n, v in zip(names, per)}, instructions={t.name: t.instruction for t in s.tasks},
+        per_task={n: float(v) for n, v in zip(names, per)},
+        instructions={s.tasks[t].name: s.tasks[t].instruction for t in task_ids},
         mean_length=float(length.float().mean()), per_task_length={n: float(v) for n, v in zip(names, per_len)},
         num_episodes=len(slots), episodes_per_task=episodes_per_task, wall_s=time.perf_counter() - t0,
         videos=videos)
