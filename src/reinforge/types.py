@@ -6,6 +6,9 @@ An observation is a plain dict of batched tensors (leading dim B = number of env
 - ``OBS_STATE``       float32 (B, S)            proprioception (LIBERO layout for the tabletop world)
 - ``OBS_INSTRUCTION`` list[str] of length B     the language instruction
 - ``OBS_TASK_ID``     int64   (B,)              task index inside the suite
+
+Optionally ``OBS_IMAGE_FEATURES`` float32 (B, N, d): the frozen vision encoder's tokens, computed once during a
+rollout so that RL updates with a frozen vision encoder skip it (policies use them instead of ``OBS_IMAGE``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ OBS_IMAGE = "image"
 OBS_STATE = "state"
 OBS_INSTRUCTION = "instruction"
 OBS_TASK_ID = "task_id"
+OBS_IMAGE_FEATURES = "image_features"
 
 Observation = dict[str, Any]
 
@@ -54,3 +58,55 @@ class Actor(Protocol):
     """Anything that maps observations to action chunks (policies, the scripted expert, random)."""
 
     def act(self, obs: Observation, *, mode: str = "greedy", temperature: float = 1.0) -> PolicyOutput: ...
+
+
+@dataclass
+class RolloutBatch:
+    """Everything the learner needs from a rollout; nothing it must re-simulate.
+
+    Per policy call, padded to (B, T) for B env rows and T chunk steps (``valid`` marks real calls):
+
+    - ``obs``: ``OBS_IMAGE`` (B, T, V, 3, H, W) uint8 or ``OBS_IMAGE_FEATURES`` (B, T, N, d), ``OBS_STATE``
+      (B, T, S), ``OBS_TASK_ID`` (B, T); instructions are ``instructions[task_id]``.
+    - ``replay``: the policy's replay tensors (B, T, ...), ``log_prob`` (B, T) or per token (B, T, H, D),
+      ``value`` (B, T) (None without a value head) and ``next_value`` (B, T): V of the state after the chunk
+      where the episode was truncated or the rollout cut (bootstrap), else the next step's value.
+    - ``reward`` (B, T) summed over the chunk's env steps, ``terminated`` / ``truncated`` (B, T): the episode
+      ended inside this chunk, ``env_steps`` (B, T) env steps executed in the chunk.
+
+    Per episode (one per row in episodic mode; in auto-reset mode rows hold several episodes):
+    ``episode_success``, ``episode_length``, ``episode_task``, ``episode_init`` (E,) and, for GRPO,
+    ``group`` (B,) the group id of each row (rows of a group share task and initial state).
+    """
+
+    obs: dict[str, torch.Tensor]
+    instructions: list[str]
+    replay: dict[str, torch.Tensor]
+    log_prob: torch.Tensor
+    value: torch.Tensor | None
+    next_value: torch.Tensor | None
+    reward: torch.Tensor
+    valid: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    env_steps: torch.Tensor
+    episode_success: torch.Tensor
+    episode_length: torch.Tensor
+    episode_task: torch.Tensor
+    episode_init: torch.Tensor
+    group: torch.Tensor | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.valid.sum())
+
+    def sample_obs(self, rows: torch.Tensor, steps: torch.Tensor) -> Observation:
+        """The observations of policy calls (rows[i], steps[i]) as a policy input batch."""
+        obs: Observation = {k: v[rows, steps] for k, v in self.obs.items()}
+        obs[OBS_INSTRUCTION] = [self.instructions[i] for i in obs[OBS_TASK_ID].tolist()]
+        return obs

@@ -7,13 +7,41 @@ are dropped), asymmetric "clip-higher" ratio clipping (0.2 / 0.28), no KL term, 
 entropy bonus. Deliberate choices: the unbiased group std (as the reference), and the loss is a masked mean
 per trajectory followed by a mean over trajectories.
 
-The rollout collector and the trainer that owns the optimizer step arrive with the RL milestone; these
-functions are their numerical core.
+Minibatches: a rollout's policy calls are shuffled into minibatches (not whole trajectories); each sample
+is weighted by 1 / (its trajectory's number of policy calls), so in expectation every trajectory weighs the
+same, as in the per-trajectory mean. Token policies use token-level ratios by default (one ratio per action
+token, as the reference's token-mean loss); ``logprob: chunk`` uses one ratio per action chunk.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
+
+from reinforge.algos.base import PolicyGradientUpdate, mean_metrics
+from reinforge.config import check
+from reinforge.types import RolloutBatch
+
+
+@dataclass
+class GRPOConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # clip-higher (DAPO)
+    dynamic_sampling: bool = True
+    max_rounds: int = 4  # rollout rounds per iteration to fill the batch with informative groups
+    epochs: int = 1
+    minibatch_size: int = 512  # policy calls per gradient step
+    logprob: Literal["token", "chunk"] = "token"  # token policies only; flow policies are chunk-level
+
+    def __post_init__(self) -> None:
+        check(0 <= self.clip_low < 1, "grpo.clip_low", self.clip_low, "must be in [0, 1)")
+        check(self.clip_high >= 0, "grpo.clip_high", self.clip_high, "must be >= 0")
+        check(self.max_rounds >= 1, "grpo.max_rounds", self.max_rounds, "must be >= 1")
+        check(self.epochs >= 1, "grpo.epochs", self.epochs, "must be >= 1")
+        check(self.minibatch_size >= 1, "grpo.minibatch_size", self.minibatch_size, "must be >= 1")
+        check(self.logprob in ("token", "chunk"), "grpo.logprob", self.logprob, "must be 'token' or 'chunk'")
 
 
 def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
@@ -33,8 +61,8 @@ def dynamic_sampling_keep(rewards: torch.Tensor, *, low: float = 0.1, high: floa
 
 def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
-                        dual_clip: float | None = None, per_trajectory: bool = True
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+                        dual_clip: float | None = None, per_trajectory: bool = True,
+                        weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-style clipped surrogate, shared by GRPO and PPO.
 
     ``logp_new``, ``logp_old`` (B, T, ...) log-probs of the executed actions (chunk-level (B, T) or
@@ -43,6 +71,9 @@ def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantag
     entry was actually executed. Loss per entry: max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), and,
     with ``dual_clip`` c, at most -c A for negative advantages. ``per_trajectory``: masked mean over each
     trajectory (dim 0 rows) then mean over trajectories (GRPO); otherwise a masked mean over all entries.
+    ``weights`` (N,): rows are samples of a minibatch; the loss is the masked mean over each row's entries,
+    then the ``weights``-weighted mean over rows (weights 1 / trajectory length give every trajectory the same
+    total weight, the per-trajectory mean of a minibatch drawn from many trajectories).
     """
     adv = torch.broadcast_to(advantages, logp_new.shape)
     mask = torch.broadcast_to(mask, logp_new.shape).to(logp_new.dtype)
@@ -51,7 +82,15 @@ def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantag
     surr = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
     if dual_clip is not None:
         surr = torch.where(adv < 0, torch.minimum(surr, -dual_clip * adv), surr)
-    if per_trajectory:
+    if weights is not None:
+        if surr.dim() > 1:
+            dims = tuple(range(1, surr.dim()))
+            per, has = (surr * mask).sum(dims) / mask.sum(dims).clamp(min=1), (mask.sum(dims) > 0)
+        else:
+            per, has = surr * mask, mask > 0
+        w = weights.to(surr.dtype) * has.to(surr.dtype)
+        loss = (per * w).sum() / w.sum().clamp(min=1e-12)
+    elif per_trajectory:
         dims = tuple(range(1, surr.dim()))
         per = (surr * mask).sum(dims) / mask.sum(dims).clamp(min=1)
         has = (mask.sum(dims) > 0).to(surr.dtype)
@@ -65,3 +104,49 @@ def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantag
                    "train/approx_kl": float((((ratio - 1) - log_ratio) * mask).sum() / n),
                    "train/ratio_mean": float((ratio * mask).sum() / n)}
     return loss, metrics
+
+
+def row_advantages(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """(B,) trajectory advantages from (B,) binary success and (B,) group ids (rows of a group contiguous)."""
+    _, counts = torch.unique_consecutive(group, return_counts=True)
+    G = int(counts[0])
+    if not bool((counts == G).all()) or group.numel() % G:
+        raise ValueError(f"every GRPO group must hold the same number of contiguous rows, got sizes {counts.tolist()}")
+    return group_advantages(success.float().view(-1, G)).flatten()
+
+
+class GRPO(PolicyGradientUpdate):
+    """GRPO's update: group-normalised binary-success advantages, clip-higher surrogate, no KL, no critic."""
+
+    def __init__(self, policy, optimizer, cfg: GRPOConfig, *, grad_clip: float, seed: int = 0):
+        super().__init__(policy, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
+                         grad_clip=grad_clip, seed=seed)
+        self.cfg = cfg
+        self.token_level = hasattr(policy, "logprob_type") and cfg.logprob == "token"
+        if hasattr(policy, "logprob_type"):
+            policy.logprob_type = "token" if self.token_level else "chunk"
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        if batch.group is None:
+            raise ValueError("GRPO needs grouped episodic rollouts (rollout.mode: episodic)")
+        adv = row_advantages(batch.episode_success, batch.group)
+        calls = batch.valid.sum(1).clamp(min=1).float()
+        self.policy.train()
+        rows_metrics = []
+        for rows, steps in self.minibatches(batch):
+            logp, ent, _ = self.evaluate(batch, rows, steps)
+            old = batch.log_prob[rows, steps]
+            a = adv[rows]
+            if self.token_level:
+                a, mask = a[:, None, None], self.policy.entry_mask().expand_as(logp)
+            else:
+                mask = torch.ones_like(logp, dtype=torch.bool)
+            loss, m = clipped_policy_loss(logp, old, a, mask, clip_low=self.cfg.clip_low,
+                                          clip_high=self.cfg.clip_high, weights=1.0 / calls[rows])
+            gn = self.step(loss)
+            rows_metrics.append({**m, "train/policy_loss": float(loss.detach()), "train/grad_norm": gn,
+                                 "train/entropy": float(ent.mean().detach())})
+        out = mean_metrics(rows_metrics)
+        out["train/advantage_abs"] = float(adv.abs().mean())
+        out["train/num_samples"] = float(batch.num_samples)
+        return out

@@ -6,13 +6,47 @@ sum of the chunk's rewards and it is done if any env step in it ended the episod
 last state instead of cutting to zero; the recursion never crosses an episode end. The policy loss is the
 clipped surrogate of ``grpo.clipped_policy_loss`` with a dual clip (c = 3, arXiv 1912.09729) for negative
 advantages; the value loss is a Huber loss (delta 10) with value clipping (0.2), the max of the clipped and
-unclipped terms as in PPO's reference implementation.
+unclipped terms as in PPO's reference implementation. Total loss = policy + vf_coef * value - ent_coef *
+entropy; the critic has its own (higher) learning rate, and ``critic_warmup`` iterations train the critic
+alone (policy loss off). Log-probs are chunk-level (one ratio per policy call) for both policy kinds.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from reinforge.algos.base import PolicyGradientUpdate, mean_metrics
+from reinforge.algos.grpo import clipped_policy_loss
+from reinforge.config import check
+from reinforge.types import RolloutBatch
+
+
+@dataclass
+class PPOConfig:
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 3.0  # 0 = off
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0  # pi_RL: 0.005 for Flow-Noise, 0 for Flow-SDE
+    value_clip: float = 0.2  # 0 = off
+    huber_delta: float = 10.0
+    epochs: int = 4
+    minibatch_size: int = 512
+    normalize_advantages: bool = True
+    critic_warmup: int = 0  # iterations with the policy loss off
+
+    def __post_init__(self) -> None:
+        check(0 < self.gamma <= 1, "ppo.gamma", self.gamma, "must be in (0, 1]")
+        check(0 <= self.lam <= 1, "ppo.lam", self.lam, "must be in [0, 1]")
+        check(self.dual_clip == 0 or self.dual_clip > 1, "ppo.dual_clip", self.dual_clip, "must be 0 (off) or > 1")
+        check(self.epochs >= 1, "ppo.epochs", self.epochs, "must be >= 1")
+        check(self.minibatch_size >= 1, "ppo.minibatch_size", self.minibatch_size, "must be >= 1")
+        check(self.critic_warmup >= 0, "ppo.critic_warmup", self.critic_warmup, "must be >= 0")
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
@@ -56,3 +90,52 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.maximum(loss, F.huber_loss(clipped, returns, reduction="none", delta=huber_delta))
     return (loss * m).sum() / m.sum().clamp(min=1)
+
+
+class PPO(PolicyGradientUpdate):
+    """PPO's update on chunk-level steps: GAE advantages, dual-clip surrogate, clipped Huber value loss."""
+
+    def __init__(self, policy, optimizer, cfg: PPOConfig, *, grad_clip: float, seed: int = 0):
+        if policy.value_head is None:
+            raise ValueError("PPO needs a value head: the policy was built with value_head=false; fine-tune a "
+                             "policy with policy.value_head=true or use GRPO")
+        super().__init__(policy, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
+                         grad_clip=grad_clip, seed=seed)
+        self.cfg = cfg
+        if hasattr(policy, "logprob_type"):
+            policy.logprob_type = "chunk"
+
+    def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        adv, ret = gae(batch.reward, batch.value, batch.next_value, batch.terminated,
+                       batch.terminated | batch.truncated, gamma=c.gamma, lam=c.lam, valid=batch.valid)
+        if c.normalize_advantages:
+            adv = normalize_advantages(adv, batch.valid)
+        return adv, ret
+
+    def update(self, batch: RolloutBatch, *, train_policy: bool = True) -> dict[str, float]:
+        if batch.value is None or batch.next_value is None:
+            raise ValueError("PPO needs values in the rollout (collect with need_values=True)")
+        c = self.cfg
+        adv, ret = self.advantages(batch)
+        self.policy.train()
+        rows_metrics = []
+        for rows, steps in self.minibatches(batch):
+            logp, ent, value = self.evaluate(batch, rows, steps)
+            ones = torch.ones_like(logp, dtype=torch.bool)
+            pol, m = clipped_policy_loss(logp, batch.log_prob[rows, steps], adv[rows, steps], ones,
+                                         clip_low=c.clip_low, clip_high=c.clip_high,
+                                         dual_clip=c.dual_clip or None, per_trajectory=False)
+            vl = value_loss(value, batch.value[rows, steps], ret[rows, steps], ones,
+                            clip=c.value_clip or None, huber_delta=c.huber_delta)
+            entropy = ent.mean()
+            loss = c.vf_coef * vl - c.ent_coef * entropy + (pol if train_policy else 0.0 * pol)
+            gn = self.step(loss)
+            rows_metrics.append({**m, "train/policy_loss": float(pol.detach()), "train/value_loss": float(vl.detach()),
+                                 "train/entropy": float(entropy.detach()), "train/grad_norm": gn})
+        out = mean_metrics(rows_metrics)
+        v, r = batch.value[batch.valid], ret[batch.valid]
+        out["train/explained_variance"] = float(1 - (r - v).var() / r.var().clamp(min=1e-8))
+        out["train/value_mean"] = float(v.mean())
+        out["train/num_samples"] = float(batch.num_samples)
+        return out

@@ -114,9 +114,12 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor, texts: list[str], state: torch.Tensor,
                 extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused tokens (B, T, d) and their padding mask (B, T). ``extra`` (B, E, d) tokens go last."""
+        """Fused tokens (B, T, d) and their padding mask (B, T). ``extra`` (B, E, d) tokens go last.
+
+        ``images`` are camera images (B, V, 3, H, W) or the vision encoder's tokens (B, N, d) computed
+        earlier (a frozen vision encoder's cached features)."""
         B = images.shape[0]
-        img = self.vision(images) + self.type_emb[0]
+        img = (self.vision(images) if images.dim() == 5 else images) + self.type_emb[0]
         lang, lang_pad = self.encode_language(texts, images.device)
         lang = lang + self.type_emb[1]
         st = self.state(state)[:, None] + self.type_emb[2]

@@ -25,7 +25,7 @@ from torch import nn
 from reinforge.config import ConfigError, check, from_dict
 from reinforge.fsutil import replace_dir, temp_dir_for
 from reinforge.policies.backbone import Backbone, ValueHead
-from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
+from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -142,17 +142,37 @@ class Policy(nn.Module):
         return steps[:, None] & self.action_dim_mask[None, :]
 
     def prepare(self, obs: Observation) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-        """Check and move observations: images (B, V, 3, H, W), instructions, standardised state."""
-        images, state, texts = obs[OBS_IMAGE], obs[OBS_STATE], obs[OBS_INSTRUCTION]
+        """Check and move observations: images (B, V, 3, H, W) (or cached vision tokens (B, N, d) when the
+        observation carries ``OBS_IMAGE_FEATURES``), instructions, standardised state."""
+        state, texts = obs[OBS_STATE], obs[OBS_INSTRUCTION]
         c = self.config
+        dev = self.action_low.device
+        if OBS_IMAGE_FEATURES in obs:
+            feats = obs[OBS_IMAGE_FEATURES]
+            if feats.dim() != 3 or feats.shape[-1] != c.d_model:
+                raise ValueError(f"image features must be (B, N, {c.d_model}), got {tuple(feats.shape)}")
+            return feats.to(dev), list(texts), (state.to(dev).float() - self.state_mean) / self.state_std
+        images = obs[OBS_IMAGE]
         if images.dim() != 5 or tuple(images.shape[1:]) != (c.num_views, 3, *c.image_size):
             raise ValueError(f"policy expects images of shape (B, {c.num_views}, 3, {c.image_size[0]}, "
                              f"{c.image_size[1]}), got {tuple(images.shape)}; match the env's image_size and views")
         if state.shape[-1] != c.state_dim:
             raise ValueError(f"policy expects a {c.state_dim}-dim state, got {state.shape[-1]}")
-        dev = self.action_low.device
         state = (state.to(dev).float() - self.state_mean) / self.state_std
         return images.to(dev), list(texts), state
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's tokens (B, N, d) of camera images (B, V, 3, H, W); with a frozen vision
+        encoder they can stand in for the images (``OBS_IMAGE_FEATURES``)."""
+        return self.backbone.vision(images.to(self.action_low.device))
+
+    def vision_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.vision.parameters())
+
+    def predict_value(self, obs: Observation) -> torch.Tensor | None:
+        """V(obs) (B,) from the value head, or None without one."""
+        raise NotImplementedError
 
     def value(self, pooled: torch.Tensor) -> torch.Tensor | None:
         return self.value_head(pooled) if self.value_head is not None else None

@@ -124,6 +124,10 @@ class FlowPolicy(Policy):
         prefix, pad = self.backbone(images, texts, state)
         return prefix, pad, self.value(masked_mean(prefix, pad))
 
+    @torch.no_grad()
+    def predict_value(self, obs: Observation) -> torch.Tensor | None:
+        return self.encode(obs)[2]
+
     def _grid(self, device) -> torch.Tensor:
         return time_grid(self.config.num_steps, device)
 

@@ -65,6 +65,10 @@ class TokenPolicy(Policy):
         logits = self.head(q).view(B, c.horizon, c.action_dim, c.num_bins)
         return logits, self.value(masked_mean(x[:, :-c.horizon], pad[:, :-c.horizon]))
 
+    @torch.no_grad()
+    def predict_value(self, obs: Observation) -> torch.Tensor | None:
+        return self.features(obs)[1]
+
     def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy of the demo's action tokens; padded steps and constant dims are masked out."""
         logits, _ = self.features(batch)

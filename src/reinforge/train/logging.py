@@ -13,10 +13,26 @@ log = logging.getLogger(__name__)
 class MetricLogger:
     """Writes flat, namespaced metrics (``train/loss``, ``eval/spatial/success_rate``) per step."""
 
-    def __init__(self, out: str | Path, tensorboard: bool = True):
+    def __init__(self, out: str | Path, tensorboard: bool = True, wandb_project: str | None = None,
+                 wandb_config: dict | None = None, keep_until: int | None = None):
+        """``keep_until``: drop rows of an existing metrics.jsonl logged after that step (a resumed run
+        repeats them)."""
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise ImportError("W&B logging needs the wandb package: pip install wandb (or set wandb=false)") from None
+            self.wandb = wandb.init(project=wandb_project, config=wandb_config, dir=str(out), resume="allow")
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.jsonl = (self.out / "metrics.jsonl").open("a")
+        path = self.out / "metrics.jsonl"
+        if keep_until is not None and path.is_file():
+            rows = [r for r in path.read_text().splitlines() if r.strip()]
+            keep = [r for r in rows if _step_of(r) <= keep_until]
+            if len(keep) != len(rows):
+                path.write_text("".join(r + "\n" for r in keep))
+        self.jsonl = path.open("a")
         self.tb = None
         if tensorboard:
             try:
@@ -33,13 +49,31 @@ class MetricLogger:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, float(v), step)
+        if self.wandb is not None:
+            self.wandb.log({k: float(v) for k, v in metrics.items()}, step=step)
 
     def close(self) -> None:
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")  # a torn last line of a killed run
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl (a torn last line of a killed run is skipped)."""
     p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+    rows = []
+    for line in p.read_text().splitlines() if p.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

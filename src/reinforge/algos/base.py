@@ -1,0 +1,95 @@
+"""What GRPO and PPO share: the optimizer (actor and critic parameter groups), minibatches over the valid
+policy calls of a ``RolloutBatch``, re-evaluating their log-probs, and the clipped optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from reinforge.config import check
+from reinforge.policies import Policy
+from reinforge.types import RolloutBatch
+
+
+@dataclass
+class RLOptimConfig:
+    lr: float = 1e-4  # actor
+    critic_lr: float = 1e-3  # value head (PPO); a separate, higher rate as in pi_RL
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        check(self.critic_lr > 0, "optim.critic_lr", self.critic_lr, "must be > 0")
+        check(self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "must be > 0")
+
+
+def actor_critic_parameters(policy: Policy, *, freeze_vision: bool) -> tuple[list, list]:
+    """(actor, critic) trainable parameters; a frozen vision encoder is in neither."""
+    frozen = {id(p) for p in policy.vision_parameters()} if freeze_vision else set()
+    critic = list(policy.value_head.parameters()) if policy.value_head is not None else []
+    critic_ids = {id(p) for p in critic}
+    actor = [p for p in policy.parameters() if id(p) not in frozen and id(p) not in critic_ids]
+    for p in policy.vision_parameters():
+        p.requires_grad_(not freeze_vision)
+    return actor, critic
+
+
+def build_optimizer(policy: Policy, cfg: RLOptimConfig, *, freeze_vision: bool, train_critic: bool
+                    ) -> torch.optim.Optimizer:
+    actor, critic = actor_critic_parameters(policy, freeze_vision=freeze_vision)
+    groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
+    if train_critic and critic:
+        groups.append({"params": critic, "lr": cfg.critic_lr, "name": "critic"})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+class PolicyGradientUpdate:
+    """Owns the optimizer step of an on-policy algorithm over minibatches of a rollout."""
+
+    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, *, epochs: int, minibatch_size: int,
+                 grad_clip: float, seed: int = 0):
+        self.policy, self.opt = policy, optimizer
+        self.epochs, self.minibatch_size, self.grad_clip = epochs, minibatch_size, grad_clip
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def minibatches(self, batch: RolloutBatch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(rows, steps) index tensors of shuffled minibatches of the valid policy calls, ``epochs`` times."""
+        rows, steps = batch.valid.nonzero(as_tuple=True)
+        n = rows.numel()
+        num = max(1, round(n / self.minibatch_size))  # equal-sized minibatches
+        for _ in range(self.epochs):
+            perm = torch.randperm(n, generator=self.gen)
+            for idx in perm.tensor_split(num):
+                yield rows[idx], steps[idx]
+
+    def evaluate(self, batch: RolloutBatch, rows: torch.Tensor, steps: torch.Tensor):
+        """log-prob, entropy and value of the stored actions at policy calls (rows, steps)."""
+        obs = batch.sample_obs(rows, steps)
+        replay = {k: v[rows, steps] for k, v in batch.replay.items()}
+        return self.policy.evaluate(obs, replay)
+
+    def step(self, loss: torch.Tensor) -> float:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the RL loss became {float(loss)}; lower optim.lr or check the rewards")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gn = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.opt.step()
+        return float(gn)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}

@@ -1,0 +1,352 @@
+"""The rollout collector: a vectorised env and a policy stepped together, one action chunk per policy call.
+
+Two modes:
+
+- ``episodic`` (SimpleVLA-RL): every env is reset to a (task, initial state) of a group and run until its
+  episode ends or hits the time limit; G rows of a group share task and initial state. Envs that end
+  mid-chunk stop there (the env's ``valid`` mask), and a finished env is never stepped or queried again,
+  so the policy only runs on live envs.
+- ``autoreset`` (PPO with many envs): ``chunks_per_rollout`` policy calls per env; an env whose episode
+  ends is reset at once to a fresh (task, initial state), and the env keeps running across rollouts. The
+  rollout's last state and every truncated episode's final state get a value for bootstrapping.
+
+With ``cache_features`` the frozen vision encoder runs once per observation here and the batch stores its
+tokens instead of images, so updates skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from reinforge.config import check
+from reinforge.envs.tabletop.env import TabletopEnv
+from reinforge.envs.tabletop.tasks import NUM_INIT_STATES
+from reinforge.policies import Policy
+from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_STATE, OBS_TASK_ID, Observation, RolloutBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RolloutConfig:
+    """How experience is gathered. Episodic: ``num_groups`` x ``group_size`` envs per round; auto-reset:
+    ``num_envs`` envs x ``chunks_per_rollout`` policy calls."""
+
+    mode: Literal["episodic", "autoreset"] = "episodic"
+    num_groups: int = 16
+    group_size: int = 8  # G rollouts of the same task from the same initial state
+    num_envs: int = 64  # auto-reset mode
+    chunks_per_rollout: int = 16  # auto-reset mode: policy calls per env per rollout
+    temperature: float = 1.6  # sampling temperature of the token policy (flow policies ignore it)
+    init_bank: Literal["train", "eval"] = "train"  # initial states RL trains on (evaluation uses "eval")
+    max_episode_steps: int = 0  # 0 = the suite's limit
+    tasks: tuple[int, ...] = ()  # train on these task ids only (default: every task of the suite)
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        check(self.mode in ("episodic", "autoreset"), "rollout.mode", self.mode, "must be 'episodic' or 'autoreset'")
+        check(self.num_groups >= 1, "rollout.num_groups", self.num_groups, "must be >= 1")
+        check(self.group_size >= 1, "rollout.group_size", self.group_size, "must be >= 1")
+        check(self.num_envs >= 1, "rollout.num_envs", self.num_envs, "must be >= 1")
+        check(self.chunks_per_rollout >= 1, "rollout.chunks_per_rollout", self.chunks_per_rollout, "must be >= 1")
+        check(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
+        check(self.init_bank in ("train", "eval"), "rollout.init_bank", self.init_bank, "must be 'train' or 'eval'")
+        check(self.max_episode_steps >= 0, "rollout.max_episode_steps", self.max_episode_steps, "must be >= 0")
+
+    @property
+    def envs(self) -> int:
+        return self.num_groups * self.group_size if self.mode == "episodic" else self.num_envs
+
+
+def select_obs(obs: Observation, rows: torch.Tensor) -> Observation:
+    """The observations of env rows ``rows``."""
+    idx = rows.tolist()
+    return {k: ([v[i] for i in idx] if isinstance(v, list) else v[rows]) for k, v in obs.items()}
+
+
+class _Buffer:
+    """(B, T, ...) tensors filled one policy call at a time (only the rows that acted)."""
+
+    def __init__(self, B: int, T: int):
+        self.B, self.T, self.data = B, T, {}
+
+    def put(self, key: str, t: int, rows: torch.Tensor, value: torch.Tensor) -> None:
+        value = value.detach().cpu()
+        if key not in self.data:
+            self.data[key] = torch.zeros((self.B, self.T, *value.shape[1:]), dtype=value.dtype)
+        self.data[key][rows, t] = value
+
+    def get(self, key: str, T: int) -> torch.Tensor | None:
+        return self.data[key][:, :T] if key in self.data else None
+
+
+class RolloutCollector:
+    """Steps ``policy`` in a ``TabletopEnv`` of ``suite`` and returns ``RolloutBatch`` es."""
+
+    def __init__(self, suite: str, policy: Policy, cfg: RolloutConfig, *, split: str = "train",
+                 cache_features: bool = False, need_values: bool = False, seed: int = 0, device: str = "cpu"):
+        self.cfg, self.policy = cfg, policy
+        self.cache_features, self.need_values = cache_features, need_values
+        self.env = TabletopEnv(suite, cfg.envs, split=split, image_size=policy.config.image_size,
+                               init_bank=cfg.init_bank, max_episode_steps=cfg.max_episode_steps or None,
+                               device=device, seed=seed)
+        if self.env.action_dim != policy.config.action_dim:
+            raise ValueError(f"the policy emits {policy.config.action_dim}-dim actions but the env expects "
+                             f"{self.env.action_dim}; fine-tune a policy for this embodiment")
+        n = self.env.suite.num_tasks
+        self.tasks = list(cfg.tasks) or list(range(n))
+        bad = [t for t in self.tasks if not 0 <= t < n]
+        if bad:
+            raise ValueError(f"rollout.tasks {bad} out of range: suite {suite!r} has task ids 0..{n - 1}")
+        self.gen = torch.Generator().manual_seed(seed)  # tasks and initial states
+        self.policy_gen = torch.Generator().manual_seed(seed + 1)  # action sampling
+        self._obs: Observation | None = None  # auto-reset mode: the envs keep running across rollouts
+        self._len = torch.zeros(cfg.envs, dtype=torch.int64)
+        self.instructions = [t.instruction for t in self.env.suite.tasks]
+
+    # ------------------------------------------------------------ helpers
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"gen": self.gen.get_state(), "policy_gen": self.policy_gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(state["gen"])
+        self.policy_gen.set_state(state["policy_gen"])
+
+    def sample_starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` (task, initial state) pairs drawn uniformly from the training tasks and the init bank."""
+        pick = torch.randint(0, len(self.tasks), (n,), generator=self.gen)
+        tasks = torch.tensor(self.tasks)[pick]
+        return tasks, torch.randint(0, NUM_INIT_STATES, (n,), generator=self.gen)
+
+    def _policy_input(self, obs: Observation, rows: torch.Tensor) -> Observation:
+        sub = select_obs(obs, rows)
+        if self.cache_features:
+            sub[OBS_IMAGE_FEATURES] = self.policy.encode_images(sub.pop(OBS_IMAGE))
+        return sub
+
+    def _act(self, buf: _Buffer, obs: Observation, rows: torch.Tensor, t: int):
+        sub = self._policy_input(obs, rows)
+        out = self.policy.act(sub, mode="sample", temperature=self.cfg.temperature, generator=self.policy_gen)
+        if not bool(torch.isfinite(out.actions).all()):
+            raise FloatingPointError("the policy produced NaN/inf actions during the rollout; the weights have "
+                                     "diverged (lower the learning rate or resume from an earlier checkpoint)")
+        visual = OBS_IMAGE_FEATURES if self.cache_features else OBS_IMAGE
+        buf.put(visual, t, rows, sub[visual])
+        buf.put(OBS_STATE, t, rows, sub[OBS_STATE])
+        buf.put(OBS_TASK_ID, t, rows, sub[OBS_TASK_ID])
+        for k, v in out.replay.items():
+            buf.put("replay." + k, t, rows, v)
+        buf.put("log_prob", t, rows, out.log_prob)
+        if out.value is not None:
+            buf.put("value", t, rows, out.value.float())
+        actions = torch.zeros(self.env.num_envs, *out.actions.shape[1:])
+        actions[rows] = out.actions.float().cpu()
+        return actions
+
+    def _bootstrap(self, obs: Observation, rows: torch.Tensor) -> torch.Tensor | None:
+        if not self.need_values or rows.numel() == 0:
+            return None
+        value = self.policy.predict_value(self._policy_input(obs, rows))
+        return None if value is None else value.float().cpu()
+
+    @torch.no_grad()
+    def collect(self) -> RolloutBatch:
+        """One rollout: ``num_groups`` groups (episodic) or ``chunks_per_rollout`` steps of every env."""
+        self.policy.eval()
+        if self.cfg.mode == "episodic":
+            tasks, inits = self.sample_starts(self.cfg.num_groups)
+            G = self.cfg.group_size
+            return self.run_episodes(tasks.repeat_interleave(G), inits.repeat_interleave(G),
+                                     torch.arange(self.cfg.num_groups).repeat_interleave(G))
+        return self.run_autoreset()
+
+    # ------------------------------------------------------------ episodic
+
+    @torch.no_grad()
+    def run_episodes(self, tasks: torch.Tensor, inits: torch.Tensor, group: torch.Tensor | None = None
+                     ) -> RolloutBatch:
+        """Run one episode per env from ``tasks`` / ``inits`` (B,) to its end."""
+        env, B = self.env, self.env.num_envs
+        H = self.policy.config.execute_steps
+        T = math.ceil(env.max_episode_steps / H)
+        buf = _Buffer(B, T)
+        reward, env_steps = torch.zeros(B, T), torch.zeros(B, T, dtype=torch.int64)
+        valid, term, trunc = (torch.zeros(B, T, dtype=torch.bool) for _ in range(3))
+        next_value = torch.zeros(B, T)
+        done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+        length = torch.zeros(B, dtype=torch.int64)
+        t_env = t_policy = 0.0
+        t0 = time.perf_counter()
+        obs = env.reset(tasks, inits)
+        t_env += time.perf_counter() - t0
+        used = 0
+        for t in range(T):
+            rows = (~done).nonzero().flatten()
+            if rows.numel() == 0:
+                break
+            used = t + 1
+            t0 = time.perf_counter()
+            actions = self._act(buf, obs, rows, t)
+            t1 = time.perf_counter()
+            res = env.step_chunk(actions.to(env.device), active=(~done).to(env.device))
+            t_env += time.perf_counter() - t1
+            valid[rows, t] = True
+            reward[:, t] = res.reward.cpu().sum(1)
+            env_steps[:, t] = res.valid.cpu().sum(1)
+            term[:, t], trunc[:, t] = res.terminated.cpu() & ~done, res.truncated.cpu() & ~done
+            length += env_steps[:, t]
+            success |= term[:, t] & res.success.cpu()
+            tr_rows = trunc[:, t].nonzero().flatten()
+            v = self._bootstrap(res.obs, tr_rows)
+            if v is not None:
+                next_value[tr_rows, t] = v
+            done |= term[:, t] | trunc[:, t]
+            obs = res.obs
+            t_policy += t1 - t0
+        return self._finish(buf, used, reward, valid, term, trunc, env_steps, next_value,
+                            success, length, tasks, inits, group, t_env, t_policy)
+
+    def _finish(self, buf, T, reward, valid, term, trunc, env_steps, next_value, success, length, tasks, inits,
+                group, t_env, t_policy) -> RolloutBatch:
+        value = buf.get("value", T)
+        nv = None
+        if value is not None and self.need_values:
+            nv = next_value[:, :T].clone()
+            ended = term[:, :T] | trunc[:, :T]
+            cont = ~ended & valid[:, :T]
+            nxt = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
+            nv = torch.where(cont, nxt, nv)
+        obs = {k: buf.get(k, T) for k in (OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_STATE, OBS_TASK_ID) if k in buf.data}
+        replay = {k.split(".", 1)[1]: v[:, :T] for k, v in buf.data.items() if k.startswith("replay.")}
+        return RolloutBatch(
+            obs=obs, instructions=self.instructions, replay=replay, log_prob=buf.get("log_prob", T), value=value,
+            next_value=nv, reward=reward[:, :T], valid=valid[:, :T], terminated=term[:, :T],
+            truncated=trunc[:, :T], env_steps=env_steps[:, :T], episode_success=success, episode_length=length,
+            episode_task=tasks.cpu(), episode_init=inits.cpu(), group=group,
+            timing={"time/env_s": t_env, "time/policy_s": t_policy})
+
+    # ------------------------------------------------------------ auto-reset
+
+    @torch.no_grad()
+    def run_autoreset(self) -> RolloutBatch:
+        env, B, T = self.env, self.env.num_envs, self.cfg.chunks_per_rollout
+        buf = _Buffer(B, T)
+        reward, env_steps = torch.zeros(B, T), torch.zeros(B, T, dtype=torch.int64)
+        term, trunc = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool)
+        next_value = torch.zeros(B, T)
+        ep_success, ep_len, ep_task, ep_init = [], [], [], []
+        t_env = t_policy = 0.0
+        rows = torch.arange(B)
+        if self._obs is None:
+            tasks, inits = self.sample_starts(B)
+            self._obs = env.reset(tasks, inits)
+            self._len.zero_()
+        obs = self._obs
+        for t in range(T):
+            t0 = time.perf_counter()
+            actions = self._act(buf, obs, rows, t)
+            t1 = time.perf_counter()
+            res = env.step_chunk(actions.to(env.device))
+            t_env += time.perf_counter() - t1
+            t_policy += t1 - t0
+            reward[:, t] = res.reward.cpu().sum(1)
+            env_steps[:, t] = res.valid.cpu().sum(1)
+            term[:, t], trunc[:, t] = res.terminated.cpu(), res.truncated.cpu()
+            self._len += env_steps[:, t]
+            ended = term[:, t] | trunc[:, t]
+            tr_rows = trunc[:, t].nonzero().flatten()
+            v = self._bootstrap(res.obs, tr_rows)
+            if v is not None:
+                next_value[tr_rows, t] = v
+            obs = res.obs
+            if bool(ended.any()):
+                idx = ended.nonzero().flatten()
+                ep_success.append(term[idx, t] & res.success.cpu()[idx])
+                ep_len.append(self._len[idx].clone())
+                ep_task.append(env.task_id.cpu()[idx].clone())
+                ep_init.append(env.init_id.cpu()[idx].clone())
+                self._len[idx] = 0
+                tasks, inits = self.sample_starts(B)
+                t2 = time.perf_counter()
+                obs = env.reset(tasks, inits, mask=ended.to(env.device))
+                t_env += time.perf_counter() - t2
+        self._obs = obs
+        last = self._bootstrap(obs, rows)
+        if last is not None:
+            cont = ~(term[:, -1] | trunc[:, -1])
+            next_value[:, -1] = torch.where(cont, last, next_value[:, -1])
+        valid = torch.ones(B, T, dtype=torch.bool)
+
+        def cat(xs, dtype):
+            return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
+
+        batch = self._finish(buf, T, reward, valid, term, trunc, env_steps, next_value,
+                             cat(ep_success, torch.bool), cat(ep_len, torch.int64), cat(ep_task, torch.int64),
+                             cat(ep_init, torch.int64), None, t_env, t_policy)
+        return batch
+
+
+def cat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
+    """Stack the rows of several episodic batches (padding the time axis); group ids stay distinct."""
+    if len(batches) == 1:
+        return batches[0]
+    T = max(b.valid.shape[1] for b in batches)
+
+    def pad(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        if x.shape[1] == T:
+            return x
+        return torch.cat([x, torch.zeros(x.shape[0], T - x.shape[1], *x.shape[2:], dtype=x.dtype)], 1)
+
+    def rows(get) -> torch.Tensor | None:
+        xs = [pad(get(b)) for b in batches]
+        return None if xs[0] is None else torch.cat(xs)
+
+    groups, offset = [], 0
+    for b in batches:
+        if b.group is not None:
+            groups.append(b.group + offset)
+            offset += int(b.group.max()) + 1 if b.group.numel() else 0
+    first = batches[0]
+    return RolloutBatch(
+        obs={k: rows(lambda b, k=k: b.obs[k]) for k in first.obs},
+        instructions=first.instructions,
+        replay={k: rows(lambda b, k=k: b.replay[k]) for k in first.replay},
+        log_prob=rows(lambda b: b.log_prob), value=rows(lambda b: b.value),
+        next_value=rows(lambda b: b.next_value), reward=rows(lambda b: b.reward), valid=rows(lambda b: b.valid),
+        terminated=rows(lambda b: b.terminated), truncated=rows(lambda b: b.truncated),
+        env_steps=rows(lambda b: b.env_steps),
+        episode_success=torch.cat([b.episode_success for b in batches]),
+        episode_length=torch.cat([b.episode_length for b in batches]),
+        episode_task=torch.cat([b.episode_task for b in batches]),
+        episode_init=torch.cat([b.episode_init for b in batches]),
+        group=torch.cat(groups) if groups else None,
+        timing={k: sum(b.timing.get(k, 0.0) for b in batches) for k in first.timing})
+
+
+def select_rows(batch: RolloutBatch, keep: torch.Tensor) -> RolloutBatch:
+    """The episodic batch restricted to rows ``keep`` (bool (B,))."""
+    idx = keep.nonzero().flatten()
+
+    def r(x):
+        return None if x is None else x[idx]
+
+    return RolloutBatch(
+        obs={k: v[idx] for k, v in batch.obs.items()}, instructions=batch.instructions,
+        replay={k: v[idx] for k, v in batch.replay.items()}, log_prob=batch.log_prob[idx], value=r(batch.value),
+        next_value=r(batch.next_value), reward=batch.reward[idx], valid=batch.valid[idx],
+        terminated=batch.terminated[idx], truncated=batch.truncated[idx], env_steps=batch.env_steps[idx],
+        episode_success=batch.episode_success[idx], episode_length=batch.episode_length[idx],
+        episode_task=batch.episode_task[idx], episode_init=batch.episode_init[idx], group=r(batch.group),
+        timing=dict(batch.timing))
+
+
+__all__ = ["RolloutCollector", "RolloutConfig", "cat_batches", "select_obs", "select_rows"]

@@ -1,0 +1,282 @@
+"""The online RL loop: collect rollouts, update with GRPO or PPO, evaluate, checkpoint, report.
+
+``reinforge train CONFIG.yaml [dotted.key=value ...]`` builds an ``RLConfig`` and runs ``RLTrainer``:
+
+- each iteration collects a rollout (GRPO: rounds of episodic groups, refilled by dynamic sampling until
+  ``rollout.num_groups`` informative groups are in; PPO: one rollout of either mode) and makes one update;
+- greedy evaluation on the train tasks (the suite's fixed evaluation initial states) and on the held-out
+  split before RL, every ``eval.every`` iterations and at the end (``eval.final_episodes_per_task`` at the
+  first and last point, so the before/after numbers are on the same scenes);
+- ``checkpoints/last`` (atomic) every ``checkpoint_every`` iterations; a restarted run resumes from it with
+  the same optimizer, RNG streams and evaluation history, so its metrics continue exactly;
+- metrics.jsonl + TensorBoard (+ W&B with ``wandb: true``), and a ``report/`` folder at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from reinforge.algos.base import RLOptimConfig, build_optimizer
+from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
+from reinforge.algos.ppo import PPO, PPOConfig
+from reinforge.config import check
+from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, SUITE_NAMES
+from reinforge.policies import load_pretrained
+from reinforge.progress import ProgressBar
+from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, select_rows
+from reinforge.train.checkpoint import load_checkpoint, save_checkpoint
+from reinforge.train.logging import MetricLogger
+from reinforge.types import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RLEvalConfig:
+    every: int = 5  # iterations between greedy evaluations; 0 = only before and after
+    episodes_per_task: int = 10  # periodic evaluations
+    final_episodes_per_task: int = 50  # before RL and after RL
+    heldout: bool = True  # also evaluate the held-out split (suites that have one)
+    videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, "eval.every", self.every, "must be >= 0")
+        check(self.episodes_per_task >= 1, "eval.episodes_per_task", self.episodes_per_task, "must be >= 1")
+        check(self.final_episodes_per_task >= 1, "eval.final_episodes_per_task", self.final_episodes_per_task,
+              "must be >= 1")
+        check(self.videos >= 0, "eval.videos", self.videos, "must be >= 0")
+
+
+@dataclass
+class RLConfig:
+    algo: Literal["grpo", "ppo"] = "grpo"
+    init: str = ""  # the SFT policy to start from (a folder written by `reinforge sft`)
+    suite: str = "spatial"
+    out: str = "runs/rl"
+    iterations: int = 40
+    freeze_vision: bool = True  # train everything but the vision encoder; rollouts cache its tokens
+    flow_sampler: str = ""  # flow policies: "sde" (Flow-SDE) or "noise" (Flow-Noise); "" = the checkpoint's
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    optim: RLOptimConfig = field(default_factory=RLOptimConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    checkpoint_every: int = 5
+    resume: bool = True
+    seed: int = 0
+    num_threads: int = 0  # torch threads; 0 = torch's default
+    wandb: bool = False
+    wandb_project: str = "reinforge"
+
+    def __post_init__(self) -> None:
+        check(self.algo in ("grpo", "ppo"), "algo", self.algo, "must be 'grpo' or 'ppo'")
+        check(self.suite in SUITE_NAMES, "suite", self.suite, f"must be one of {list(SUITE_NAMES)}")
+        check(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
+        check(self.flow_sampler in ("", "sde", "noise"), "flow_sampler", self.flow_sampler, "must be sde|noise|''")
+        check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
+        if self.algo == "grpo":
+            check(self.rollout.mode == "episodic", "rollout.mode", self.rollout.mode, "must be 'episodic' for GRPO")
+            check(self.rollout.group_size >= 2, "rollout.group_size", self.rollout.group_size,
+                  "must be >= 2 for GRPO (advantages are normalised within a group)")
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+class RLTrainer:
+    """Owns the policy, collector, algorithm and logs; ``run()`` trains to ``cfg.iterations``."""
+
+    def __init__(self, cfg: RLConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        self.iteration, self.env_steps, self.train_s = 0, 0, 0.0
+        self.history: list[dict[str, float]] = []  # evaluation points
+        ckpt = self.out / "checkpoints" / "last"
+        state = None
+        if cfg.resume and ckpt.is_dir():
+            self.policy, state = load_checkpoint(ckpt)
+            log.info("resuming %s from iteration %d", ckpt, int(state["iteration"]))
+        else:
+            if not cfg.init:
+                raise ValueError("RL starts from a fine-tuned policy: set init=PATH (a folder written by "
+                                 "`reinforge sft`, e.g. runs/sft/policy)")
+            self.policy = load_pretrained(cfg.init)
+            if cfg.flow_sampler:
+                self.policy.config = replace(self.policy.config, flow_sampler=cfg.flow_sampler)
+        self.collector = RolloutCollector(cfg.suite, self.policy, cfg.rollout, cache_features=cfg.freeze_vision,
+                                          need_values=cfg.algo == "ppo", seed=cfg.seed)
+        opt = build_optimizer(self.policy, cfg.optim, freeze_vision=cfg.freeze_vision, train_critic=cfg.algo == "ppo")
+        if cfg.algo == "grpo":
+            self.algo = GRPO(self.policy, opt, cfg.grpo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
+        else:
+            self.algo = PPO(self.policy, opt, cfg.ppo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
+        self.optimizer = opt
+        if state is not None:
+            self._restore(state)
+
+    # ------------------------------------------------------------ state
+
+    def _state(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "env_steps": self.env_steps, "train_s": self.train_s,
+                "optimizer": self.optimizer.state_dict(), "algo": self.algo.state_dict(),
+                "collector": self.collector.state_dict(), "torch_rng": torch.get_rng_state(),
+                "history": self.history, "config": _plain(asdict(self.cfg))}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        self.train_s = float(state["train_s"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.algo.load_state_dict(state["algo"])
+        self.collector.load_state_dict(state["collector"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state["history"])
+
+    # ------------------------------------------------------------ one iteration
+
+    def collect(self) -> tuple[RolloutBatch | None, dict[str, float]]:
+        """GRPO: rounds of groups until ``num_groups`` informative groups (dynamic sampling); PPO: one rollout."""
+        c = self.cfg
+        if c.algo == "ppo":
+            b = self.collector.collect()
+            return b, self._rollout_metrics([b], b)
+        G, want = c.rollout.group_size, c.rollout.num_groups
+        rounds, kept, n_kept = [], [], 0
+        for _ in range(c.grpo.max_rounds):
+            b = self.collector.collect()
+            rounds.append(b)
+            if c.grpo.dynamic_sampling:
+                keep = dynamic_sampling_keep(b.episode_success.view(-1, G).float()).repeat_interleave(G)
+                b = select_rows(b, keep)
+            if b.num_rows:
+                kept.append(b)
+                n_kept += b.num_rows // G
+            if n_kept >= want:
+                break
+        batch = cat_batches(kept) if kept else None
+        if batch is not None and n_kept > want:
+            batch = select_rows(batch, torch.arange(batch.num_rows) < want * G)
+        m = self._rollout_metrics(rounds, batch)
+        m["rollout/rounds"] = float(len(rounds))
+        m["rollout/kept_groups"] = float(n_kept)
+        return batch, m
+
+    def _rollout_metrics(self, rounds: list[RolloutBatch], batch: RolloutBatch | None) -> dict[str, float]:
+        succ = torch.cat([b.episode_success for b in rounds]).float()
+        length = torch.cat([b.episode_length for b in rounds]).float()
+        steps = sum(int(b.env_steps.sum()) for b in rounds)
+        self.env_steps += steps
+        t_env = sum(b.timing["time/env_s"] for b in rounds)
+        t_pol = sum(b.timing["time/policy_s"] for b in rounds)
+        m = {"rollout/success_rate": float(succ.mean()) if succ.numel() else 0.0,
+             "rollout/episodes": float(succ.numel()),
+             "rollout/episode_length": float(length.mean()) if length.numel() else 0.0,
+             "rollout/env_steps": float(steps), "time/env_s": t_env, "time/policy_s": t_pol,
+             "rollout/env_steps_per_s": steps / max(t_env + t_pol, 1e-9)}
+        if batch is not None:
+            m["rollout/samples"] = float(batch.num_samples)
+        return m
+
+    def train_iteration(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch, metrics = self.collect()
+        t1 = time.perf_counter()
+        if batch is None:
+            log.warning("iteration %d: every group was all-success or all-failure; no update", self.iteration)
+        elif self.cfg.algo == "ppo":
+            metrics.update(self.algo.update(batch, train_policy=self.iteration >= self.cfg.ppo.critic_warmup))
+        else:
+            metrics.update(self.algo.update(batch))
+        t2 = time.perf_counter()
+        self.iteration += 1
+        self.train_s += t2 - t0
+        metrics.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "time/iteration_s": t2 - t0,
+                        "time/train_min": self.train_s / 60, "progress/env_steps": float(self.env_steps)})
+        return metrics
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, episodes_per_task: int) -> dict[str, float]:
+        from reinforge.eval import evaluate
+
+        self.policy.eval()
+        c, out = self.cfg, {}
+        splits = ["train"] + (["heldout"] if c.eval.heldout and c.suite in HELDOUT_SUITES else [])
+        for split in splits:
+            r = evaluate(lambda env: self.policy, c.suite, split=split, episodes_per_task=episodes_per_task,
+                         image_size=self.policy.config.image_size[0])
+            key = f"eval/{c.suite}" + ("" if split == "train" else "_heldout")
+            out[f"{key}/success_rate"] = r.success_rate
+            out[f"{key}/mean_length"] = r.mean_length
+            out.update({f"{key}/{name}": v for name, v in r.per_task.items()})
+        return out
+
+    def record_videos(self, folder: Path) -> list[str]:
+        """Greedy rollout videos of the current policy, one per task for the first ``eval.videos`` tasks."""
+        from reinforge.eval import evaluate
+
+        self.policy.eval()
+        n = min(self.cfg.eval.videos, self.collector.env.suite.num_tasks)
+        r = evaluate(lambda env: self.policy, self.cfg.suite, episodes_per_task=1, tasks=list(range(n)),
+                     image_size=self.policy.config.image_size[0], video_dir=folder, video_format="mp4")
+        return r.videos
+
+    def _eval_point(self, logger: MetricLogger, episodes: int) -> dict[str, float]:
+        m = self.evaluate(episodes)
+        m.update({"iteration": float(self.iteration), "env_steps": float(self.env_steps),
+                  "train_min": self.train_s / 60, "episodes_per_task": float(episodes)})
+        self.history.append(m)
+        logger.log(self.iteration, {k: v for k, v in m.items() if k.startswith("eval/")})
+        return m
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, progress: bool = True) -> dict[str, float]:
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        # rows logged after the checkpoint we resumed from belong to a lost future: drop them
+        logger = MetricLogger(self.out, wandb_project=c.wandb_project if c.wandb else None,
+                              wandb_config=_plain(asdict(c)), keep_until=self.iteration)
+        if not self.history:
+            self._eval_point(logger, c.eval.final_episodes_per_task)
+            save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+        key = f"eval/{c.suite}/success_rate"
+        bar = ProgressBar(f"{c.algo} {c.suite}", c.iterations, start=self.iteration, enabled=progress,
+                          rollout="-", eval=f"{self.history[-1][key]:.2f}")
+        try:
+            while self.iteration < c.iterations:
+                m = self.train_iteration()
+                logger.log(self.iteration, m)
+                bar.update(self.iteration, rollout=f"{m['rollout/success_rate']:.2f}")
+                last = self.iteration == c.iterations
+                if c.eval.every and self.iteration % c.eval.every == 0 and not last:
+                    bar.update(self.iteration, eval=f"{self._eval_point(logger, c.eval.episodes_per_task)[key]:.2f}")
+                if self.iteration % c.checkpoint_every == 0 or last:
+                    save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+        finally:
+            bar.close()
+        if self.history[-1]["iteration"] != self.iteration:
+            self._eval_point(logger, c.eval.final_episodes_per_task)
+            save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+        self.policy.save_pretrained(self.out / "policy")
+        logger.close()
+        if c.eval.videos:
+            self.record_videos(self.out / "report" / "videos")
+        from reinforge.eval.report import write_report
+
+        write_report(self.out, self.history, suite=c.suite, algo=c.algo, policy_kind=self.policy.config.kind)
+        return self.history[-1]
+
