@@ -74,3 +74,51 @@ def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, r
             "act_batch": batch, "act_s": round(act_s, 4), "act_obs_per_s": round(batch / act_s, 1),
             "evaluate_s": round(eval_s, 4), "sft_batch": train_batch, "sft_step_s": round(step_s, 4),
             "torch_threads": torch.get_num_threads()}
+
+
+def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, freeze_vision: bool = True,
+             init: str | None = None, suite: str = "spatial", seed: int = 0) -> dict[str, Any]:
+    """RL throughput of the shipped CPU preset (``tabletop_<algo>_<policy>``): env steps per second during
+    rollouts (simulation + policy inference), seconds per update and per gradient step.
+
+    Without ``init`` the policy is freshly initialised: it never succeeds, so every episode runs to the time
+    limit (the slowest case for rollouts)."""
+    from pathlib import Path
+
+    from reinforge.algos.base import build_optimizer
+    from reinforge.algos.grpo import GRPO
+    from reinforge.algos.ppo import PPO
+    from reinforge.config import load_config
+    from reinforge.policies import PolicyConfig, load_pretrained, make_policy
+    from reinforge.rollout import RolloutCollector
+    from reinforge.train.rl import RLConfig
+
+    names = {("grpo", "token"): "tabletop_grpo_token", ("grpo", "flow"): "tabletop_grpo_flow_sde",
+             ("ppo", "flow"): "tabletop_ppo_flow_sde", ("ppo", "token"): "tabletop_ppo_token"}
+    cfg = load_config(RLConfig, Path(__file__).parent / "configs" / f"{names[(algo, kind)]}.yaml",
+                      ["init=-", f"suite={suite}"])
+    torch.manual_seed(seed)
+    policy = load_pretrained(init) if init else make_policy(PolicyConfig(kind=kind))
+    if kind != policy.config.kind:
+        raise ValueError(f"--init is a {policy.config.kind} policy, not {kind}")
+    collector = RolloutCollector(suite, policy, cfg.rollout, cache_features=freeze_vision,
+                                 need_values=algo == "ppo", seed=seed)
+    opt = build_optimizer(policy, cfg.optim, freeze_vision=freeze_vision, train_critic=algo == "ppo")
+    learner = GRPO(policy, opt, cfg.grpo, grad_clip=1.0) if algo == "grpo" else PPO(policy, opt, cfg.ppo, grad_clip=1.0)
+    rows = []
+    for i in range(iterations + 1):  # the first iteration warms up (renderer compilation, allocator)
+        t0 = time.perf_counter()
+        batch = collector.collect()
+        t1 = time.perf_counter()
+        learner.update(batch)
+        t2 = time.perf_counter()
+        steps = int(batch.env_steps.sum())
+        n_grad = learner.epochs * max(1, round(batch.num_samples / learner.minibatch_size))
+        if i:
+            rows.append((steps, t1 - t0, t2 - t1, n_grad, batch.num_samples))
+    steps, t_roll, t_upd, n_grad, samples = (sum(r[k] for r in rows) for k in range(5))
+    return {"policy": kind, "algo": algo, "freeze_vision": freeze_vision, "envs": cfg.rollout.envs,
+            "env_steps_per_s": round(steps / t_roll, 1), "rollout_s": round(t_roll / len(rows), 2),
+            "update_s": round(t_upd / len(rows), 2), "grad_step_s": round(t_upd / n_grad, 3),
+            "samples_per_update": samples // len(rows), "iteration_s": round((t_roll + t_upd) / len(rows), 2),
+            "threads": torch.get_num_threads()}

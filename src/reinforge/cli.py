@@ -1,4 +1,4 @@
-"""The ``reinforge`` command: demos, sft, eval, bench, quickstart, suites."""
+"""The ``reinforge`` command: quickstart, demos, sft, train, eval, bench, suites."""
 
 from __future__ import annotations
 
@@ -91,8 +91,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from reinforge.bench import bench_env, bench_policy
+    from reinforge.bench import bench_env, bench_policy, bench_rl
 
+    if args.what == "rl":
+        freeze = {"both": (True, False), "on": (True,), "off": (False,)}[args.freeze_vision]
+        rows = [bench_rl(args.policy, args.algo, iterations=args.iterations, freeze_vision=f, init=args.init)
+                for f in freeze]
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+            return 0
+        t = Table(title=f"RL throughput: {args.algo.upper()} on the {args.policy} policy (CPU preset)")
+        for k in rows[0]:
+            t.add_column(k)
+        for r in rows:
+            t.add_row(*[str(v) for v in r.values()])
+        Console().print(t)
+        return 0
     if args.what == "env":
         res = bench_env(num_envs=args.num_envs, image_size=args.image_size, steps=args.steps,
                         render_backend=args.render_backend)
@@ -129,26 +144,95 @@ def cmd_suites(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_quickstart(args: argparse.Namespace) -> int:
+QUICKSTART_CONFIGS = {("grpo", "token"): "tabletop_grpo_token", ("grpo", "flow"): "tabletop_grpo_flow_sde",
+                      ("ppo", "flow"): "tabletop_ppo_flow_sde", ("ppo", "token"): "tabletop_ppo_token"}
+
+
+def _demos(suite: str, out: Path, per_task: int) -> Path:
+    """Record (or reuse a complete earlier recording of) ``per_task`` expert demos per task."""
+    from reinforge.data import DatasetError, DemoDataset
     from reinforge.data.record import record_demos
-    from reinforge.eval import evaluate, load_actor
+
+    try:
+        ds = DemoDataset.load(out, success_only=False)
+        if ds.num_episodes == per_task * len({int(t) for t in ds.task_index.tolist()}):
+            return out
+    except (DatasetError, ValueError, FileNotFoundError):
+        pass
+    path = record_demos(suite, out, per_task=per_task, overwrite=True)
+    console.print(f"recorded {per_task} expert demo(s) per task of {suite} -> {path}")
+    return path
+
+
+def _sft(data: Path, kind: str, steps: int, out: Path) -> Path:
+    """SFT (resuming a killed run, skipping a finished one); returns the policy folder."""
+    from reinforge.algos.sft import SFTConfig, SFTTrainer
+    from reinforge.config import load_config
+
+    if (out / "policy" / "config.json").is_file():
+        return out / "policy"
+    cfg = load_config(SFTConfig, CONFIG_DIR / f"tabletop_sft_{kind}.yaml",
+                      [f"data={data}", f"out={out}", f"steps={steps}", "eval_episodes_per_task=1"])
+    console.print(f"SFT {kind} policy on {data.name} for {steps} steps -> {out}")
+    SFTTrainer(cfg).run()
+    return out / "policy"
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Expert demos -> one-demo SFT -> RL -> greedy evaluation before/after, next to a 50-demo SFT policy."""
+    from reinforge.config import load_config
+    from reinforge.eval import evaluate
+    from reinforge.eval.report import write_report
+    from reinforge.policies import load_pretrained
+    from reinforge.train.rl import RLConfig, RLTrainer
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for suite in _suites(args.suite):
-        path = record_demos(suite, out / "demos" / suite, per_task=args.per_task, overwrite=True)
-        console.print(f"recorded {args.per_task} expert demo(s) per task of {suite} -> {path}")
+    suite, kind, algo = args.suite, args.policy, args.algo
+    name = args.config or QUICKSTART_CONFIGS[(algo, kind)]
+    console.print(f"[bold]reinforge quickstart[/bold]: {suite} suite, {kind} policy, {algo.upper()} ({name}) -> {out}")
+    sft1 = _sft(_demos(suite, out / "demos_1", 1), kind, args.sft_steps, out / "sft_1demo")
+    overrides = [f"init={sft1}", f"out={out / 'rl'}", f"suite={suite}",
+                 f"eval.final_episodes_per_task={args.episodes_per_task}", *args.overrides]
+    if args.iterations is not None:
+        overrides.append(f"iterations={args.iterations}")
+    cfg = load_config(RLConfig, resolve_config(name), overrides)
+    if cfg.algo != algo:
+        raise ValueError(f"config {name} is for {cfg.algo}, not {algo}")
+    trainer = RLTrainer(cfg)
+    trainer.run()
+    hist = trainer.history
+    rows = {"sft1": hist[0], "rl": hist[-1]}
+    if args.sft50_steps > 0:
+        sft50 = _sft(_demos(suite, out / "demos_50", 50), kind, args.sft50_steps, out / "sft_50demo")
+        policy = load_pretrained(sft50).eval()
+        rows["sft50"] = {}
         for split in ("train", "heldout") if suite in HELDOUT_SUITES else ("train",):
-            for policy in ("expert", "random"):
-                r = evaluate(load_actor(policy), suite, split=split, episodes_per_task=args.episodes_per_task,
-                             progress=True, video_dir=out / "videos" if policy == "expert" and split == "train"
-                             else None, videos_per_task=1 if suite == "spatial" else 0)
-                rows.append((policy, r))
-    Console().print(_result_table(rows, "reinforge quickstart: scripted expert vs random on the tabletop suites"))
-    summary = [{"policy": p, **r.to_dict()} for p, r in rows]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"summary written to {out / 'summary.json'}; videos in {out / 'videos'}")
+            r = evaluate(lambda env: policy, suite, split=split, episodes_per_task=args.episodes_per_task,
+                         progress=True)
+            rows["sft50"][f"eval/{suite}" + ("" if split == "train" else "_heldout") + "/success_rate"] = r.success_rate
+    table = Table(title=f"reinforge quickstart: {suite}, {kind} policy, {algo.upper()} "
+                        f"({args.episodes_per_task} greedy episodes per task)")
+    cols = ["suite", "SFT (1 demo)", "+ RL", "SFT (50 demos)"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "suite" else "right")
+    md = ["| " + " | ".join(cols) + " |", "|---|---|---|---|"]
+    for label, key in ((suite, f"eval/{suite}/success_rate"),
+                       (f"{suite} held-out", f"eval/{suite}_heldout/success_rate")):
+        if key not in rows["rl"]:
+            continue
+        cells = [label] + [f"{100 * rows[r][key]:.1f}%" if key in rows.get(r, {}) else "-"
+                           for r in ("sft1", "rl", "sft50")]
+        table.add_row(*cells)
+        md.append("| " + " | ".join(cells) + " |")
+    Console().print(table)
+    report = write_report(out / "rl", hist, suite=suite, algo=algo, policy_kind=kind)
+    minutes = hist[-1]["train_min"]
+    (out / "summary.md").write_text(f"# reinforge quickstart: {suite}, {kind} policy, {algo.upper()}\n\n"
+                                    + "\n".join(md) + f"\n\nRL: {int(hist[-1]['iteration'])} iterations, "
+                                    f"{minutes:.1f} training minutes. Curves and videos: rl/report/\n")
+    (out / "summary.json").write_text(json.dumps({k: {m: v for m, v in r.items() if m.endswith("success_rate")}
+                                                  for k, r in rows.items()}, indent=2))
+    console.print(f"summary: {out / 'summary.md'}; report with curves and videos: {report}")
     return 0
 
 
@@ -177,6 +261,54 @@ def cmd_sft(args: argparse.Namespace) -> int:
     summary = {"policy": str(Path(cfg.out) / "policy"), "steps": trainer.step,
                **{k: round(v, 4) for k, v in final.items()}}
     print(json.dumps(summary))
+    return 0
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_config(spec: str) -> Path:
+    """A YAML path, or the name of a shipped config (``tabletop_grpo_token``)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (spec if spec.endswith(".yaml") else spec + ".yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+    raise ValueError(f"config {spec!r} is neither a file nor a shipped config; shipped configs: {names}")
+
+
+def _before_after_table(history: list[dict], suite: str, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("split", "before RL", "after RL"):
+        t.add_column(col, justify="left" if col == "split" else "right")
+    for split, key in (("train tasks", f"eval/{suite}/success_rate"),
+                       ("held-out", f"eval/{suite}_heldout/success_rate")):
+        if key in history[-1]:
+            t.add_row(split, f"{100 * history[0][key]:.1f}%", f"{100 * history[-1][key]:.1f}%")
+    return t
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from reinforge.config import load_config, to_dict
+    from reinforge.train.rl import RLConfig, RLTrainer
+
+    cfg = load_config(RLConfig, resolve_config(args.config), list(args.overrides))
+    trainer = RLTrainer(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    verb = f"resuming at iteration {trainer.iteration}" if trainer.iteration else "starting"
+    console.print(f"{cfg.algo.upper()} on the {trainer.policy.config.kind} policy, suite {cfg.suite}: {verb}, "
+                  f"{cfg.iterations} iterations -> {out}")
+    final = trainer.run(progress=not args.quiet)
+    Console().print(_before_after_table(trainer.history, cfg.suite, f"{cfg.algo.upper()} {cfg.suite}"))
+    console.print(f"report: {out / 'report' / 'summary.md'}")
+    print(json.dumps({"out": str(out), "iterations": trainer.iteration,
+                      **{k: round(v, 4) for k, v in final.items() if k.endswith("success_rate")}}))
     return 0
 
 
@@ -213,7 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=("env", "policy"))
+    b.add_argument("what", choices=("env", "policy", "rl"))
+    b.add_argument("--policy", default="token", choices=("token", "flow"), help="rl benchmark: policy kind")
+    b.add_argument("--algo", default="grpo", choices=("grpo", "ppo"), help="rl benchmark: algorithm")
+    b.add_argument("--iterations", type=int, default=2, help="rl benchmark: timed iterations (after 1 warm-up)")
+    b.add_argument("--freeze-vision", default="both", choices=("both", "on", "off"),
+                   help="rl benchmark: with a frozen, cached vision encoder, without, or both")
+    b.add_argument("--init", default=None, help="rl benchmark: a fine-tuned policy (default: fresh weights)")
     b.add_argument("--batch", type=int, default=512, help="policy benchmark: observations per act() call")
     b.add_argument("--num-envs", type=int, default=256)
     b.add_argument("--image-size", type=int, default=64)
@@ -235,15 +373,29 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. policy.horizon=4 optim.lr=3e-4")
     f.set_defaults(fn=cmd_sft)
 
+    t = sub.add_parser("train", help="online RL (GRPO / PPO) from a fine-tuned policy")
+    t.add_argument("config", help="YAML config (fields of RLConfig) or a shipped config name, e.g. "
+                                  "tabletop_grpo_token")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. init=runs/sft/policy optim.lr=1e-4")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
     s = sub.add_parser("suites", help="list the task suites and their instructions")
     s.add_argument("--suite", default="all")
     s.set_defaults(fn=cmd_suites)
 
-    q = sub.add_parser("quickstart", help="the main job: demos + evaluation on every suite")
+    q = sub.add_parser(
+        "quickstart", help="the main job: expert demos -> 1-demo SFT -> RL -> evaluation, next to 50-demo SFT")
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--suite", default="all")
-    q.add_argument("--per-task", type=int, default=1)
-    q.add_argument("--episodes-per-task", type=int, default=10)
+    q.add_argument("--suite", default="spatial", choices=SUITE_NAMES)
+    q.add_argument("--policy", default="token", choices=("token", "flow"))
+    q.add_argument("--algo", default="grpo", choices=("grpo", "ppo"))
+    q.add_argument("--config", default=None, help="RL config (default: the shipped one for --algo/--policy)")
+    q.add_argument("--iterations", type=int, default=None, help="RL iterations (default: the config's)")
+    q.add_argument("--sft-steps", type=int, default=600, help="SFT steps on the single demo per task")
+    q.add_argument("--sft50-steps", type=int, default=1500, help="SFT steps of the 50-demo baseline (0 = skip)")
+    q.add_argument("--episodes-per-task", type=int, default=50, help="greedy episodes per task before/after")
+    q.add_argument("overrides", nargs="*", help="dotted RL config overrides, e.g. optim.lr=1e-4")
     q.set_defaults(fn=cmd_quickstart)
     return p
 

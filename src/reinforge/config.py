@@ -58,11 +58,37 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             value = from_dict(sub, value, f"{prefix}{key}.")
         elif isinstance(value, list) and typing.get_origin(types_[key]) is tuple:
             value = tuple(value)
+        else:
+            value = _coerce(value, types_[key], f"{prefix}{key}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"config section {prefix or '<root>'}: {e}") from None
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Scalars of the declared type: '2e-4' (which YAML reads as a string) and ints become floats for float
+    fields; anything else of the wrong scalar type is an error naming the field."""
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field {name!r} must be a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"config field {name!r} must be a number, got {value!r}") from None
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

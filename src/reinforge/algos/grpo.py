@@ -136,6 +136,10 @@ class GRPO(PolicyGradientUpdate):
         for rows, steps in self.minibatches(batch):
             logp, ent, _ = self.evaluate(batch, rows, steps)
             old = batch.log_prob[rows, steps]
+            if logp.shape != old.shape:
+                raise ValueError(f"the rollout stored log-probs of shape {tuple(old.shape[1:])} but the policy now "
+                                 f"gives {tuple(logp.shape[1:])}: collect after building GRPO (it sets the "
+                                 "token policy's logprob type)")
             a = adv[rows]
             if self.token_level:
                 a, mask = a[:, None, None], self.policy.entry_mask().expand_as(logp)

@@ -221,6 +221,7 @@ class RolloutCollector:
             nv = next_value[:, :T].clone()
             ended = term[:, :T] | trunc[:, :T]
             cont = ~ended & valid[:, :T]
+            cont[:, -1] = False  # the rollout's last step keeps its bootstrap value V(s_T)
             nxt = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
             nv = torch.where(cont, nxt, nv)
         obs = {k: buf.get(k, T) for k in (OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_STATE, OBS_TASK_ID) if k in buf.data}

@@ -22,7 +22,8 @@ class MetricLogger:
             try:
                 import wandb
             except ImportError:
-                raise ImportError("W&B logging needs the wandb package: pip install wandb (or set wandb=false)") from None
+                raise ImportError("W&B logging needs the wandb package: pip install wandb "
+                                  "(or set wandb=false)") from None
             self.wandb = wandb.init(project=wandb_project, config=wandb_config, dir=str(out), resume="allow")
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)

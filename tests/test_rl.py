@@ -1,0 +1,227 @@
+"""Online RL: the rollout collector's masks and replay, GRPO / PPO updates, the training loop (resume,
+config errors, CLI, report) and a short behavioural run in which RL raises success."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reinforge.algos.base import RLOptimConfig, build_optimizer
+from reinforge.algos.grpo import GRPO, GRPOConfig, row_advantages
+from reinforge.algos.ppo import PPO, PPOConfig
+from reinforge.config import ConfigError, load_config
+from reinforge.policies import PolicyConfig, make_policy
+from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, select_rows
+from reinforge.train.logging import read_metrics
+from reinforge.train.rl import RLConfig, RLTrainer
+
+TINY = dict(image_size=(32, 32), d_model=32, heads=2, fusion_layers=1, channels=(16, 16), horizon=4,
+            execute_steps=3, value_hidden=16, expert_layers=1, num_steps=3)
+
+
+def tiny_policy(kind: str = "token", **kw):
+    torch.manual_seed(0)
+    return make_policy(PolicyConfig(kind=kind, **{**TINY, **kw}))
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory):
+    path = tmp_path_factory.mktemp("init") / "policy"
+    tiny_policy().save_pretrained(path)
+    return path
+
+
+def collect(policy, cache, mode="episodic", max_episode_steps=8, **kw):
+    cfg = RolloutConfig(mode=mode, num_groups=2, group_size=3, num_envs=4, chunks_per_rollout=5,
+                        max_episode_steps=max_episode_steps, **kw)
+    return RolloutCollector("spatial", policy, cfg, cache_features=cache, need_values=True, seed=0).collect()
+
+
+def test_episodic_rollout_masks_groups_and_shapes():
+    b = collect(tiny_policy(), cache=False)
+    B, T = b.valid.shape
+    assert (B, T) == (6, 3), "8 steps in chunks of 3 -> 3 policy calls"
+    # the last chunk ends mid-chunk at the time limit: 3 + 3 + 2 env steps
+    assert b.env_steps[b.valid].sum() == b.episode_length.sum()
+    assert (b.env_steps * ~b.valid).sum() == 0, "no env step is executed for an ended episode"
+    ended = b.truncated | b.terminated
+    assert (ended.sum(1) == 1).all(), "every episode ends exactly once"
+    assert b.group.tolist() == [0, 0, 0, 1, 1, 1]
+    g0 = b.episode_task[:3], b.episode_init[:3]
+    assert len(set(g0[0].tolist())) == 1 and len(set(g0[1].tolist())) == 1, "a group shares task and init"
+    assert b.replay["tokens"].shape == (6, 3, 4, 7) and b.obs["image"].shape[:2] == (6, 3)
+    # truncation bootstraps from the value of the final state, a continuing step from the next value
+    last = b.valid.sum(1) - 1
+    rows = torch.arange(B)
+    assert torch.isfinite(b.next_value).all() and (b.next_value[rows, last] != 0).all()
+    assert torch.allclose(b.next_value[:, 0], b.value[:, 1])
+
+
+@pytest.mark.parametrize("kind,sampler", [("token", "sde"), ("flow", "sde"), ("flow", "noise")])
+@pytest.mark.parametrize("cache", [False, True])
+def test_stored_log_probs_are_recomputed_exactly(kind, sampler, cache):
+    """ratio = 1 before any update, with images or with the cached frozen-vision tokens."""
+    policy = tiny_policy(kind, flow_sampler=sampler)
+    b = collect(policy, cache)
+    assert ("image_features" in b.obs) == cache and ("image" in b.obs) != cache
+    rows, steps = b.valid.nonzero(as_tuple=True)
+    with torch.no_grad():
+        lp, ent, value = policy.evaluate(b.sample_obs(rows, steps), {k: v[rows, steps] for k, v in b.replay.items()})
+    assert torch.allclose(lp, b.log_prob[rows, steps], atol=1e-4)
+    assert torch.allclose(value, b.value[rows, steps], atol=1e-5)
+
+
+def test_autoreset_rollout_records_episodes_and_keeps_running():
+    policy = tiny_policy()
+    cfg = RolloutConfig(mode="autoreset", num_envs=4, chunks_per_rollout=5, max_episode_steps=6)
+    c = RolloutCollector("spatial", policy, cfg, need_values=True, seed=0)
+    b = c.collect()
+    assert b.valid.all() and b.valid.shape == (4, 5)
+    # 5 chunks x 3 steps = 15 steps per env with episodes of 6 steps: 2 finished episodes per env
+    assert b.episode_length.tolist() == [6] * 8 and b.truncated.sum() == 8
+    b2 = c.collect()
+    # steps 15..30 end episodes at 18, 24 and 30: the episode in flight continued (a fresh reset would give 2)
+    assert b2.episode_length.numel() == 12 and (b2.episode_length == 6).all()
+    tr = b.truncated
+    assert torch.isfinite(b.next_value[tr]).all()
+    # the last step of the rollout is bootstrapped (not an episode end): next_value = V(last state) != 0
+    assert (b.next_value[:, -1] != 0).all()
+
+
+def test_grpo_row_advantages_and_batch_surgery():
+    success = torch.tensor([1, 0, 0, 1, 1, 1], dtype=torch.bool)
+    adv = row_advantages(success, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert adv[3:].abs().max() < 1e-6 and adv[0] > 0 > adv[1]
+    with pytest.raises(ValueError, match="same number"):
+        row_advantages(success, torch.tensor([0, 0, 1, 1, 1, 1]))
+    b = collect(tiny_policy(), cache=True)
+    both = cat_batches([b, select_rows(b, torch.tensor([False, False, False, True, True, True]))])
+    g = both.group.tolist()
+    assert both.num_rows == 9 and len(set(g)) == 3 and g[:6] == [0, 0, 0, 1, 1, 1], "group ids stay distinct"
+
+
+def test_updates_ignore_invalid_entries_and_move_the_policy():
+    """Steps after an episode ended contribute nothing: garbage there changes neither loss nor advantages."""
+    policy = tiny_policy()
+    ppo = PPO(policy, build_optimizer(policy, RLOptimConfig(), freeze_vision=True, train_critic=True),
+              PPOConfig(epochs=1), grad_clip=1.0)
+    opt = build_optimizer(policy, RLOptimConfig(lr=1e-3), freeze_vision=True, train_critic=False)
+    grpo = GRPO(policy, opt, GRPOConfig(minibatch_size=4), grad_clip=1.0)  # token-level log-probs from here on
+    # episodes of 2 and 3 policy calls: the short ones are padded with invalid entries
+    b = cat_batches([collect(policy, cache=True, max_episode_steps=5), collect(policy, cache=True)])
+    b.episode_success[:] = torch.tensor([True, False, False, True, False, True] * 2)
+    inv = ~b.valid
+    assert inv.any() and b.log_prob.shape[2:] == (4, 7)
+    adv, ret = ppo.advantages(b)
+    b.reward[inv], b.value[inv], b.next_value[inv] = 100.0, -50.0, 7.0
+    adv2, _ = ppo.advantages(b)
+    assert torch.allclose(adv, adv2) and (adv2[inv] == 0).all()
+    # a GRPO update changes the trainable weights but never the frozen vision encoder
+    vision = [p.clone() for p in policy.vision_parameters()]
+    head = policy.head.weight.clone()
+    b.log_prob[inv] = float("nan")  # never read
+    m = grpo.update(b)
+    assert m["train/num_samples"] == b.num_samples and m["train/ratio_mean"] == pytest.approx(1.0, abs=0.05)
+    assert not torch.equal(head, policy.head.weight)
+    assert all(torch.equal(a, p) for a, p in zip(vision, policy.vision_parameters()))
+
+
+def _tiny_rl(init, out, *extra):
+    return load_config(RLConfig, None, [
+        f"init={init}", f"out={out}", "rollout.num_groups=2", "rollout.group_size=2", "rollout.max_episode_steps=9",
+        "rollout.tasks=[0,1]", "grpo.dynamic_sampling=false", "grpo.minibatch_size=8", "eval.every=1",
+        "eval.episodes_per_task=1", "eval.final_episodes_per_task=1", "eval.heldout=false", "eval.videos=0",
+        "checkpoint_every=1", *extra])
+
+
+def _rows(out):
+    return [{k: v for k, v in r.items() if not k.startswith("time") and k != "rollout/env_steps_per_s"}
+            for r in read_metrics(out / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_path, algo):
+    # (auto-reset rollouts restart the episodes in flight on resume; episodic ones resume exactly)
+    extra = [f"algo={algo}"] + (["ppo.minibatch_size=4", "ppo.epochs=2"] if algo == "ppo" else [])
+    straight = tmp_path / "straight"
+    RLTrainer(_tiny_rl(tiny_init, straight, "iterations=3", *extra)).run(progress=False)
+    cut = tmp_path / "cut"
+    RLTrainer(_tiny_rl(tiny_init, cut, "iterations=2", *extra)).run(progress=False)
+    resumed = RLTrainer(_tiny_rl(tiny_init, cut, "iterations=3", *extra))
+    assert resumed.iteration == 2
+    resumed.run(progress=False)
+    a, b = _rows(straight), _rows(cut)
+    # the interrupted run also evaluated at its end (iteration 2); the straight run did so via eval.every
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in a]
+    got = [{k: v for k, v in r.items() if k != "time"} for r in b]
+    assert got == strip
+    assert (straight / "report" / "summary.md").is_file() and (straight / "report" / "success_curve.png").is_file()
+    assert (straight / "policy" / "model.safetensors").is_file()
+
+
+def test_rl_config_errors(tiny_init):
+    with pytest.raises(ConfigError, match="clip_hgh.*did you mean 'clip_high'"):
+        load_config(RLConfig, None, ["grpo.clip_hgh=0.3"])
+    with pytest.raises(ConfigError, match="must be 'episodic' for GRPO"):
+        load_config(RLConfig, None, ["rollout.mode=autoreset"])
+    with pytest.raises(ConfigError, match="'optim.lr' must be a number"):
+        load_config(RLConfig, None, ["optim.lr=fast"])
+    with pytest.raises(ValueError, match="set init=PATH"):
+        RLTrainer(load_config(RLConfig, None, ["resume=false"]))
+    with pytest.raises(ValueError, match="out of range"):
+        RLTrainer(load_config(RLConfig, None, [f"init={tiny_init}", "rollout.tasks=[12]", "resume=false"]))
+    with pytest.raises(ValueError, match="PPO needs a value head"):
+        p = tiny_policy(value_head=False)
+        PPO(p, build_optimizer(p, RLOptimConfig(), freeze_vision=False, train_critic=True), PPOConfig(), grad_clip=1)
+
+
+@pytest.mark.parametrize("name", ["tabletop_grpo_token", "tabletop_grpo_flow_sde", "tabletop_ppo_flow_sde",
+                                  "tabletop_ppo_flow_noise", "tabletop_ppo_token"])
+def test_shipped_rl_configs_load(name):
+    from reinforge.cli import resolve_config
+
+    cfg = load_config(RLConfig, resolve_config(name), ["init=x"])
+    assert cfg.algo in name and cfg.iterations > 0
+
+
+def test_train_cli_runs_and_prints_a_summary(tiny_init, tmp_path, capsys):
+    from reinforge.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["train", "tabletop_ppo_flow_sde", f"init={tiny_init}", f"out={out}", "iterations=1", "flow_sampler=",
+            "rollout.num_envs=2", "rollout.chunks_per_rollout=2", "eval.episodes_per_task=1",
+            "eval.final_episodes_per_task=1", "eval.heldout=false", "eval.videos=1", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["iterations"] == 1 and "eval/spatial/success_rate" in summary
+    assert list((out / "report" / "videos").glob("*.mp4")), "a rollout video of the final policy"
+    assert main(["train", "no_such_config"]) == 2
+    assert "neither a file nor a shipped config" in capsys.readouterr().err
+
+
+def test_grpo_raises_success_on_a_task(tmp_path):
+    """Behavioural: one demo -> SFT -> a few GRPO iterations on that task raise the success of the sampling
+    policy that GRPO optimises (64 fresh rollouts per iteration, from the task's 50 training initial states)."""
+    from reinforge.algos.sft import SFTConfig, SFTTrainer
+    from reinforge.data.record import record_demos
+
+    data = record_demos("spatial", tmp_path / "d", per_task=1, tasks=[0])
+    sft = SFTTrainer(load_config(SFTConfig, None, [f"data={data}", f"out={tmp_path / 's'}", "steps=300",
+                                                  "resume=false", "eval_episodes_per_task=1"]))
+    for _ in range(300):
+        sft.train_step()
+    sft.policy.save_pretrained(tmp_path / "sft")
+    cfg = load_config(RLConfig, resolve("tabletop_grpo_token"), [
+        f"init={tmp_path / 'sft'}", f"out={tmp_path / 'rl'}", "rollout.tasks=[0]", "rollout.num_groups=8",
+        "grpo.minibatch_size=256", "grpo.max_rounds=1", "resume=false"])
+    trainer = RLTrainer(cfg)
+    rollout = [trainer.train_iteration()["rollout/success_rate"] for _ in range(8)]
+    assert sum(rollout[-2:]) / 2 >= rollout[0] + 0.2, rollout
+
+
+def resolve(name):
+    from reinforge.cli import resolve_config
+
+    return resolve_config(name)
