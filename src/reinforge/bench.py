@@ -96,7 +96,7 @@ def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, fr
     names = {("grpo", "token"): "tabletop_grpo_token", ("grpo", "flow"): "tabletop_grpo_flow_sde",
              ("ppo", "flow"): "tabletop_ppo_flow_sde", ("ppo", "token"): "tabletop_ppo_token"}
     cfg = load_config(RLConfig, Path(__file__).parent / "configs" / f"{names[(algo, kind)]}.yaml",
-                      ["init=-", f"suite={suite}"])
+                      ["init=unused", f"suite={suite}"])
     torch.manual_seed(seed)
     policy = load_pretrained(init) if init else make_policy(PolicyConfig(kind=kind))
     if kind != policy.config.kind:
