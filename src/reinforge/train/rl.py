@@ -25,6 +25,7 @@ import torch
 from reinforge.algos.base import RLOptimConfig, build_optimizer
 from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
 from reinforge.algos.ppo import PPO, PPOConfig
+from reinforge.algos.sft import _plain
 from reinforge.config import check
 from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, SUITE_NAMES
 from reinforge.policies import load_pretrained
@@ -84,14 +85,6 @@ class RLConfig:
             check(self.rollout.mode == "episodic", "rollout.mode", self.rollout.mode, "must be 'episodic' for GRPO")
             check(self.rollout.group_size >= 2, "rollout.group_size", self.rollout.group_size,
                   "must be >= 2 for GRPO (advantages are normalised within a group)")
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    return x
 
 
 class RLTrainer:
