@@ -32,6 +32,25 @@ def test_observation_contract():
     assert st[6].item() == pytest.approx(0.04) and st[7].item() == pytest.approx(-0.04)
 
 
+def test_snapshot_restore_continues_the_episodes_exactly():
+    env = TabletopEnv("goal", 3)
+    env.reset([0, 3, 7], [1, 2, 3])
+    expert = ScriptedExpert(env)
+    for _ in range(30):  # mid-episode: objects moved, something held, drawer maybe open
+        env.step(expert.act({}).actions[:, 0])
+    snap = env.snapshot()
+    other = TabletopEnv("goal", 3)
+    obs = other.restore(snap)
+    assert torch.equal(obs[OBS_IMAGE], env._observe()[OBS_IMAGE])
+    actions = torch.rand(10, 3, 7) * 2 - 1
+    for a in actions:
+        ra, rb = env.step(a), other.step(a)
+        assert torch.equal(ra.obs[OBS_STATE], rb.obs[OBS_STATE]) and torch.equal(ra.terminated, rb.terminated)
+        assert torch.equal(ra.truncated, rb.truncated)
+    with pytest.raises(ValueError, match="snapshot holds 3 envs"):
+        TabletopEnv("goal", 2).restore(snap)
+
+
 def test_same_seed_and_actions_give_identical_observations():
     actions = torch.rand(25, 4, 7) * 2 - 1
     a = _rollout(TabletopEnv("spatial", 4), actions, [0, 1, 2, 3], [5, 6, 7, 8])

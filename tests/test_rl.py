@@ -143,8 +143,9 @@ def _rows(out):
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_path, algo):
-    # (auto-reset rollouts restart the episodes in flight on resume; episodic ones resume exactly)
-    extra = [f"algo={algo}"] + (["ppo.minibatch_size=4", "ppo.epochs=2"] if algo == "ppo" else [])
+    # PPO runs in auto-reset mode: the episodes in flight continue from the checkpoint
+    extra = [f"algo={algo}"] + (["ppo.minibatch_size=4", "ppo.epochs=2", "rollout.mode=autoreset",
+                                 "rollout.num_envs=3", "rollout.chunks_per_rollout=2"] if algo == "ppo" else [])
     straight = tmp_path / "straight"
     RLTrainer(_tiny_rl(tiny_init, straight, "iterations=3", *extra)).run(progress=False)
     cut = tmp_path / "cut"

@@ -113,11 +113,21 @@ class RolloutCollector:
     # ------------------------------------------------------------ helpers
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"gen": self.gen.get_state(), "policy_gen": self.policy_gen.get_state()}
+        """Generators, and in auto-reset mode the episodes in flight (env snapshot and their lengths), so a
+        resumed run continues exactly."""
+        state = {"gen": self.gen.get_state(), "policy_gen": self.policy_gen.get_state()}
+        if self._obs is not None:
+            state.update({f"env.{k}": v for k, v in self.env.snapshot().items()})
+            state["ep_len"] = self._len.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.gen.set_state(state["gen"])
         self.policy_gen.set_state(state["policy_gen"])
+        snap = {k[4:]: v for k, v in state.items() if k.startswith("env.")}
+        if snap:
+            self._obs = self.env.restore(snap)
+            self._len = state["ep_len"].clone()
 
     def sample_starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` (task, initial state) pairs drawn uniformly from the training tasks and the init bank."""

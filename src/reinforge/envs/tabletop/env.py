@@ -12,6 +12,7 @@ The env never resets itself: reset finished envs with ``reset(..., mask=done)``.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -234,6 +235,28 @@ class TabletopEnv(VecEnv):
     def get_state(self) -> WorldState:
         """A copy of the full dynamic state (for snapshots and tests)."""
         return self.state.clone()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue the running episodes later, as CPU tensors (checkpointable
+        with ``torch.save``/``torch.load(weights_only=True)``): task, initial state, elapsed steps and the
+        world state of every env."""
+        if self.state is None:
+            raise RuntimeError("snapshot() before the first reset()")
+        snap = {"task_id": self.task_id, "init_id": self.init_id, "elapsed": self.elapsed}
+        snap.update({f"state.{f.name}": getattr(self.state, f.name) for f in fields(WorldState)})
+        return {k: v.detach().cpu().clone() for k, v in snap.items()}
+
+    def restore(self, snap: dict[str, torch.Tensor]) -> Observation:
+        """Continue from a ``snapshot()`` of an env with the same suite and number of envs; returns the
+        observation of every env."""
+        task = snap["task_id"]
+        if task.shape != (self.num_envs,):
+            raise ValueError(f"the snapshot holds {task.shape[0]} envs, this env has {self.num_envs}")
+        self.reset(task, snap["init_id"])  # scene, goals and drawer anchors of the tasks
+        self.elapsed = snap["elapsed"].to(self.device).clone()
+        self.state = WorldState(**{f.name: snap[f"state.{f.name}"].to(self.device).clone()
+                                   for f in fields(WorldState)})
+        return self._observe()
 
     def __repr__(self) -> str:
         return (f"TabletopEnv(suite={self.suite.name!r}, split={self.suite.split!r}, "
