@@ -83,9 +83,12 @@ def write_report(out: str | Path, history: list[dict[str, float]], *, suite: str
             lines.append(f"| {split} | {100 * b:.1f}% | {100 * a:.1f}% |")
             summary[f"{split.split()[0].replace('-', '')}_before"] = b
             summary[f"{split.split()[0].replace('-', '')}_after"] = a
-    t90 = time_to(history, f"eval/{suite}/success_rate", 0.9)
-    summary["minutes_to_90"] = t90
-    lines += ["", f"Time to 90% greedy success: {'not reached' if t90 is None else f'{t90:.1f} min'}.", "",
+    reached = []
+    for pct in (50, 75, 90):
+        t = time_to(history, f"eval/{suite}/success_rate", pct / 100)
+        summary[f"minutes_to_{pct}"] = t
+        reached.append(f"{pct}%: {'not reached' if t is None else f'{t:.1f} min'}")
+    lines += ["", "Training minutes to greedy success " + ", ".join(reached) + ".", "",
               "| task | before | after |", "|---|---|---|"]
     prefix = f"eval/{suite}/"
     for k in sorted(k for k in last if k.startswith(prefix) and k[len(prefix):].startswith(suite)):
