@@ -128,6 +128,25 @@ def test_updates_ignore_invalid_entries_and_move_the_policy():
     assert all(torch.equal(a, p) for a, p in zip(vision, policy.vision_parameters()))
 
 
+def test_critic_warmup_leaves_the_actor_alone_and_noise_head_spares_the_velocity_field():
+    policy = tiny_policy("flow", flow_sampler="noise")
+    b = collect(policy, cache=True, mode="autoreset", max_episode_steps=6)
+    ppo = PPO(policy, build_optimizer(policy, RLOptimConfig(lr=1e-3), freeze_vision=True, train_critic=True),
+              PPOConfig(epochs=1, minibatch_size=8, ent_coef=0.1), grad_clip=1.0)
+    actor = {n: p.clone() for n, p in policy.named_parameters() if not n.startswith("value")}
+    critic = [p.clone() for p in policy.value_head.parameters()]
+    ppo.update(b, train_policy=False)  # warm-up: even with an entropy bonus only the critic moves
+    assert all(torch.equal(p, actor[n]) for n, p in policy.named_parameters() if n in actor)
+    assert not all(torch.equal(a, p) for a, p in zip(critic, policy.value_head.parameters()))
+    # the entropy of the Flow-Noise std head reaches the noise head only, never the velocity field
+    rows, steps = b.valid.nonzero(as_tuple=True)
+    policy.zero_grad(set_to_none=True)
+    _, ent, _ = policy.evaluate(b.sample_obs(rows, steps), {k: v[rows, steps] for k, v in b.replay.items()})
+    ent.sum().backward()
+    grads = {n for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all("noise" in n for n in grads), grads
+
+
 def _tiny_rl(init, out, *extra):
     return load_config(RLConfig, None, [
         f"init={init}", f"out={out}", "rollout.num_groups=2", "rollout.group_size=2", "rollout.max_episode_steps=9",

@@ -129,7 +129,8 @@ class PPO(PolicyGradientUpdate):
             vl = value_loss(value, batch.value[rows, steps], ret[rows, steps], ones,
                             clip=c.value_clip or None, huber_delta=c.huber_delta)
             entropy = ent.mean()
-            loss = c.vf_coef * vl - c.ent_coef * entropy + (pol if train_policy else 0.0 * pol)
+            # critic warm-up trains the critic only: no policy or entropy term reaches the actor
+            loss = c.vf_coef * vl + ((pol - c.ent_coef * entropy) if train_policy else 0.0 * pol)
             gn = self.step(loss)
             rows_metrics.append({**m, "train/policy_loss": float(pol.detach()), "train/value_loss": float(vl.detach()),
                                  "train/entropy": float(entropy.detach()), "train/grad_norm": gn})

@@ -100,7 +100,8 @@ class ActionExpert(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(d_model)
         self.velocity = nn.Linear(d_model, action_dim)
-        self.noise = nn.Linear(d_model, action_dim)
+        self.noise = nn.Linear(d_model, action_dim)  # Flow-Noise std head, on detached features: the
+        # entropy and std gradients shape the exploration noise, not the velocity field
         self.d_model = d_model
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor
@@ -193,7 +194,7 @@ class FlowPolicy(Policy):
                 log_prob = torch.where(here, lp, log_prob)
                 x = torch.where(here[:, None, None], x_sde, ode)
             else:
-                std = bounded_sigma(self.expert.noise(h), c.noise_min, c.noise_max)
+                std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
                 x = ode + std * randn(*x.shape)
                 log_prob = log_prob + (gaussian_log_prob(x, ode, std) * mask).sum((1, 2))
             chain.append(x)
@@ -247,7 +248,7 @@ class FlowPolicy(Policy):
         mem_pad = pad.repeat_interleave(K, 0)
         v, h = self.expert(xs, t, mem, mem_pad)
         mean = ode_step(xs, v, delta)
-        std = bounded_sigma(self.expert.noise(h), c.noise_min, c.noise_max)
+        std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
         mask = self.entry_mask()
         steps = (gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std) * mask).sum((1, 2)).view(B, K)
         x0 = chain[:, 0]
