@@ -60,3 +60,17 @@ def test_cli_errors_are_clear(capsys, argv, msg):
 def test_checkpoint_folder_without_config(tmp_path, capsys):
     assert main(["eval", "--policy", str(tmp_path), "--suite", "spatial"]) == 2
     assert "config.json is missing" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_quickstart_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, capsys):
+    """demos -> 1-demo SFT -> PPO (the default) -> before/after table; the same command resumes and finishes."""
+    out = tmp_path / "qs"
+    argv = ["quickstart", "--out", str(out), "--iterations", "1", "--sft-steps", "3", "--sft50-steps", "0",
+            "--episodes-per-task", "1", "rollout.num_envs=4", "rollout.chunks_per_rollout=2",
+            "ppo.critic_warmup=0", "eval.episodes_per_task=1", "eval.heldout=false", "eval.videos=0"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"sft1", "rl"} and "eval/spatial/success_rate" in summary["rl"]
+    assert "| spatial |" in (out / "summary.md").read_text()
+    assert (out / "demos_1" / "meta" / "info.json").is_file() and (out / "rl" / "report" / "summary.md").is_file()
+    assert "PPO" in capsys.readouterr().out
