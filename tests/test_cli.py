@@ -54,7 +54,7 @@ def test_bench_env_prints_one_json_line(capsys):
 ])
 def test_cli_errors_are_clear(capsys, argv, msg):
     assert main(argv) == 2
-    assert msg in capsys.readouterr().err.replace("\n", " ")
+    assert msg in capsys.readouterr().err
 
 
 def test_checkpoint_folder_without_config(tmp_path, capsys):
@@ -74,3 +74,6 @@ def test_quickstart_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, capsys):
     assert "| spatial |" in (out / "summary.md").read_text()
     assert (out / "demos_1" / "meta" / "info.json").is_file() and (out / "rl" / "report" / "summary.md").is_file()
     assert "PPO" in capsys.readouterr().out
+    # the same folder for a token policy: refused, nothing overwritten
+    assert main(["quickstart", "--out", str(out), "--policy", "token", "--algo", "grpo", "--iterations", "1"]) == 2
+    assert "holds a flow policy, not a token one" in capsys.readouterr().err

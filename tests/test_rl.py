@@ -179,6 +179,8 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_pa
     assert got == strip
     assert (straight / "report" / "summary.md").is_file() and (straight / "report" / "success_curve.png").is_file()
     assert (straight / "policy" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="holds a suite=spatial run"):
+        RLTrainer(_tiny_rl(tiny_init, cut, "iterations=4", "suite=goal", *extra))
 
 
 def test_rl_config_errors(tiny_init):

@@ -129,3 +129,16 @@ def test_value_loss_and_advantage_normalisation():
     valid = torch.tensor([[True, True, True, False]])
     n = normalize_advantages(adv, valid)
     assert n[0, 3] == 0 and n[0, :3].mean().abs() < 1e-6 and (n[0, :3].std(unbiased=False) - 1).abs() < 1e-4
+
+
+def test_lr_schedules_decay_from_lr_to_the_final_ratio():
+    from reinforge.algos.base import RLOptimConfig, lr_factor
+    from reinforge.config import ConfigError
+
+    const, lin, cos = (RLOptimConfig(schedule=s, final_lr_ratio=0.1) for s in ("constant", "linear", "cosine"))
+    assert [lr_factor(const, i, 5) for i in range(5)] == [1.0] * 5
+    assert [round(lr_factor(lin, i, 5), 6) for i in range(5)] == [1.0, 0.775, 0.55, 0.325, 0.1]
+    assert lr_factor(cos, 0, 5) == pytest.approx(1.0) and lr_factor(cos, 4, 5) == pytest.approx(0.1)
+    assert lr_factor(cos, 2, 5) == pytest.approx(0.55) and lr_factor(cos, 1, 5) > lr_factor(lin, 1, 5)
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        RLOptimConfig(schedule="step")

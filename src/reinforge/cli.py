@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, SUITE_NAMES
@@ -170,6 +171,10 @@ def _sft(data: Path, kind: str, steps: int, out: Path) -> Path:
     from reinforge.config import load_config
 
     if (out / "policy" / "config.json").is_file():
+        found = json.loads((out / "policy" / "config.json").read_text()).get("reinforge_policy", {}).get("kind")
+        if found != kind:
+            raise ValueError(f"{out / 'policy'} holds a {found} policy, not a {kind} one: pass another --out "
+                             "or delete that folder")
         return out / "policy"
     cfg = load_config(SFTConfig, CONFIG_DIR / f"tabletop_sft_{kind}.yaml",
                       [f"data={data}", f"out={out}", f"steps={steps}", "eval_episodes_per_task=1"])
@@ -186,8 +191,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from reinforge.policies import load_pretrained
     from reinforge.train.rl import RLConfig, RLTrainer
 
-    out = Path(args.out)
     suite, kind, algo = args.suite, args.policy, args.algo
+    out = Path(args.out or f"runs/quickstart/{suite}_{algo}_{kind}")
     name = args.config or QUICKSTART_CONFIGS[(algo, kind)]
     console.print(f"[bold]reinforge quickstart[/bold]: {suite} suite, {kind} policy, {algo.upper()} ({name}) -> {out}")
     sft1 = _sft(_demos(suite, out / "demos_1", 1), kind, args.sft_steps, out / "sft_1demo")
@@ -386,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser(
         "quickstart", help="the main job: expert demos -> 1-demo SFT -> RL -> evaluation, next to 50-demo SFT")
-    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--out", default=None, help="default: runs/quickstart/SUITE_ALGO_POLICY")
     q.add_argument("--suite", default="spatial", choices=SUITE_NAMES)
     q.add_argument("--policy", default="flow", choices=("token", "flow"))
     q.add_argument("--algo", default="ppo", choices=("grpo", "ppo"))
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ValueError, TypeError, ImportError, FileNotFoundError, FloatingPointError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 2
 
 

@@ -3,6 +3,7 @@ policy calls of a ``RolloutBatch``, re-evaluating their log-probs, and the clipp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,12 +21,37 @@ class RLOptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # actor learning-rate schedule over the run's iterations: "constant", or "linear" / "cosine" decay from
+    # lr to lr * final_lr_ratio at the last iteration (the critic keeps critic_lr)
+    schedule: str = "constant"
+    final_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        check(self.schedule in ("constant", "linear", "cosine"), "optim.schedule", self.schedule,
+              "must be 'constant', 'linear' or 'cosine'")
+        check(0 <= self.final_lr_ratio <= 1, "optim.final_lr_ratio", self.final_lr_ratio, "must be in [0, 1]")
         check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
         check(self.critic_lr > 0, "optim.critic_lr", self.critic_lr, "must be > 0")
         check(self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "must be > 0")
+
+
+def lr_factor(cfg: RLOptimConfig, iteration: int, iterations: int) -> float:
+    """Multiplier of the actor lr at ``iteration`` (0-based) of ``iterations``: 1 at the start, and for a decaying
+    schedule ``final_lr_ratio`` at the last iteration."""
+    if cfg.schedule == "constant" or iterations <= 1:
+        return 1.0
+    frac = min(max(iteration / (iterations - 1), 0.0), 1.0)
+    r = cfg.final_lr_ratio
+    if cfg.schedule == "linear":
+        return 1.0 - (1.0 - r) * frac
+    return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def set_actor_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        if g.get("name") == "actor":
+            g["lr"] = lr
 
 
 def actor_critic_parameters(policy: Policy, *, freeze_vision: bool) -> tuple[list, list]:

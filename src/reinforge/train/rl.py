@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 
-from reinforge.algos.base import RLOptimConfig, build_optimizer
+from reinforge.algos.base import RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
 from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
 from reinforge.algos.ppo import PPO, PPOConfig
 from reinforge.algos.sft import _plain
@@ -102,6 +102,11 @@ class RLTrainer:
         state = None
         if cfg.resume and ckpt.is_dir():
             self.policy, state = load_checkpoint(ckpt)
+            old = state.get("config", {})
+            for key, new in (("algo", cfg.algo), ("suite", cfg.suite)):
+                if old.get(key, new) != new:
+                    raise ValueError(f"{self.out} holds a {key}={old[key]} run, this config says {key}={new}: "
+                                     "choose another out=, or resume=false to start over there")
             log.info("resuming %s from iteration %d", ckpt, int(state["iteration"]))
         else:
             if not cfg.init:
@@ -185,7 +190,10 @@ class RLTrainer:
 
     def train_iteration(self) -> dict[str, float]:
         t0 = time.perf_counter()
+        lr = self.cfg.optim.lr * lr_factor(self.cfg.optim, self.iteration, self.cfg.iterations)
+        set_actor_lr(self.optimizer, lr)
         batch, metrics = self.collect()
+        metrics["train/lr"] = lr
         t1 = time.perf_counter()
         if batch is None:
             log.warning("iteration %d: every group was all-success or all-failure; no update", self.iteration)
