@@ -7,8 +7,8 @@ Runs `reinforge train configs/tabletop_grpo_token.yaml` from the same one-demo S
   temperature_1.6          rollout.temperature=1.6  (SimpleVLA-RL's value; the preset uses 1.0, see README)
 Prints one JSON line per run and writes all greedy-success curves into one PNG.
 
-Usage: python bench/rl_ablations.py --init runs/quickstart/spatial_grpo_token/sft_1demo/policy [--iterations 20] [--out runs/ablations]
-       [--only baseline,symmetric_clip]
+Usage: python bench/rl_ablations.py --init runs/quickstart/spatial_grpo_token/sft_1demo/policy
+       [--iterations 20] [--out runs/ablations] [--only baseline,symmetric_clip]
 (about 4-5 minutes per 20-iteration run on a 2-core CPU)
 """
 

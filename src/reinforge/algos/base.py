@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -23,7 +24,7 @@ class RLOptimConfig:
     grad_clip: float = 1.0
     # actor learning-rate schedule over the run's iterations: "constant", or "linear" / "cosine" decay from
     # lr to lr * final_lr_ratio at the last iteration (the critic keeps critic_lr)
-    schedule: str = "constant"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     final_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
