@@ -128,6 +128,37 @@ def test_updates_ignore_invalid_entries_and_move_the_policy():
     assert all(torch.equal(a, p) for a, p in zip(vision, policy.vision_parameters()))
 
 
+def test_ppo_token_level_ratios_push_each_chunk_along_its_advantage():
+    """ppo.logprob=token: one ratio per executed token, each carrying its chunk's GAE advantage. One update
+    raises the log-prob of the best chunk and lowers that of the worst."""
+    policy = tiny_policy()
+    ppo = PPO(policy, build_optimizer(policy, RLOptimConfig(lr=3e-3), freeze_vision=True, train_critic=True),
+              PPOConfig(epochs=1, minibatch_size=4096, logprob="token"), grad_clip=100.0)
+    assert policy.logprob_type == "token"
+    b = collect(policy, cache=True, mode="autoreset", max_episode_steps=6)
+    assert b.log_prob.shape[2:] == (4, 7), "token-level log-probs are stored by the rollout"
+    b.reward.zero_()
+    b.reward[0, 0], b.reward[1, 0] = 1.0, -1.0
+    adv, _ = ppo.advantages(b)
+    rows, steps = b.valid.nonzero(as_tuple=True)
+    a = adv[rows, steps]
+    best, worst = int(a.argmax()), int(a.argmin())
+
+    def chunk_logp():
+        with torch.no_grad():
+            lp, _, _ = policy.evaluate(b.sample_obs(rows, steps), {k: v[rows, steps] for k, v in b.replay.items()})
+        return (lp * policy.entry_mask()).sum((1, 2))
+
+    before = chunk_logp()
+    assert torch.allclose(before, (b.log_prob[rows, steps] * policy.entry_mask()).sum((1, 2)), atol=1e-4)
+    m = ppo.update(b)
+    after = chunk_logp()
+    assert m["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4), "a single minibatch starts on-policy"
+    assert after[best] > before[best] and after[worst] < before[worst], (a[best], a[worst])
+    with pytest.raises(ValueError, match="ppo.logprob"):
+        PPOConfig(logprob="action")
+
+
 def test_critic_warmup_leaves_the_actor_alone_and_noise_head_spares_the_velocity_field():
     policy = tiny_policy("flow", flow_sampler="noise")
     b = collect(policy, cache=True, mode="autoreset", max_episode_steps=6)

@@ -14,6 +14,7 @@ alone (policy loss off). Log-probs are chunk-level (one ratio per policy call) f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ class PPOConfig:
     minibatch_size: int = 512
     normalize_advantages: bool = True
     critic_warmup: int = 0  # iterations with the policy loss off
+    # token policies: one ratio per action chunk (the product over its tokens), or one per executed token with
+    # the chunk's advantage (as GRPO's token-mean loss); flow policies are always chunk-level
+    logprob: Literal["token", "chunk"] = "chunk"
 
     def __post_init__(self) -> None:
         check(0 < self.gamma <= 1, "ppo.gamma", self.gamma, "must be in (0, 1]")
@@ -47,6 +51,7 @@ class PPOConfig:
         check(self.epochs >= 1, "ppo.epochs", self.epochs, "must be >= 1")
         check(self.minibatch_size >= 1, "ppo.minibatch_size", self.minibatch_size, "must be >= 1")
         check(self.critic_warmup >= 0, "ppo.critic_warmup", self.critic_warmup, "must be >= 0")
+        check(self.logprob in ("token", "chunk"), "ppo.logprob", self.logprob, "must be 'token' or 'chunk'")
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
@@ -102,8 +107,9 @@ class PPO(PolicyGradientUpdate):
         super().__init__(policy, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
                          grad_clip=grad_clip, seed=seed)
         self.cfg = cfg
+        self.token_level = hasattr(policy, "logprob_type") and cfg.logprob == "token"
         if hasattr(policy, "logprob_type"):
-            policy.logprob_type = "chunk"
+            policy.logprob_type = "token" if self.token_level else "chunk"
 
     def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
@@ -122,11 +128,16 @@ class PPO(PolicyGradientUpdate):
         rows_metrics = []
         for rows, steps in self.minibatches(batch):
             logp, ent, value = self.evaluate(batch, rows, steps)
-            ones = torch.ones_like(logp, dtype=torch.bool)
-            pol, m = clipped_policy_loss(logp, batch.log_prob[rows, steps], adv[rows, steps], ones,
+            a = adv[rows, steps]
+            if self.token_level:
+                a, mask = a[:, None, None], self.policy.entry_mask().expand_as(logp)
+            else:
+                mask = torch.ones_like(logp, dtype=torch.bool)
+            pol, m = clipped_policy_loss(logp, batch.log_prob[rows, steps], a, mask,
                                          clip_low=c.clip_low, clip_high=c.clip_high,
                                          dual_clip=c.dual_clip or None, per_trajectory=False)
-            vl = value_loss(value, batch.value[rows, steps], ret[rows, steps], ones,
+            every = torch.ones_like(value, dtype=torch.bool)
+            vl = value_loss(value, batch.value[rows, steps], ret[rows, steps], every,
                             clip=c.value_clip or None, huber_delta=c.huber_delta)
             entropy = ent.mean()
             # critic warm-up trains the critic only: no policy or entropy term reaches the actor
