@@ -8,7 +8,8 @@ clipped surrogate of ``grpo.clipped_policy_loss`` with a dual clip (c = 3, arXiv
 advantages; the value loss is a Huber loss (delta 10) with value clipping (0.2), the max of the clipped and
 unclipped terms as in PPO's reference implementation. Total loss = policy + vf_coef * value - ent_coef *
 entropy; the critic has its own (higher) learning rate, and ``critic_warmup`` iterations train the critic
-alone (policy loss off). Log-probs are chunk-level (one ratio per policy call) for both policy kinds.
+alone (policy loss off). Log-probs are chunk-level (one ratio per policy call) for both policy kinds, or, for
+token policies with ``logprob: token``, one ratio per executed token that carries its chunk's advantage.
 """
 
 from __future__ import annotations
