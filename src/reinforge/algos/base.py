@@ -100,6 +100,13 @@ class PolicyGradientUpdate:
         replay = {k: v[rows, steps] for k, v in batch.replay.items()}
         return self.policy.evaluate(obs, replay)
 
+    def per_entry(self, adv: torch.Tensor, logp: torch.Tensor, token_level: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advantages (N,) and the mask shaped for ``logp``: token-level (N, H, D) log-probs get each sample's
+        advantage on every entry and the policy's executed-entry mask; chunk-level (N,) ones count all."""
+        if token_level:
+            return adv[:, None, None], self.policy.entry_mask().expand_as(logp)
+        return adv, torch.ones_like(logp, dtype=torch.bool)
+
     def step(self, loss: torch.Tensor) -> float:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the RL loss became {float(loss)}; lower optim.lr or check the rewards")

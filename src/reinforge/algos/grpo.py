@@ -140,11 +140,7 @@ class GRPO(PolicyGradientUpdate):
                 raise ValueError(f"the rollout stored log-probs of shape {tuple(old.shape[1:])} but the policy now "
                                  f"gives {tuple(logp.shape[1:])}: collect after building GRPO (it sets the "
                                  "token policy's logprob type)")
-            a = adv[rows]
-            if self.token_level:
-                a, mask = a[:, None, None], self.policy.entry_mask().expand_as(logp)
-            else:
-                mask = torch.ones_like(logp, dtype=torch.bool)
+            a, mask = self.per_entry(adv[rows], logp, self.token_level)
             loss, m = clipped_policy_loss(logp, old, a, mask, clip_low=self.cfg.clip_low,
                                           clip_high=self.cfg.clip_high, weights=1.0 / calls[rows])
             gn = self.step(loss)

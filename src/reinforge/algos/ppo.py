@@ -129,11 +129,7 @@ class PPO(PolicyGradientUpdate):
         rows_metrics = []
         for rows, steps in self.minibatches(batch):
             logp, ent, value = self.evaluate(batch, rows, steps)
-            a = adv[rows, steps]
-            if self.token_level:
-                a, mask = a[:, None, None], self.policy.entry_mask().expand_as(logp)
-            else:
-                mask = torch.ones_like(logp, dtype=torch.bool)
+            a, mask = self.per_entry(adv[rows, steps], logp, self.token_level)
             pol, m = clipped_policy_loss(logp, batch.log_prob[rows, steps], a, mask,
                                          clip_low=c.clip_low, clip_high=c.clip_high,
                                          dual_clip=c.dual_clip or None, per_trajectory=False)
