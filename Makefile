@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: quickstart test test-slow lint bench clean
+LIBERO_VENV := .venv-libero
+
+.PHONY: quickstart test test-slow test-libero test-gpu lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,metaworld]"
 	touch $@
 
 quickstart: $(STAMP)
@@ -32,6 +34,21 @@ test: $(TEST_STAMP)
 test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# CUDA tests (skipped where torch sees no GPU)
+test-gpu: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+
+# LIBERO (~2 GB of simulator and assets) lives in its own venv so the default one stays light
+$(LIBERO_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LIBERO_VENV)
+	$(LIBERO_VENV)/bin/pip install --quiet --upgrade pip
+	$(LIBERO_VENV)/bin/pip install --quiet "torch>=2.4,<2.14"
+	$(LIBERO_VENV)/bin/pip install --quiet -e ".[test,libero]"
+	touch $@
+
+test-libero: $(LIBERO_VENV)/.installed
+	MUJOCO_GL=egl $(LIBERO_VENV)/bin/python -m pytest -q -m libero
+
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench
 
@@ -39,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/reinforge bench env --num-envs 256 --image-size 64 --json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LIBERO_VENV) runs .pytest_cache

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from reinforge.algos.sft import SFTConfig, SFTTrainer
+
 from reinforge.config import load_config
 from reinforge.data.record import record_demos
 from reinforge.train.logging import read_metrics

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from reinforge.cli import main
+from reinforge.envs import EnvConfig
 from reinforge.eval import evaluate, load_actor
 
 
@@ -28,7 +29,7 @@ def test_eval_json_expert_and_random(capsys, tmp_path):
 
 
 def test_eval_heldout_split_runs_the_heldout_tasks():
-    res = evaluate(load_actor("expert"), "object", split="heldout", episodes_per_task=1)
+    res = evaluate(load_actor("expert"), EnvConfig(suite="object"), split="heldout", episodes_per_task=1)
     assert res.split == "heldout" and res.success_rate == 1.0
     assert "blue cube" in res.instructions["object_0"]
 

@@ -50,8 +50,7 @@ def test_token_level_log_probs_sum_to_chunk_log_prob():
     policy = _policy("token").eval()
     obs = _obs()
     out = policy.act(obs, mode="sample", temperature=1.6)
-    policy.logprob_type = "token"
-    per_token, _, _ = policy.evaluate(obs, out.replay)
+    per_token, _, _ = policy.evaluate(obs, out.replay, logprob="token")
     assert per_token.shape == (6, 4, 7)
     assert torch.allclose(per_token.sum((1, 2)), out.log_prob, atol=1e-5)
     assert (per_token[:, 3] == 0).all(), "steps past execute_steps carry no log-prob"
@@ -161,7 +160,7 @@ def test_bad_inputs_and_configs():
     with pytest.raises(ConfigError, match="execute_steps"):
         PolicyConfig(horizon=4, execute_steps=5)
     with pytest.raises(ConfigError, match=r"unknown config key 'policy.horizn' \(did you mean 'horizon'\?\)"):
-        from reinforge.algos.sft import SFTConfig
+        from reinforge.train.sft import SFTConfig
 
         load_config(SFTConfig, None, ["policy.horizn=4"])
     with pytest.raises(ConfigError, match="normalisation stats have action dim 7"):

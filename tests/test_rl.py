@@ -12,8 +12,9 @@ from reinforge.algos.base import RLOptimConfig, build_optimizer
 from reinforge.algos.grpo import GRPO, GRPOConfig, row_advantages
 from reinforge.algos.ppo import PPO, PPOConfig
 from reinforge.config import ConfigError, load_config
+from reinforge.envs import make_env
 from reinforge.policies import PolicyConfig, make_policy
-from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, select_rows
+from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, rollout_env_kwargs, select_rows
 from reinforge.train.logging import read_metrics
 from reinforge.train.rl import RLConfig, RLTrainer
 
@@ -33,10 +34,15 @@ def tiny_init(tmp_path_factory):
     return path
 
 
-def collect(policy, cache, mode="episodic", max_episode_steps=8, **kw):
+def collector(policy, cfg, suite="spatial", logprob="chunk", **kw):
+    env = make_env("tabletop", suite=suite, **rollout_env_kwargs(cfg, policy.config.image_size, seed=0))
+    return RolloutCollector(env, policy, cfg, seed=0, logprob=logprob, **kw)
+
+
+def collect(policy, cache, mode="episodic", max_episode_steps=8, logprob="chunk", **kw):
     cfg = RolloutConfig(mode=mode, num_groups=2, group_size=3, num_envs=4, chunks_per_rollout=5,
                         max_episode_steps=max_episode_steps, **kw)
-    return RolloutCollector("spatial", policy, cfg, cache_features=cache, need_values=True, seed=0).collect()
+    return collector(policy, cfg, cache_features=cache, need_values=True, logprob=logprob).collect()
 
 
 def test_episodic_rollout_masks_groups_and_shapes():
@@ -52,11 +58,36 @@ def test_episodic_rollout_masks_groups_and_shapes():
     g0 = b.episode_task[:3], b.episode_init[:3]
     assert len(set(g0[0].tolist())) == 1 and len(set(g0[1].tolist())) == 1, "a group shares task and init"
     assert b.replay["tokens"].shape == (6, 3, 4, 7) and b.obs["image"].shape[:2] == (6, 3)
-    # truncation bootstraps from the value of the final state, a continuing step from the next value
+    # a continuing step bootstraps from the next step's value
+    assert torch.isfinite(b.next_value).all() and torch.allclose(b.next_value[:, 0], b.value[:, 1])
+
+
+def _spy_final_observations(c):
+    """Record the observation each env ended its episode in by truncation (as the env returned it)."""
+    finals, step = [], c.env.step_chunk
+
+    def spy(actions, active=None):
+        res = step(actions, active)
+        for e in res.truncated.nonzero().flatten().tolist():
+            finals.append((e, {k: v[e:e + 1] if torch.is_tensor(v) else v[e:e + 1] for k, v in res.obs.items()}))
+        return res
+
+    c.env.step_chunk = spy
+    return finals
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_truncated_episodes_bootstrap_from_the_value_of_their_final_observation(cache):
+    policy = tiny_policy()
+    c = collector(policy, RolloutConfig(num_groups=2, group_size=3, max_episode_steps=8), cache_features=cache,
+                  need_values=True)
+    finals = _spy_final_observations(c)
+    b = c.collect()
     last = b.valid.sum(1) - 1
-    rows = torch.arange(B)
-    assert torch.isfinite(b.next_value).all() and (b.next_value[rows, last] != 0).all()
-    assert torch.allclose(b.next_value[:, 0], b.value[:, 1])
+    assert sorted(e for e, _ in finals) == list(range(6)) and b.truncated[torch.arange(6), last].all()
+    with torch.no_grad():
+        for e, obs in finals:
+            assert torch.allclose(b.next_value[e, last[e]], policy.predict_value(obs)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind,sampler", [("token", "sde"), ("flow", "sde"), ("flow", "noise")])
@@ -76,7 +107,7 @@ def test_stored_log_probs_are_recomputed_exactly(kind, sampler, cache):
 def test_autoreset_rollout_records_episodes_and_keeps_running():
     policy = tiny_policy()
     cfg = RolloutConfig(mode="autoreset", num_envs=4, chunks_per_rollout=5, max_episode_steps=6)
-    c = RolloutCollector("spatial", policy, cfg, need_values=True, seed=0)
+    c = collector(policy, cfg, need_values=True)
     b = c.collect()
     assert b.valid.all() and b.valid.shape == (4, 5)
     # 5 chunks x 3 steps = 15 steps per env with episodes of 6 steps: 2 finished episodes per env
@@ -84,10 +115,19 @@ def test_autoreset_rollout_records_episodes_and_keeps_running():
     b2 = c.collect()
     # steps 15..30 end episodes at 18, 24 and 30: the episode in flight continued (a fresh reset would give 2)
     assert b2.episode_length.numel() == 12 and (b2.episode_length == 6).all()
-    tr = b.truncated
-    assert torch.isfinite(b.next_value[tr]).all()
-    # the last step of the rollout is bootstrapped (not an episode end): next_value = V(last state) != 0
-    assert (b.next_value[:, -1] != 0).all()
+    # the last step of the rollout is not an episode end here (15 % 6 != 0): next_value = V(last observation)
+    assert not (b.truncated[:, -1] | b.terminated[:, -1]).any()
+    c2 = collector(policy, cfg, need_values=True)
+    finals = _spy_final_observations(c2)
+    b3 = c2.collect()
+    with torch.no_grad():
+        assert torch.allclose(b3.next_value[:, -1], policy.predict_value(c2._obs), atol=1e-5)
+        assert len(finals) == int(b3.truncated.sum()) == 8
+        seen = {e: 0 for e in range(4)}
+        for e, obs in finals:  # the k-th truncation of env e bootstraps from V(its k-th final observation)
+            step = b3.truncated[e].nonzero().flatten()[seen[e]]
+            seen[e] += 1
+            assert torch.allclose(b3.next_value[e, step], policy.predict_value(obs)[0], atol=1e-5)
 
 
 def test_grpo_row_advantages_and_batch_surgery():
@@ -108,9 +148,11 @@ def test_updates_ignore_invalid_entries_and_move_the_policy():
     ppo = PPO(policy, build_optimizer(policy, RLOptimConfig(), freeze_vision=True, train_critic=True),
               PPOConfig(epochs=1), grad_clip=1.0)
     opt = build_optimizer(policy, RLOptimConfig(lr=1e-3), freeze_vision=True, train_critic=False)
-    grpo = GRPO(policy, opt, GRPOConfig(minibatch_size=4), grad_clip=1.0)  # token-level log-probs from here on
+    grpo = GRPO(policy, opt, GRPOConfig(minibatch_size=4), grad_clip=1.0)
+    assert grpo.logprob == "token" and ppo.logprob == "chunk", "each algorithm keeps its own log-prob level"
     # episodes of 2 and 3 policy calls: the short ones are padded with invalid entries
-    b = cat_batches([collect(policy, cache=True, max_episode_steps=5), collect(policy, cache=True)])
+    b = cat_batches([collect(policy, cache=True, max_episode_steps=5, logprob=grpo.logprob),
+                     collect(policy, cache=True, logprob=grpo.logprob)])
     b.episode_success[:] = torch.tensor([True, False, False, True, False, True] * 2)
     inv = ~b.valid
     assert inv.any() and b.log_prob.shape[2:] == (4, 7)
@@ -134,8 +176,8 @@ def test_ppo_token_level_ratios_push_each_chunk_along_its_advantage():
     policy = tiny_policy()
     ppo = PPO(policy, build_optimizer(policy, RLOptimConfig(lr=3e-3), freeze_vision=True, train_critic=True),
               PPOConfig(epochs=1, minibatch_size=4096, logprob="token"), grad_clip=100.0)
-    assert policy.logprob_type == "token"
-    b = collect(policy, cache=True, mode="autoreset", max_episode_steps=6)
+    assert ppo.logprob == "token"
+    b = collect(policy, cache=True, mode="autoreset", max_episode_steps=6, logprob=ppo.logprob)
     assert b.log_prob.shape[2:] == (4, 7), "token-level log-probs are stored by the rollout"
     b.reward.zero_()
     b.reward[0, 0], b.reward[1, 0] = 1.0, -1.0
@@ -146,7 +188,8 @@ def test_ppo_token_level_ratios_push_each_chunk_along_its_advantage():
 
     def chunk_logp():
         with torch.no_grad():
-            lp, _, _ = policy.evaluate(b.sample_obs(rows, steps), {k: v[rows, steps] for k, v in b.replay.items()})
+            lp, _, _ = policy.evaluate(b.sample_obs(rows, steps), {k: v[rows, steps] for k, v in b.replay.items()},
+                                       logprob="token")
         return (lp * policy.entry_mask()).sum((1, 2))
 
     before = chunk_logp()
@@ -210,8 +253,29 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_pa
     assert got == strip
     assert (straight / "report" / "summary.md").is_file() and (straight / "report" / "success_curve.png").is_file()
     assert (straight / "policy" / "model.safetensors").is_file()
-    with pytest.raises(ValueError, match="holds a suite=spatial run"):
-        RLTrainer(_tiny_rl(tiny_init, cut, "iterations=4", "suite=goal", *extra))
+    with pytest.raises(ValueError, match="holds a env.suite=spatial run"):
+        RLTrainer(_tiny_rl(tiny_init, cut, "iterations=4", "env.suite=goal", *extra))
+
+
+def test_dynamic_sampling_refills_the_batch_with_informative_groups(tiny_init, tmp_path):
+    """GRPO keeps collecting rounds until num_groups informative groups are in; all-0 / all-1 groups and groups
+    with an episode lost to a simulator fault are dropped; a surplus is cut."""
+    trainer = RLTrainer(_tiny_rl(tiny_init, tmp_path, "grpo.dynamic_sampling=true", "grpo.max_rounds=4"))
+    real = trainer.collector.collect
+    rounds = iter([([1, 1, 1, 0], [0, 0, 0, 0]), ([0, 1, 0, 0], [0, 1, 0, 0]), ([1, 0, 0, 1], [0, 0, 0, 0])])
+
+    def scripted():
+        b = real()
+        success, failed = next(rounds)
+        b.episode_success, b.episode_failed = torch.tensor(success).bool(), torch.tensor(failed).bool()
+        return b
+
+    trainer.collector.collect = scripted
+    batch, m = trainer.collect()
+    # round 1 keeps group 1; round 2: group 0 is mixed but lost an episode, group 1 all-failure; round 3 both
+    assert m["rollout/rounds"] == 3 and m["rollout/kept_groups"] == 3 and m["rollout/failed_episodes"] == 1
+    assert batch.num_rows == 4 and batch.episode_success.tolist() == [True, False, True, False]
+    assert len(set(batch.group.tolist())) == 2
 
 
 def test_rl_config_errors(tiny_init):
@@ -233,9 +297,7 @@ def test_rl_config_errors(tiny_init):
 @pytest.mark.parametrize("name", ["tabletop_grpo_token", "tabletop_grpo_flow_sde", "tabletop_ppo_flow_sde",
                                   "tabletop_ppo_flow_noise", "tabletop_ppo_token"])
 def test_shipped_rl_configs_load(name):
-    from reinforge.cli import resolve_config
-
-    cfg = load_config(RLConfig, resolve_config(name), ["init=x"])
+    cfg = load_config(RLConfig, resolve(name), ["init=x"])
     assert cfg.algo in name and cfg.iterations > 0
 
 
@@ -257,8 +319,8 @@ def test_train_cli_runs_and_prints_a_summary(tiny_init, tmp_path, capsys):
 def test_grpo_raises_success_on_a_task(tmp_path):
     """Behavioural: one demo -> SFT -> a few GRPO iterations on that task raise the success of the sampling
     policy that GRPO optimises (64 fresh rollouts per iteration, from the task's 50 training initial states)."""
-    from reinforge.algos.sft import SFTConfig, SFTTrainer
     from reinforge.data.record import record_demos
+    from reinforge.train.sft import SFTConfig, SFTTrainer
 
     data = record_demos("spatial", tmp_path / "d", per_task=1, tasks=[0])
     sft = SFTTrainer(load_config(SFTConfig, None, [f"data={data}", f"out={tmp_path / 's'}", "steps=300",
@@ -274,7 +336,29 @@ def test_grpo_raises_success_on_a_task(tmp_path):
     assert sum(rollout[-2:]) / 2 >= rollout[0] + 0.2, rollout
 
 
+@pytest.mark.slow
+def test_ppo_raises_success_on_a_task(tmp_path):
+    """Behavioural: one demo -> flow SFT -> a few PPO + Flow-SDE iterations on that task raise the success of the
+    sampling policy PPO optimises (episodic rollouts, so every episode of an iteration is counted)."""
+    from reinforge.data.record import record_demos
+    from reinforge.train.sft import SFTConfig, SFTTrainer
+
+    data = record_demos("spatial", tmp_path / "d", per_task=1, tasks=[0])
+    sft = SFTTrainer(load_config(SFTConfig, None, [f"data={data}", f"out={tmp_path / 's'}", "steps=300",
+                                                  "policy.kind=flow", "resume=false", "eval_episodes_per_task=1"]))
+    for _ in range(300):
+        sft.train_step()
+    sft.policy.save_pretrained(tmp_path / "sft")
+    cfg = load_config(RLConfig, resolve("tabletop_ppo_flow_sde"), [
+        f"init={tmp_path / 'sft'}", f"out={tmp_path / 'rl'}", "rollout.tasks=[0]", "rollout.mode=episodic",
+        "rollout.num_groups=32", "rollout.group_size=1", "ppo.critic_warmup=1", "ppo.minibatch_size=256",
+        "resume=false"])
+    with RLTrainer(cfg) as trainer:
+        rollout = [trainer.train_iteration()["rollout/success_rate"] for _ in range(10)]
+    assert sum(rollout[-3:]) / 3 >= sum(rollout[:2]) / 2 + 0.15, rollout
+
+
 def resolve(name):
-    from reinforge.cli import resolve_config
+    from reinforge.train.quickstart import resolve_config
 
     return resolve_config(name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reinforge.algos.grpo import clipped_policy_loss, dynamic_sampling_keep, group_advantages
+from reinforge.algos.grpo import dynamic_sampling_keep, group_advantages
+from reinforge.algos.losses import clipped_policy_loss
 from reinforge.algos.ppo import gae, normalize_advantages, value_loss
 
 

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from reinforge.algos.sft import SFTConfig, SFTTrainer, lr_factor
 from reinforge.cli import main
 from reinforge.config import ConfigError, load_config
 from reinforge.data.record import record_demos
+from reinforge.envs import EnvConfig
 from reinforge.train.checkpoint import save_checkpoint
+from reinforge.train.sft import SFTConfig, SFTTrainer, lr_factor
 
 TINY = ["policy.image_size=[32,32]", "policy.d_model=32", "policy.heads=2", "policy.fusion_layers=1",
         "policy.channels=[16,16]", "policy.horizon=4", "policy.execute_steps=4", "batch_size=8", "log_every=5",
@@ -38,7 +39,10 @@ def test_sft_cli_writes_policy_metrics_and_checkpoint(data, tmp_path, capsys):
     assert main(["eval", "--policy", str(out / "policy"), "--suite", "spatial", "--episodes-per-task", "1",
                  "--image-size", "32", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert 0.0 <= r["success_rate"] <= 1.0 and r["num_episodes"] == 10
+    # the same greedy episodes as the run's own final evaluation (1 per task, fixed initial state 0)
+    assert r["num_episodes"] == 10 and r["success_rate"] == pytest.approx(summary["eval/spatial/success_rate"])
+    assert r["per_task"] == pytest.approx({k.split("/")[-1]: v for k, v in rows[-1].items()
+                                           if k.startswith("eval/spatial/spatial_")})
 
 
 def test_interrupted_run_resumes_exactly(data, tmp_path):
@@ -118,9 +122,10 @@ def test_sft_learns_a_task_from_five_demonstrations(tmp_path):
     cfg = load_config(SFTConfig, None, [f"data={data}", f"out={tmp_path / 'o'}", "steps=400", "resume=false"])
     trainer = SFTTrainer(cfg)
     trainer.policy.eval()
-    before = evaluate(lambda env: trainer.policy, "spatial", episodes_per_task=20, tasks=[7]).success_rate
+    env = EnvConfig(suite="spatial")
+    before = evaluate(lambda e: trainer.policy, env, episodes_per_task=20, tasks=[7]).success_rate
     for _ in range(cfg.steps):
         trainer.train_step()
     trainer.policy.eval()
-    after = evaluate(lambda env: trainer.policy, "spatial", episodes_per_task=20, tasks=[7]).success_rate
+    after = evaluate(lambda e: trainer.policy, env, episodes_per_task=20, tasks=[7]).success_rate
     assert before == 0.0 and after >= 0.25, (before, after)

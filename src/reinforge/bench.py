@@ -1,61 +1,95 @@
-"""Benchmarks that print figures (speed goals live here, not in tests)."""
+"""Benchmarks that print figures (speed goals live here, not in tests): any registered env, the policies, and
+RL iterations through the same trainer ``reinforge train`` runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import resource
+import tempfile
 import time
 from typing import Any
 
 import torch
 
-from reinforge.envs.tabletop.env import TabletopEnv
+from reinforge.envs import EnvConfig, VecEnv, make_env
+from reinforge.envs.base import env_options_class
 
 
-def _steps_per_s(env: TabletopEnv, steps: int, seed: int) -> float:
+def _steps_per_s(env: VecEnv, steps: int, seed: int, warmup: int = 5) -> float:
     gen = torch.Generator().manual_seed(seed)
-    actions = torch.rand(steps + 5, env.num_envs, env.action_dim, generator=gen) * 2 - 1
-    env.reset(torch.arange(env.num_envs) % env.suite.num_tasks, seed=seed)
-    for i in range(5):  # warm-up (compiles the renderer on first use)
-        env.step(actions[i])
+    actions = torch.rand(steps + warmup, env.num_envs, env.action_dim, generator=gen) * 2 - 1
+    env.reset(torch.arange(env.num_envs) % env.spec.num_tasks, seed=seed)
+    for i in range(warmup):  # warm-up (compiles the renderer on first use, starts workers)
+        env.step(actions[i].to(env.device))
     t0 = time.perf_counter()
     for i in range(steps):
-        env.step(actions[5 + i])
+        env.step(actions[warmup + i].to(env.device))
     dt = time.perf_counter() - t0
     return env.num_envs * steps / dt
 
 
-def bench_env(num_envs: int = 256, image_size: int = 64, steps: int = 50, suite: str = "spatial",
-              render_backend: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Env steps per second with both cameras rendered, and without rendering."""
-    with_render = _steps_per_s(TabletopEnv(suite, num_envs, image_size=image_size, render_backend=render_backend),
-                               steps, seed)
-    no_render = _steps_per_s(TabletopEnv(suite, num_envs, render=False), steps * 4, seed)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"steps_per_s": round(with_render, 1), "ms_per_step": round(1000 * num_envs / with_render, 3),
-            "steps_per_s_no_render": round(no_render, 1), "peak_mem_mb": round(peak, 1), "num_envs": num_envs,
-            "image_size": image_size, "views": 2, "suite": suite, "torch_threads": torch.get_num_threads()}
+def _has_option(env: EnvConfig, name: str) -> bool:
+    cls = env_options_class(env.name)
+    return cls is not None and name in {f.name for f in dataclasses.fields(cls)}
+
+
+def bench_env(env: EnvConfig | None = None, num_envs: int = 256, image_size: int = 64, steps: int = 50,
+              num_workers: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Env steps per second with the cameras rendered (and, for envs that can skip rendering, without)."""
+    env = env or EnvConfig()
+    opts = dict(env.options)
+    if num_workers is not None:
+        if not _has_option(env, "num_workers"):
+            raise ValueError(f"env {env.name!r} has no worker processes (no num_workers option)")
+        opts["num_workers"] = num_workers
+    cfg = dataclasses.replace(env, options=opts)
+    with make_env(cfg, num_envs=num_envs, image_size=image_size) as sim:
+        with_render = _steps_per_s(sim, steps, seed)
+        spec = sim.spec
+    row: dict[str, Any] = {"env": env.name, "suite": env.suite, "num_envs": num_envs, "image_size": image_size,
+                           "views": spec.num_views, "steps_per_s": round(with_render, 1),
+                           "ms_per_step": round(1000 * num_envs / with_render, 3)}
+    if _has_option(env, "render"):
+        with make_env(dataclasses.replace(cfg, options={**opts, "render": False}), num_envs=num_envs) as sim:
+            row["steps_per_s_no_render"] = round(_steps_per_s(sim, steps * 4, seed), 1)
+    if num_workers is not None:
+        row["num_workers"] = num_workers
+    row.update({k: opts[k] for k in ("render_backend", "render_quality") if k in opts})
+    row["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    row["torch_threads"] = torch.get_num_threads()
+    return row
 
 
 def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, repeats: int = 3,
-                 image_size: int = 64, seed: int = 0) -> dict[str, Any]:
+                 image_size: int = 64, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Policy inference (act, sample mode) and SFT update throughput for the default CPU preset."""
+    from reinforge.device import resolve_device
     from reinforge.policies import PolicyConfig, make_policy
 
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     cfg = PolicyConfig(kind=kind, image_size=(image_size, image_size))
-    policy = make_policy(cfg)
-    env = TabletopEnv("spatial", batch, image_size=image_size)
-    obs = env.reset(torch.arange(batch) % 10, seed=seed)
+    policy = make_policy(cfg).to(dev)
+    with make_env("tabletop", suite="spatial", num_envs=batch, image_size=image_size) as env:
+        obs = env.reset(torch.arange(batch) % env.spec.num_tasks, seed=seed)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     policy.eval()
     policy.act(obs, mode="sample")
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         out = policy.act(obs, mode="sample")
+    sync()
     act_s = (time.perf_counter() - t0) / repeats
     t0 = time.perf_counter()
     with torch.no_grad():
         for _ in range(repeats):
             policy.evaluate(obs, out.replay)
+    sync()
     eval_s = (time.perf_counter() - t0) / repeats
     policy.train()
     idx = torch.arange(train_batch)
@@ -69,56 +103,61 @@ def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, r
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync()
     step_s = (time.perf_counter() - t0) / repeats
-    return {"kind": kind, "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
+    return {"kind": kind, "device": str(dev), "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
             "act_batch": batch, "act_s": round(act_s, 4), "act_obs_per_s": round(batch / act_s, 1),
             "evaluate_s": round(eval_s, 4), "sft_batch": train_batch, "sft_step_s": round(step_s, 4),
             "torch_threads": torch.get_num_threads()}
 
 
 def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, freeze_vision: bool = True,
-             init: str | None = None, suite: str = "spatial", seed: int = 0) -> dict[str, Any]:
-    """RL throughput of the shipped CPU preset (``tabletop_<algo>_<policy>``): env steps per second during
-    rollouts (simulation + policy inference), seconds per update and per gradient step.
+             init: str | None = None, env: EnvConfig | None = None, seed: int = 0, device: str = "cpu",
+             precision: str = "fp32", num_envs: int | None = None) -> dict[str, Any]:
+    """RL throughput of the shipped preset (``tabletop_<algo>_<policy>``) through ``RLTrainer``'s own iteration:
+    env steps per second during rollouts (simulation + policy inference), seconds per update and per gradient
+    step. GRPO runs one rollout round per iteration (dynamic sampling off, so every iteration updates).
 
-    Without ``init`` the policy is freshly initialised: it never succeeds, so every episode runs to the time
-    limit (the slowest case for rollouts)."""
-    from pathlib import Path
-
-    from reinforge.algos.base import build_optimizer
-    from reinforge.algos.grpo import GRPO
-    from reinforge.algos.ppo import PPO
+    Without ``init`` the policy is freshly initialised for the env's layout: it never succeeds, so every episode
+    runs to the time limit (the slowest case for rollouts)."""
     from reinforge.config import load_config
     from reinforge.policies import PolicyConfig, load_pretrained, make_policy
-    from reinforge.rollout import RolloutCollector
-    from reinforge.train.rl import RLConfig
+    from reinforge.train.quickstart import QUICKSTART_CONFIGS, resolve_config
+    from reinforge.train.rl import RLConfig, RLTrainer
 
-    names = {("grpo", "token"): "tabletop_grpo_token", ("grpo", "flow"): "tabletop_grpo_flow_sde",
-             ("ppo", "flow"): "tabletop_ppo_flow_sde", ("ppo", "token"): "tabletop_ppo_token"}
-    cfg = load_config(RLConfig, Path(__file__).parent / "configs" / f"{names[(algo, kind)]}.yaml",
-                      ["init=unused", f"suite={suite}"])
-    torch.manual_seed(seed)
-    policy = load_pretrained(init) if init else make_policy(PolicyConfig(kind=kind))
-    if kind != policy.config.kind:
-        raise ValueError(f"--init is a {policy.config.kind} policy, not {kind}")
-    collector = RolloutCollector(suite, policy, cfg.rollout, cache_features=freeze_vision,
-                                 need_values=algo == "ppo", seed=seed)
-    opt = build_optimizer(policy, cfg.optim, freeze_vision=freeze_vision, train_critic=algo == "ppo")
-    learner = GRPO(policy, opt, cfg.grpo, grad_clip=1.0) if algo == "grpo" else PPO(policy, opt, cfg.ppo, grad_clip=1.0)
-    rows = []
-    for i in range(iterations + 1):  # the first iteration warms up (renderer compilation, allocator)
-        t0 = time.perf_counter()
-        batch = collector.collect()
-        t1 = time.perf_counter()
-        learner.update(batch)
-        t2 = time.perf_counter()
-        steps = int(batch.env_steps.sum())
-        n_grad = learner.epochs * max(1, round(batch.num_samples / learner.minibatch_size))
-        if i:
-            rows.append((steps, t1 - t0, t2 - t1, n_grad, batch.num_samples))
+    env = env or EnvConfig()
+    with tempfile.TemporaryDirectory(prefix="reinforge-bench-") as tmp:
+        if init is None:
+            from reinforge.eval.evaluate import env_spec
+
+            spec = env_spec(env, image_size=64)
+            torch.manual_seed(seed)
+            policy = make_policy(PolicyConfig(kind=kind, action_dim=spec.action_dim, state_dim=spec.state_dim,
+                                              num_views=spec.num_views))
+            init = str(policy.save_pretrained(f"{tmp}/init"))
+        elif load_pretrained(init).config.kind != kind:
+            raise ValueError(f"--init is not a {kind} policy")
+        overrides = [f"init={init}", f"out={tmp}/run", f"env.name={env.name}", f"env.suite={env.suite}",
+                     f"env.device={env.device}", f"freeze_vision={freeze_vision}", "resume=false", f"seed={seed}",
+                     f"device={device}", f"precision={precision}", "grpo.dynamic_sampling=false", "grpo.max_rounds=1"]
+        overrides += [f"env.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in env.options.items()]
+        if num_envs is not None:
+            overrides.append(("rollout.num_envs=" if algo == "ppo" else "rollout.num_groups=")
+                             + str(num_envs if algo == "ppo" else max(1, num_envs // 8)))
+        cfg = load_config(RLConfig, resolve_config(QUICKSTART_CONFIGS[(algo, kind)]), overrides)
+        rows = []
+        with RLTrainer(cfg) as trainer:
+            learner = trainer.algo
+            for i in range(iterations + 1):  # the first iteration warms up (renderer compilation, allocator)
+                m = trainer.train_iteration()
+                n_grad = learner.epochs * max(1, round(m["rollout/samples"] / learner.minibatch_size))
+                if i:
+                    rows.append((m["rollout/env_steps"], m["time/rollout_s"], m["time/update_s"], n_grad,
+                                 m["rollout/samples"]))
     steps, t_roll, t_upd, n_grad, samples = (sum(r[k] for r in rows) for k in range(5))
-    return {"policy": kind, "algo": algo, "freeze_vision": freeze_vision, "envs": cfg.rollout.envs,
+    return {"policy": kind, "algo": algo, "env": f"{env.name}/{env.suite}", "device": device,
+            "precision": precision, "freeze_vision": freeze_vision, "envs": cfg.rollout.envs,
             "env_steps_per_s": round(steps / t_roll, 1), "rollout_s": round(t_roll / len(rows), 2),
             "update_s": round(t_upd / len(rows), 2), "grad_step_s": round(t_upd / n_grad, 3),
-            "samples_per_update": samples // len(rows), "iteration_s": round((t_roll + t_upd) / len(rows), 2),
+            "samples_per_update": int(samples // len(rows)), "iteration_s": round((t_roll + t_upd) / len(rows), 2),
             "threads": torch.get_num_threads()}

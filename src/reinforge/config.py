@@ -55,7 +55,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             raise _unknown(key, list(types_), prefix)
         sub = _dataclass_of(types_[key])
         if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, f"{prefix}{key}.")
+            # a section may define how it is built (e.g. the env section, whose keys depend on the env)
+            build = getattr(sub, "from_mapping", None)
+            value = build(value, f"{prefix}{key}.") if build else from_dict(sub, value, f"{prefix}{key}.")
+        elif sub is not None and value is not None and not dataclasses.is_dataclass(value):
+            raise ConfigError(f"config field '{prefix}{key}' is a section (a mapping of keys), got {value!r}")
         elif isinstance(value, list) and typing.get_origin(types_[key]) is tuple:
             value = tuple(value)
         else:
@@ -92,7 +96,17 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """A config as plain YAML/JSON-friendly data (tuples become lists)."""
+    return plain(dataclasses.asdict(cfg))
+
+
+def plain(x: Any) -> Any:
+    """Nested dicts with tuples turned into lists (YAML-dumpable, and loadable with weights_only=True)."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    return x
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

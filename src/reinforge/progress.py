@@ -8,7 +8,7 @@ from typing import Any
 class ProgressBar:
     """``advance(n)`` / ``update(completed, **fields)`` / ``close()``; shows ``fields`` after the bar."""
 
-    def __init__(self, desc: str, total: int, start: int = 0, enabled: bool = True, **fields: Any):
+    def __init__(self, desc: str, total: int | None, start: int = 0, enabled: bool = True, **fields: Any):
         self.p = None
         if not enabled:
             return

@@ -76,7 +76,9 @@ class RolloutBatch:
 
     Per episode (one per row in episodic mode; in auto-reset mode rows hold several episodes):
     ``episode_success``, ``episode_length``, ``episode_task``, ``episode_init`` (E,) and, for GRPO,
-    ``group`` (B,) the group id of each row (rows of a group share task and initial state).
+    ``group`` (B,) the group id of each row (rows of a group share task and initial state);
+    ``episode_failed`` (E,): the episode was lost to a simulator fault (e.g. a crashed env worker); it ends as a
+    truncation, and GRPO drops its group.
     """
 
     obs: dict[str, torch.Tensor]
@@ -95,6 +97,7 @@ class RolloutBatch:
     episode_task: torch.Tensor
     episode_init: torch.Tensor
     group: torch.Tensor | None = None
+    episode_failed: torch.Tensor | None = None  # (E,) bool: lost to a simulator fault, counted, never a success
     timing: dict[str, float] = field(default_factory=dict)
 
     @property

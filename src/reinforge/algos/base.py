@@ -12,6 +12,7 @@ import torch
 
 from reinforge.config import check
 from reinforge.policies import Policy
+from reinforge.policies.base import LogProb
 from reinforge.types import RolloutBatch
 
 
@@ -79,10 +80,17 @@ class PolicyGradientUpdate:
     """Owns the optimizer step of an on-policy algorithm over minibatches of a rollout."""
 
     def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, *, epochs: int, minibatch_size: int,
-                 grad_clip: float, seed: int = 0):
+                 grad_clip: float, seed: int = 0, logprob: LogProb = "chunk"):
         self.policy, self.opt = policy, optimizer
         self.epochs, self.minibatch_size, self.grad_clip = epochs, minibatch_size, grad_clip
         self.gen = torch.Generator().manual_seed(seed)
+        # token-level ratios where the policy has per-token log-probs and the config asks for them; flow
+        # policies are chunk-level. The collector must gather log-probs at the same level (``self.logprob``).
+        self.logprob: LogProb = "token" if logprob == "token" and policy.token_logprobs else "chunk"
+
+    @property
+    def token_level(self) -> bool:
+        return self.logprob == "token"
 
     def minibatches(self, batch: RolloutBatch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(rows, steps) index tensors of shuffled minibatches of the valid policy calls, ``epochs`` times."""
@@ -98,7 +106,7 @@ class PolicyGradientUpdate:
         """log-prob, entropy and value of the stored actions at policy calls (rows, steps)."""
         obs = batch.sample_obs(rows, steps)
         replay = {k: v[rows, steps] for k, v in batch.replay.items()}
-        return self.policy.evaluate(obs, replay)
+        return self.policy.evaluate(obs, replay, logprob=self.logprob)
 
     def per_entry(self, adv: torch.Tensor, logp: torch.Tensor, token_level: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantages (N,) and the mask shaped for ``logp``: token-level (N, H, D) log-probs get each sample's

@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from reinforge.algos.base import PolicyGradientUpdate, mean_metrics
+from reinforge.algos.losses import clipped_policy_loss
 from reinforge.config import check
 from reinforge.types import RolloutBatch
 
@@ -59,53 +60,6 @@ def dynamic_sampling_keep(rewards: torch.Tensor, *, low: float = 0.1, high: floa
     return (rate >= low) & (rate <= high)
 
 
-def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
-                        dual_clip: float | None = None, per_trajectory: bool = True,
-                        weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-style clipped surrogate, shared by GRPO and PPO.
-
-    ``logp_new``, ``logp_old`` (B, T, ...) log-probs of the executed actions (chunk-level (B, T) or
-    token-level (B, T, H, D)); ``advantages`` broadcastable to them (e.g. (B, T, 1, 1) for token-level);
-    ``mask`` broadcastable as well, True where the
-    entry was actually executed. Loss per entry: max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), and,
-    with ``dual_clip`` c, at most -c A for negative advantages. ``per_trajectory``: masked mean over each
-    trajectory (dim 0 rows) then mean over trajectories (GRPO); otherwise a masked mean over all entries.
-    ``weights`` (N,): rows are samples of a minibatch; the loss is the masked mean over each row's entries,
-    then the ``weights``-weighted mean over rows (weights 1 / trajectory length give every trajectory the same
-    total weight, the per-trajectory mean of a minibatch drawn from many trajectories).
-    """
-    adv = torch.broadcast_to(advantages, logp_new.shape)
-    mask = torch.broadcast_to(mask, logp_new.shape).to(logp_new.dtype)
-    log_ratio = (logp_new - logp_old) * mask
-    ratio = torch.exp(log_ratio)
-    surr = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
-    if dual_clip is not None:
-        surr = torch.where(adv < 0, torch.minimum(surr, -dual_clip * adv), surr)
-    if weights is not None:
-        if surr.dim() > 1:
-            dims = tuple(range(1, surr.dim()))
-            per, has = (surr * mask).sum(dims) / mask.sum(dims).clamp(min=1), (mask.sum(dims) > 0)
-        else:
-            per, has = surr * mask, mask > 0
-        w = weights.to(surr.dtype) * has.to(surr.dtype)
-        loss = (per * w).sum() / w.sum().clamp(min=1e-12)
-    elif per_trajectory:
-        dims = tuple(range(1, surr.dim()))
-        per = (surr * mask).sum(dims) / mask.sum(dims).clamp(min=1)
-        has = (mask.sum(dims) > 0).to(surr.dtype)
-        loss = (per * has).sum() / has.sum().clamp(min=1)
-    else:
-        loss = (surr * mask).sum() / mask.sum().clamp(min=1)
-    with torch.no_grad():
-        n = mask.sum().clamp(min=1)
-        clipped = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).to(mask.dtype)
-        metrics = {"train/clip_frac": float((clipped * mask).sum() / n),
-                   "train/approx_kl": float((((ratio - 1) - log_ratio) * mask).sum() / n),
-                   "train/ratio_mean": float((ratio * mask).sum() / n)}
-    return loss, metrics
-
-
 def row_advantages(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """(B,) trajectory advantages from (B,) binary success and (B,) group ids (rows of a group contiguous)."""
     _, counts = torch.unique_consecutive(group, return_counts=True)
@@ -120,11 +74,8 @@ class GRPO(PolicyGradientUpdate):
 
     def __init__(self, policy, optimizer, cfg: GRPOConfig, *, grad_clip: float, seed: int = 0):
         super().__init__(policy, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
-                         grad_clip=grad_clip, seed=seed)
+                         grad_clip=grad_clip, seed=seed, logprob=cfg.logprob)
         self.cfg = cfg
-        self.token_level = hasattr(policy, "logprob_type") and cfg.logprob == "token"
-        if hasattr(policy, "logprob_type"):
-            policy.logprob_type = "token" if self.token_level else "chunk"
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         if batch.group is None:
@@ -138,8 +89,8 @@ class GRPO(PolicyGradientUpdate):
             old = batch.log_prob[rows, steps]
             if logp.shape != old.shape:
                 raise ValueError(f"the rollout stored log-probs of shape {tuple(old.shape[1:])} but the policy now "
-                                 f"gives {tuple(logp.shape[1:])}: collect after building GRPO (it sets the "
-                                 "token policy's logprob type)")
+                                 f"gives {tuple(logp.shape[1:])}: collect with logprob={self.logprob!r} (the "
+                                 "collector's logprob must be the algorithm's)")
             a, mask = self.per_entry(adv[rows], logp, self.token_level)
             loss, m = clipped_policy_loss(logp, old, a, mask, clip_low=self.cfg.clip_low,
                                           clip_high=self.cfg.clip_high, weights=1.0 / calls[rows])

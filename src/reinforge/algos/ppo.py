@@ -4,7 +4,7 @@ PPO (arXiv 1707.06347) on a chunk-level MDP: one step = one policy call (an acti
 sum of the chunk's rewards and it is done if any env step in it ended the episode. Advantages by GAE
 (arXiv 1506.02438) with gamma 0.99, lambda 0.95; a time-limit truncation bootstraps from the value of the
 last state instead of cutting to zero; the recursion never crosses an episode end. The policy loss is the
-clipped surrogate of ``grpo.clipped_policy_loss`` with a dual clip (c = 3, arXiv 1912.09729) for negative
+clipped surrogate of ``losses.clipped_policy_loss`` with a dual clip (c = 3, arXiv 1912.09729) for negative
 advantages; the value loss is a Huber loss (delta 10) with value clipping (0.2), the max of the clipped and
 unclipped terms as in PPO's reference implementation. Total loss = policy + vf_coef * value - ent_coef *
 entropy; the critic has its own (higher) learning rate, and ``critic_warmup`` iterations train the critic
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from reinforge.algos.base import PolicyGradientUpdate, mean_metrics
-from reinforge.algos.grpo import clipped_policy_loss
+from reinforge.algos.losses import clipped_policy_loss
 from reinforge.config import check
 from reinforge.types import RolloutBatch
 
@@ -106,11 +106,8 @@ class PPO(PolicyGradientUpdate):
             raise ValueError("PPO needs a value head: the policy was built with value_head=false; fine-tune a "
                              "policy with policy.value_head=true or use GRPO")
         super().__init__(policy, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
-                         grad_clip=grad_clip, seed=seed)
+                         grad_clip=grad_clip, seed=seed, logprob=cfg.logprob)
         self.cfg = cfg
-        self.token_level = hasattr(policy, "logprob_type") and cfg.logprob == "token"
-        if hasattr(policy, "logprob_type"):
-            policy.logprob_type = "token" if self.token_level else "chunk"
 
     def advantages(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg

@@ -9,11 +9,13 @@ ROOT/
   data/chunk-000/episode_000000.parquet
 ```
 
-Each parquet row is one frame: ``observation.images.agentview`` / ``observation.images.wrist`` (PNG
-bytes in a ``{bytes, path}`` struct, as LeRobot stores image features), ``observation.state`` (8 floats),
-``action`` (7 floats), ``timestamp``, ``frame_index``, ``episode_index``, ``index``, ``task_index``,
-``next.reward``, ``next.done``. A dataset is written into a temporary folder and renamed into place when
-complete, so a killed recording never leaves a half-written dataset behind.
+Each parquet row is one frame: one ``observation.images.<camera>`` column per camera (``agentview`` /
+``wrist`` for the built-in world; PNG bytes in a ``{bytes, path}`` struct, as LeRobot stores image
+features), ``observation.state`` (S floats), ``action`` (D floats), ``timestamp``, ``frame_index``,
+``episode_index``, ``index``, ``task_index``, ``next.reward``, ``next.done``. A dataset is written into a
+temporary folder and renamed into place when complete, so a killed recording never leaves a half-written dataset
+behind. ``meta/info.json`` names every state / action dimension and records, under ``reinforge``, the env,
+suite and layout it was recorded in.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 CODEBASE_VERSION = "v2.1"
 CHUNK_SIZE = 1000
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
-IMAGE_KEYS = ("observation.images.agentview", "observation.images.wrist")
+IMAGE_PREFIX = "observation.images."
+IMAGE_KEYS = ("observation.images.agentview", "observation.images.wrist")  # the built-in world's cameras
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 LABEL_KEY = "expert_action"  # optional: the demonstrator's noise-free action in the same state
@@ -69,8 +72,9 @@ def compute_stats(x: torch.Tensor) -> dict[str, list[float]]:
 class EpisodeWriter:
     """Writes episodes into ``root`` (atomically: a temporary folder renamed when ``close`` succeeds)."""
 
-    def __init__(self, root: str | Path, *, fps: int, image_size: tuple[int, int], state_dim: int,
-                 action_dim: int, extra_info: dict[str, Any] | None = None, overwrite: bool = False):
+    def __init__(self, root: str | Path, *, fps: float, image_size: tuple[int, int], state_dim: int,
+                 action_dim: int, camera_names: tuple[str, ...] = ("agentview", "wrist"),
+                 extra_info: dict[str, Any] | None = None, overwrite: bool = False):
         self.root = Path(root)
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise DatasetError(f"{self.root} already exists and is not empty; choose another --out or pass "
@@ -78,6 +82,7 @@ class EpisodeWriter:
         self.tmp = temp_dir_for(self.root)
         (self.tmp / "meta").mkdir(parents=True)
         self.fps, self.image_size, self.state_dim, self.action_dim = fps, image_size, state_dim, action_dim
+        self.image_keys = tuple(IMAGE_PREFIX + c for c in camera_names)
         self.extra_info = extra_info or {}
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict[str, Any]] = []
@@ -100,7 +105,9 @@ class EpisodeWriter:
         ep = len(self.episodes)
         task_index = self.tasks.setdefault(instruction, len(self.tasks))
         cols: dict[str, Any] = {}
-        for v, key in enumerate(IMAGE_KEYS):
+        if images.shape[1] != len(self.image_keys):
+            raise DatasetError(f"episode has {images.shape[1]} camera views, dataset expects {len(self.image_keys)}")
+        for v, key in enumerate(self.image_keys):
             cols[key] = [{"bytes": _png(images[t, v].transpose(1, 2, 0)), "path": None} for t in range(T)]
         cols[STATE_KEY] = pa.array(list(states.astype(np.float32)), type=pa.list_(pa.float32(), self.state_dim))
         cols[ACTION_KEY] = pa.array(list(actions.astype(np.float32)), type=pa.list_(pa.float32(), self.action_dim))
@@ -133,19 +140,19 @@ class EpisodeWriter:
     def _info(self) -> dict[str, Any]:
         H, W = self.image_size
         image = {"dtype": "image", "shape": [H, W, 3], "names": ["height", "width", "channels"]}
+        state_names = self.extra_info.get("state_names") or [f"state_{i}" for i in range(self.state_dim)]
+        action_names = self.extra_info.get("action_names") or [f"action_{i}" for i in range(self.action_dim)]
         return {
-            "codebase_version": CODEBASE_VERSION, "robot_type": "reinforge_tabletop", "fps": self.fps,
+            "codebase_version": CODEBASE_VERSION, "robot_type": f"reinforge_{self.extra_info.get('env', 'tabletop')}",
+            "fps": self.fps,
             "total_episodes": len(self.episodes), "total_frames": self.total_frames,
             "total_tasks": len(self.tasks), "chunks_size": CHUNK_SIZE,
             "total_chunks": (len(self.episodes) + CHUNK_SIZE - 1) // CHUNK_SIZE, "data_path": DATA_PATH,
             "features": {
-                IMAGE_KEYS[0]: image, IMAGE_KEYS[1]: image,
-                STATE_KEY: {"dtype": "float32", "shape": [self.state_dim],
-                            "names": ["x", "y", "z", "ax", "ay", "az", "finger_l", "finger_r"]},
-                ACTION_KEY: {"dtype": "float32", "shape": [self.action_dim],
-                             "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
-                LABEL_KEY: {"dtype": "float32", "shape": [self.action_dim],
-                            "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]},
+                **{key: image for key in self.image_keys},
+                STATE_KEY: {"dtype": "float32", "shape": [self.state_dim], "names": list(state_names)},
+                ACTION_KEY: {"dtype": "float32", "shape": [self.action_dim], "names": list(action_names)},
+                LABEL_KEY: {"dtype": "float32", "shape": [self.action_dim], "names": list(action_names)},
                 "timestamp": {"dtype": "float32", "shape": [1]}, "frame_index": {"dtype": "int64", "shape": [1]},
                 "episode_index": {"dtype": "int64", "shape": [1]}, "index": {"dtype": "int64", "shape": [1]},
                 "task_index": {"dtype": "int64", "shape": [1]}, "next.reward": {"dtype": "float32", "shape": [1]},
@@ -202,6 +209,25 @@ class DemoDataset:
     def num_episodes(self) -> int:
         return len(self.episodes)
 
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.states.shape[1])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def recorded_in(self) -> dict[str, Any]:
+        """Where the data comes from: env (default ``tabletop`` for older datasets), suite, layout names."""
+        rec = dict(self.info.get("reinforge", {}))
+        rec.setdefault("env", "tabletop")
+        return rec
+
     def instruction(self, frame: int) -> str:
         return self.tasks[int(self.task_index[frame])]
 
@@ -224,12 +250,13 @@ class DemoDataset:
         root = Path(root)
         info = _read_json(root / "meta" / "info.json", root)
         feats = info.get("features", {})
-        missing = [k for k in (*IMAGE_KEYS, STATE_KEY, ACTION_KEY) if k not in feats]
+        image_keys = [k for k in feats if k.startswith(IMAGE_PREFIX)]
+        missing = [k for k in (STATE_KEY, ACTION_KEY) if k not in feats] + ([] if image_keys else [IMAGE_PREFIX + "*"])
         if missing:
             raise DatasetError(f"{root}: meta/info.json lacks features {missing}; this is not a reinforge "
                                "demonstration dataset (record one with `reinforge demos`)")
         D, S = feats[ACTION_KEY]["shape"][0], feats[STATE_KEY]["shape"][0]
-        H, W = feats[IMAGE_KEYS[0]]["shape"][:2]
+        H, W = feats[image_keys[0]]["shape"][:2]
         if expect_action_dim is not None and expect_action_dim != D:
             raise DatasetError(f"{root}: actions have {D} dims but {expect_action_dim} are expected; the dataset "
                                "was recorded for another embodiment")
@@ -245,7 +272,7 @@ class DemoDataset:
         keep = [e for e in episodes if e.get("success", True) or not success_only]
         if not keep:
             raise DatasetError(f"{root}: no successful episodes to load")
-        parts = [_read_episode(root, info, e, (H, W), S, D) for e in keep]
+        parts = [_read_episode(root, info, e, (H, W), S, D, image_keys) for e in keep]
         lengths = torch.tensor([p[0].shape[0] for p in parts])
         start = torch.cumsum(lengths, 0) - lengths
         return cls(
@@ -273,7 +300,8 @@ def _read_lines(path: Path, root: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def _read_episode(root: Path, info: dict[str, Any], ep: dict[str, Any], hw: tuple[int, int], S: int, D: int):
+def _read_episode(root: Path, info: dict[str, Any], ep: dict[str, Any], hw: tuple[int, int], S: int, D: int,
+                  image_keys: list[str]):
     i = ep["episode_index"]
     path = root / info["data_path"].format(episode_chunk=i // info.get("chunks_size", CHUNK_SIZE), episode_index=i)
     if not path.is_file():
@@ -284,7 +312,7 @@ def _read_episode(root: Path, info: dict[str, Any], ep: dict[str, Any], hw: tupl
         raise DatasetError(f"{path} is not a readable parquet file ({e}); the dataset is corrupt, re-record it"
                            ) from None
     cols = set(table.column_names)
-    need = {*IMAGE_KEYS, STATE_KEY, ACTION_KEY, "task_index"}
+    need = {*image_keys, STATE_KEY, ACTION_KEY, "task_index"}
     if not need <= cols:
         raise DatasetError(f"{path} lacks columns {sorted(need - cols)}; the dataset is corrupt or of another kind")
     T = table.num_rows
@@ -298,7 +326,7 @@ def _read_episode(root: Path, info: dict[str, Any], ep: dict[str, Any], hw: tupl
     if not (np.isfinite(actions).all() and np.isfinite(states).all()):
         raise DatasetError(f"{path} contains NaN or inf actions/states; the dataset is corrupt")
     views = []
-    for key in IMAGE_KEYS:
+    for key in image_keys:
         try:
             frames = [_unpng(cell["bytes"]) for cell in table.column(key).to_pylist()]
         except Exception as e:  # PIL raises several types for bad data

@@ -1,4 +1,4 @@
-"""Recording expert demonstrations of the tabletop suites into a dataset (see ``dataset.py``)."""
+"""Recording scripted-expert demonstrations of any env that has an expert into a dataset (see ``dataset.py``)."""
 
 from __future__ import annotations
 
@@ -10,61 +10,73 @@ import numpy as np
 import torch
 
 from reinforge.data.dataset import EpisodeWriter
-from reinforge.envs.tabletop.env import CONTROL_HZ, TabletopEnv
-from reinforge.envs.tabletop.expert import ScriptedExpert
-from reinforge.envs.tabletop.tasks import NUM_INIT_STATES, Split, get_suite
+from reinforge.envs import EnvConfig, EnvSpec, make_env
 from reinforge.types import OBS_IMAGE, OBS_STATE
 
 log = logging.getLogger(__name__)
 
 
-def _run_batch(suite: str, split: Split, slots: list[tuple[int, int]], *, image_size: int, noise: float,
-               seed: int) -> list[dict]:
+def _run_batch(env_cfg: EnvConfig, split: str, bank: str, slots: list[tuple[int, int]], *, image_size: int,
+               noise: float, seed: int) -> list[dict]:
     """Run the expert on (task, init) slots in one batched env; returns one episode record per slot."""
-    env = TabletopEnv(suite, len(slots), split=split, image_size=image_size, init_bank="train")
-    obs = env.reset([t for t, _ in slots], [i % NUM_INIT_STATES for _, i in slots])
-    expert = ScriptedExpert(env, noise=noise, seed=seed)
-    B = len(slots)
-    frames: list[list[tuple]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
-    success = torch.zeros(B, dtype=torch.bool)
-    while not bool(done.all()):
-        action = expert.act(obs).actions[:, 0]
-        img, state, act = obs[OBS_IMAGE].numpy(), obs[OBS_STATE].numpy(), action.numpy()
-        label = expert.clean_action.numpy()
-        for b in (~done).nonzero().flatten().tolist():
-            frames[b].append((img[b], state[b], act[b], label[b]))
-        res = env.step(action)
-        success |= res.success & ~done
-        done |= res.terminated | res.truncated
-        obs = res.obs
+    env = make_env(env_cfg, num_envs=len(slots), split=split, image_size=image_size, init_bank=bank)
+    try:
+        spec = env.spec
+        obs = env.reset([t for t, _ in slots], [spec.init_id(i) for _, i in slots])
+        expert = env.make_expert(noise=noise, seed=seed)
+        B = len(slots)
+        frames: list[list[tuple]] = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool)
+        success = torch.zeros(B, dtype=torch.bool)
+        while not bool(done.all()):
+            out = expert.act(obs)
+            action = out.actions[:, 0].cpu()
+            img, state, act = obs[OBS_IMAGE].cpu().numpy(), obs[OBS_STATE].cpu().numpy(), action.numpy()
+            label = out.replay.get("clean_action", action).cpu().numpy()
+            for b in (~done).nonzero().flatten().tolist():
+                frames[b].append((img[b], state[b], act[b], label[b]))
+            res = env.step(action.to(env.device))
+            success |= res.success.cpu() & ~done
+            done |= res.terminated.cpu() | res.truncated.cpu()
+            obs = res.obs
+    finally:
+        env.close()
     out = []
     for b, (task, init) in enumerate(slots):
         img, state, act, label = (np.stack(x) for x in zip(*frames[b]))
         out.append({"images": img, "states": state, "actions": act, "labels": label, "task_id": task,
-                    "init_id": init % NUM_INIT_STATES,
-                    "success": bool(success[b]), "instruction": env.suite.tasks[task].instruction})
+                    "init_id": spec.init_id(init), "success": bool(success[b]),
+                    "instruction": spec.tasks[task].instruction})
     return out
 
 
-def record_demos(suite: str, out: str | Path, *, per_task: int = 1, split: Split = "train", image_size: int = 64,
-                 noise: float = 0.2, seed: int = 0, max_envs: int = 100, retries: int = 3, overwrite: bool = False,
-                 tasks: list[int] | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Record ``per_task`` successful expert episodes for each task of ``suite`` into ``out``.
+def record_demos(env: EnvConfig | str, out: str | Path, *, per_task: int = 1, split: str = "train",
+                 image_size: int = 64, noise: float = 0.2, seed: int = 0, max_envs: int = 100, retries: int = 3,
+                 overwrite: bool = False, tasks: list[int | str] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """Record ``per_task`` successful expert episodes for each task of ``env``'s suite into ``out``
+    (``env`` may be a tabletop suite name for short).
 
-    Demonstrations start from the suite's *train* bank of initial states, disjoint from the 50 fixed
-    evaluation states. The executed (noisy) actions are stored as ``action``; the expert's noise-free
-    actions in the same states as ``expert_action`` (DART-style corrective labels, used by SFT). A failed
-    expert episode is retried with fresh noise up to ``retries`` times.
+    Demonstrations start from the env's *train* bank of initial states when it has one (the built-in world:
+    disjoint from the 50 fixed evaluation states), else from its only bank. The executed (noisy) actions are
+    stored as ``action``; the expert's noise-free actions in the same states as ``expert_action`` (DART-style
+    corrective labels, used by SFT). A failed expert episode is retried with fresh noise up to ``retries``
+    times. The dataset records the env, suite and action/state/camera layout.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be >= 1, got {per_task}")
-    s = get_suite(suite, split)
-    task_list = list(range(s.num_tasks)) if tasks is None else [s.task_index(t) for t in tasks]
-    writer = EpisodeWriter(out, fps=CONTROL_HZ, image_size=(image_size, image_size), state_dim=TabletopEnv.state_dim,
-                           action_dim=TabletopEnv.action_dim, overwrite=overwrite,
-                           extra_info={"suite": suite, "split": split, "expert_noise": noise, "seed": seed,
-                                       "per_task": per_task, "init_bank": "train"})
+    env_cfg = EnvConfig(suite=env) if isinstance(env, str) else env
+    probe = make_env(env_cfg, num_envs=1, split=split, image_size=image_size)
+    spec: EnvSpec = probe.spec
+    probe.close()
+    if not spec.expert:
+        raise ValueError(f"environment {spec.env!r} has no scripted expert to record demonstrations with")
+    bank = "train" if "train" in spec.init_banks else spec.init_banks[0]
+    task_list = list(range(spec.num_tasks)) if tasks is None else [spec.task_index(t) for t in tasks]
+    writer = EpisodeWriter(out, fps=spec.control_hz, image_size=(image_size, image_size), state_dim=spec.state_dim,
+                           action_dim=spec.action_dim, camera_names=spec.camera_names, overwrite=overwrite,
+                           extra_info={**spec.layout(), "split": split, "expert_noise": noise, "seed": seed,
+                                       "per_task": per_task, "init_bank": bank})
     slots = [(t, k) for t in task_list for k in range(per_task)]
     results: dict[tuple[int, int], dict] = {}
     pending = list(slots)
@@ -73,7 +85,7 @@ def record_demos(suite: str, out: str | Path, *, per_task: int = 1, split: Split
             batch = pending[start:start + max_envs]
             # a failed slot is retried from the next initial state of the bank, with fresh noise
             run = [(t, k + attempt * per_task) for t, k in batch]
-            for slot, ep in zip(batch, _run_batch(suite, split, run, image_size=image_size, noise=noise,
+            for slot, ep in zip(batch, _run_batch(env_cfg, split, bank, run, image_size=image_size, noise=noise,
                                                   seed=seed + 7919 * attempt + start)):
                 if ep["success"] or slot not in results:
                     results[slot] = ep
@@ -88,6 +100,6 @@ def record_demos(suite: str, out: str | Path, *, per_task: int = 1, split: Split
     for slot in slots:
         ep = results[slot]
         writer.add_episode(ep["images"], ep["states"], ep["actions"], ep["instruction"], expert_actions=ep["labels"],
-                           task_id=ep["task_id"], init_id=ep["init_id"], success=ep["success"], suite=suite,
+                           task_id=ep["task_id"], init_id=ep["init_id"], success=ep["success"], suite=spec.suite,
                            split=split)
     return writer.close()

@@ -1,10 +1,32 @@
-"""Vectorised environments: the contract, the registry and the built-in tabletop world."""
+"""Vectorised environments: the contract, the registry and the registered envs.
+
+Only this package knows concrete simulators; everything else builds envs with ``make_env`` from an
+``EnvConfig``. Real simulators are imported lazily, on first use.
+"""
 
 from __future__ import annotations
 
-from reinforge.envs.base import ChunkResult, VecEnv, make_env, register_env
+from reinforge.envs.base import (
+    ChunkResult,
+    EnvConfig,
+    EnvSpec,
+    Task,
+    VecEnv,
+    make_env,
+    register_env,
+    registered_envs,
+)
+from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
+from reinforge.envs.metaworld.options import MetaWorldOptions
 from reinforge.envs.tabletop.env import TabletopEnv
+from reinforge.envs.tabletop.options import TabletopOptions
 
-register_env("tabletop", TabletopEnv)
+register_env("tabletop", TabletopEnv, options=TabletopOptions,
+             suites=("spatial", "object", "goal", "long"))
+register_env("libero", "reinforge.envs.libero.env:LiberoEnv", options=LiberoOptions, suites=LIBERO_SUITES,
+             extra="libero")
+register_env("metaworld", "reinforge.envs.metaworld.env:MetaWorldEnv", options=MetaWorldOptions,
+             suites=("mt10", "mt50", "<task>-v3"), extra="metaworld")
 
-__all__ = ["ChunkResult", "TabletopEnv", "VecEnv", "make_env", "register_env"]
+__all__ = ["ChunkResult", "EnvConfig", "EnvSpec", "Task", "TabletopEnv", "VecEnv", "make_env", "register_env",
+           "registered_envs"]

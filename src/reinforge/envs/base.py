@@ -1,19 +1,145 @@
-"""The vectorised environment contract and the environment registry.
+"""The vectorised environment contract, the env config section and the environment registry.
 
-Every simulator (the built-in tabletop world, LIBERO, a learned world model, ...) is a ``VecEnv``:
-B envs stepped together, tensors in and out, observation keys from ``reinforge.types``.
+Every simulator (the built-in tabletop world, LIBERO, MetaWorld, a learned world model, ...) is a ``VecEnv``:
+B envs stepped together, tensors in and out, observation keys from ``reinforge.types``. Callers never name a
+concrete simulator: they build one from an ``EnvConfig`` (the ``env`` section of every config) with
+``make_env`` and read what they need from ``env.spec`` (an ``EnvSpec``): the task list with instructions,
+the fixed initial states per bank (or none), the splits the suite offers, the control rate, the action and
+state layout by dimension name, whether the env has a privileged expert and whether it can snapshot.
+
+Registering an env::
+
+    register_env("mysim", "mypackage.mysim:MySimEnv", options=MySimOptions, suites=("easy", "hard"))
+
+or, from an installed package, an entry point in the ``reinforge.envs`` group whose value is a callable that
+calls ``register_env`` (``[project.entry-points."reinforge.envs"] mysim = "mypackage.mysim:register"``).
+A factory is called as ``factory(suite, num_envs, *, split, image_size, init_bank, max_episode_steps, device,
+seed, **options)`` where ``options`` are the fields of the env's registered options dataclass.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from reinforge.types import Observation, StepResult
+from reinforge.config import ConfigError, check, from_dict
+from reinforge.types import Actor, Observation, StepResult
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "reinforge.envs"
+
+
+# ---------------------------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a suite: a short name and the language instruction the policy receives."""
+
+    name: str
+    instruction: str
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What callers may know about a built env (and nothing simulator-specific).
+
+    - ``tasks``: the suite's tasks in task-id order.
+    - ``num_init_states``: fixed initial states per task in each bank of ``init_banks`` (reset with
+      ``init_ids`` in ``0..num_init_states-1``); ``None`` when the env only has random resets (``init_ids`` is
+      then a seed per env: the same id gives the same start).
+    - ``init_banks``: ``("eval", "train")`` when evaluation and training use disjoint banks, ``("eval",)``
+      when there is one bank (training then uses it too).
+    - ``splits``: the task splits the suite offers; ``"train"`` always, held-out splits after it.
+    - ``action_names`` / ``state_names``: the layout, one name per dimension (their lengths are the dims).
+    - ``camera_names``: one per image view, in observation order.
+    - ``snapshot``: ``snapshot()`` / ``restore()`` continue running episodes exactly (auto-reset resume).
+    - ``expert``: ``make_expert()`` gives a scripted policy for demonstrations.
+    """
+
+    env: str
+    suite: str
+    split: str
+    tasks: tuple[Task, ...]
+    max_episode_steps: int
+    control_hz: float
+    action_names: tuple[str, ...]
+    state_names: tuple[str, ...]
+    camera_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    num_init_states: int | None = None
+    init_banks: tuple[str, ...] = ("eval",)
+    splits: tuple[str, ...] = ("train",)
+    snapshot: bool = False
+    expert: bool = False
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.camera_names)
+
+    @property
+    def heldout_splits(self) -> tuple[str, ...]:
+        return tuple(s for s in self.splits if s != "train")
+
+    @property
+    def instructions(self) -> list[str]:
+        return [t.instruction for t in self.tasks]
+
+    def task_index(self, name_or_id: str | int) -> int:
+        """A task id from an id or a task name, with an error listing the valid ones."""
+        if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()):
+            i = int(name_or_id)
+            if not 0 <= i < self.num_tasks:
+                raise ValueError(f"task id {i} out of range for suite {self.suite!r} ({self.num_tasks} tasks: "
+                                 f"0..{self.num_tasks - 1})")
+            return i
+        names = [t.name for t in self.tasks]
+        if name_or_id not in names:
+            raise ValueError(f"unknown task {name_or_id!r} in suite {self.suite!r}; tasks: {names}")
+        return names.index(name_or_id)
+
+    def init_id(self, episode: int) -> int:
+        """The initial state of the ``episode``-th evaluation episode of a task: the fixed state
+        ``episode mod num_init_states``, or seed ``episode`` for envs with random resets."""
+        return episode % self.num_init_states if self.num_init_states else episode
+
+    def check_policy(self, *, action_dim: int, state_dim: int, num_views: int, image_size: tuple[int, int]) -> None:
+        """Refuse a policy built for another embodiment or camera setup, naming what differs."""
+        want = {"action_dim": self.action_dim, "state_dim": self.state_dim, "num_views": self.num_views,
+                "image_size": tuple(self.image_size)}
+        got = {"action_dim": action_dim, "state_dim": state_dim, "num_views": num_views,
+               "image_size": tuple(image_size)}
+        diff = {k: (got[k], want[k]) for k in want if got[k] != want[k] and not (k == "num_views" and not want[k])}
+        if diff:
+            raise ValueError(f"the policy does not fit env {self.env!r} suite {self.suite!r}: "
+                             + ", ".join(f"{k} policy={a} env={b}" for k, (a, b) in diff.items())
+                             + f" (env actions: {list(self.action_names)}); fine-tune a policy on this env's data")
+
+    def layout(self) -> dict[str, Any]:
+        """The layout as stored in datasets and checkpoints."""
+        return {"env": self.env, "suite": self.suite, "action_names": list(self.action_names),
+                "state_names": list(self.state_names), "camera_names": list(self.camera_names),
+                "control_hz": self.control_hz}
 
 
 @dataclass
@@ -30,20 +156,43 @@ class ChunkResult:
     terminated: torch.Tensor  # bool (B,)
     truncated: torch.Tensor  # bool (B,)
     success: torch.Tensor  # bool (B,)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- the env
 
 
 class VecEnv(ABC):
-    """B environments stepped together. Actions (B, action_dim) float32 in [-1, 1]."""
+    """B environments stepped together. Actions (B, action_dim) float32 in [-1, 1].
+
+    Envs never reset themselves: the caller resets finished envs with ``reset(..., mask=done)``. Rewards are
+    the env's own (sparse success for the built-in world); ``success`` is the task's success predicate.
+    ``info`` of ``step`` / ``step_chunk`` may carry ``"failed"`` (B,) bool: envs whose episode was lost to a
+    simulator fault (a crashed worker); they are reported as truncated and must be counted, not trained on.
+    """
 
     num_envs: int
-    action_dim: int
-    max_episode_steps: int
+    spec: EnvSpec
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def action_dim(self) -> int:
+        return self.spec.action_dim
+
+    @property
+    def state_dim(self) -> int:
+        return self.spec.state_dim
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self.spec.max_episode_steps
 
     @abstractmethod
     def reset(self, task_ids: torch.Tensor | Sequence[int] | int,
               init_ids: torch.Tensor | Sequence[int] | None = None, seed: int | None = None,
               mask: torch.Tensor | None = None) -> Observation:
-        """Reset the envs (all, or those where ``mask`` is True) to the given tasks and initial states."""
+        """Reset the envs (all, or those where ``mask`` is True) to the given tasks and initial states
+        (``init_ids`` None: drawn from the env's seeded generator). Returns the observation of every env."""
 
     @abstractmethod
     def step(self, actions: torch.Tensor) -> StepResult:
@@ -59,34 +208,204 @@ class VecEnv(ABC):
         term = torch.zeros(B, dtype=torch.bool)
         trunc = torch.zeros(B, dtype=torch.bool)
         success = torch.zeros(B, dtype=torch.bool)
+        failed = torch.zeros(B, dtype=torch.bool)
         obs: Observation = {}
         for h in range(H):
+            if h and bool(done.all()):
+                break
             res = self.step(actions[:, h])
             valid[:, h] = ~done
             reward[:, h] = torch.where(done, 0.0, res.reward.cpu())
             term |= res.terminated.cpu() & ~done
             trunc |= res.truncated.cpu() & ~done
             success |= res.success.cpu() & ~done
+            if "failed" in res.info:
+                failed |= res.info["failed"].cpu() & ~done
             done |= res.terminated.cpu() | res.truncated.cpu()
             obs = res.obs
-        return ChunkResult(obs, reward, valid, term, trunc, success)
+        return ChunkResult(obs, reward, valid, term, trunc, success, {"failed": failed})
+
+    def make_expert(self, *, noise: float = 0.0, seed: int = 0) -> Actor:
+        """A scripted actor bound to this env (it may read privileged state). Its ``act`` returns
+        ``PolicyOutput(actions (B, 1, D))`` and, when it adds exploration noise, the noise-free action in
+        ``replay["clean_action"]`` (B, D) (DART-style labels). Only envs whose ``spec.expert`` is True have one."""
+        raise ValueError(f"environment {self.spec.env!r} has no scripted expert: record demonstrations with a "
+                         "policy or bring a dataset")
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue the running episodes later, as CPU tensors. Only envs whose
+        ``spec.snapshot`` is True can."""
+        raise NotImplementedError(f"environment {self.spec.env!r} cannot snapshot its state")
+
+    def restore(self, snap: dict[str, torch.Tensor]) -> Observation:
+        """Continue from a ``snapshot()``; returns the observation of every env."""
+        raise NotImplementedError(f"environment {self.spec.env!r} cannot restore a snapshot")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (subprocesses, renderers). Default: nothing to do."""
 
+    def __enter__(self) -> VecEnv:
+        return self
 
-_ENVS: dict[str, Callable[..., VecEnv]] = {}
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
-def register_env(name: str, factory: Callable[..., VecEnv]) -> None:
-    """Register an environment factory; refuses to overwrite an existing name."""
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+@dataclass
+class _Entry:
+    factory: Callable[..., VecEnv] | str  # a callable, or "module:attr" imported on first use
+    options: type | None  # dataclass of the env's own options
+    suites: tuple[str, ...]
+    extra: str  # pip extra that provides its dependencies ("" = none)
+
+
+_ENVS: dict[str, _Entry] = {}
+_entry_points_loaded = False
+
+
+def register_env(name: str, factory: Callable[..., VecEnv] | str, *, options: type | None = None,
+                 suites: Sequence[str] = (), extra: str = "") -> None:
+    """Register an environment; refuses to overwrite an existing name.
+
+    ``factory``: a callable or a ``"module:attr"`` string imported lazily (heavy simulators are imported only
+    when used). ``options``: a dataclass of the env's own config options (validated from the ``env`` config
+    section). ``suites``: the suite names it knows (for listings; the factory validates). ``extra``: the pip
+    extra that installs its dependencies, named in the error when they are missing.
+    """
     if name in _ENVS:
         raise ValueError(f"environment {name!r} is already registered")
-    _ENVS[name] = factory
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise TypeError(f"options of environment {name!r} must be a dataclass, got {options!r}")
+    _ENVS[name] = _Entry(factory, options, tuple(suites), extra)
 
 
-def make_env(name: str, **kwargs: Any) -> VecEnv:
-    """Build a registered environment, e.g. ``make_env("tabletop", suite="spatial", num_envs=16)``."""
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _ENVS:
+            continue
+        try:
+            hook = ep.load()
+            hook()
+        except Exception as e:  # a broken plug-in must not break the built-in envs
+            log.warning("could not load environment plug-in %r (%s): %s", ep.name, ep.value, e)
+
+
+def registered_envs() -> dict[str, tuple[str, ...]]:
+    """Every registered env name with the suites it declares."""
+    _load_entry_points()
+    return {k: v.suites for k, v in sorted(_ENVS.items())}
+
+
+def _entry(name: str) -> _Entry:
     if name not in _ENVS:
-        raise ValueError(f"unknown environment {name!r}; registered: {sorted(_ENVS)}")
-    return _ENVS[name](**kwargs)
+        _load_entry_points()
+    if name not in _ENVS:
+        raise ValueError(f"unknown environment {name!r}; registered: {sorted(_ENVS)} (a package registers "
+                         f"more through the {ENTRY_POINT_GROUP!r} entry-point group)")
+    return _ENVS[name]
+
+
+def env_options_class(name: str) -> type | None:
+    return _entry(name).options
+
+
+def _factory(name: str) -> Callable[..., VecEnv]:
+    e = _entry(name)
+    if isinstance(e.factory, str):
+        module, _, attr = e.factory.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            hint = f"pip install 'reinforge[{e.extra}]'" if e.extra else "install its dependencies"
+            raise ImportError(f"environment {name!r} needs a package that is not installed ({err.name or err}): "
+                              f"{hint}") from None
+        e.factory = getattr(mod, attr)
+    return e.factory
+
+
+def make_env(name: str | EnvConfig, **kwargs: Any) -> VecEnv:
+    """Build a registered environment: ``make_env("tabletop", suite="spatial", num_envs=16)``, or from an
+    ``EnvConfig``: ``make_env(cfg.env, num_envs=16, split="heldout")`` (keywords win over the config)."""
+    if isinstance(name, EnvConfig):
+        cfg = name
+        kwargs = {**cfg.make_kwargs(), **kwargs}
+        name = cfg.name
+    return _factory(name)(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- the config
+
+
+@dataclass
+class EnvConfig:
+    """The ``env`` section of a config: which registered env, which suite, where it runs, and the env's own
+    options (any other key of the section, validated against the env's registered options dataclass)::
+
+        env:
+          name: libero
+          suite: libero_spatial
+          render_quality: fast       # a LIBERO option
+          num_workers: 2             # a LIBERO option
+
+    ``image_size: 0`` means the policy's; ``device`` is where the simulator's tensors live (the built-in world
+    runs on CPU or CUDA; real simulators on CPU), independent of the policy's device.
+    """
+
+    name: str = "tabletop"
+    suite: str = "spatial"
+    device: str = "cpu"
+    image_size: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.name, str), "env.name", self.name, "must name a registered env")
+        check(self.image_size >= 0, "env.image_size", self.image_size, "must be >= 0 (0 = the policy's)")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"config section env.options must be a mapping, got {type(self.options).__name__}")
+        if not self.name:  # resolved later by the caller (e.g. SFT: the dataset's env)
+            if self.options:
+                raise ConfigError(f"env options {sorted(self.options)} need env.name")
+            return
+        try:
+            opts_cls = env_options_class(self.name)
+        except ValueError as e:
+            raise ConfigError(f"config field 'env.name': {e}") from None
+        if opts_cls is None:
+            if self.options:
+                raise ConfigError(f"environment {self.name!r} takes no options, got {sorted(self.options)}")
+        else:
+            try:
+                typed = from_dict(opts_cls, dict(self.options), "env.")
+            except ConfigError as e:
+                common = sorted(f.name for f in dataclasses.fields(self) if f.name != "options")
+                raise ConfigError(f"{e} (or a common env key: {common})") from None
+            self.options = dataclasses.asdict(typed)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], prefix: str = "env.") -> EnvConfig:
+        """Build from a config section: the common keys, an optional ``options`` mapping, and every other key as
+        an env option (so ``env.render_quality=fast`` works as an override)."""
+        common = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        base = {k: v for k, v in data.items() if k in common}
+        opts = dict(data.get("options") or {})
+        opts.update({k: v for k, v in data.items() if k not in common and k != "options"})
+        cfg = from_dict(cls, base, prefix)
+        return cls(name=cfg.name, suite=cfg.suite, device=cfg.device, image_size=cfg.image_size, options=opts)
+
+    def make_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"suite": self.suite, "device": self.device, **self.options}
+        if self.image_size:
+            kw["image_size"] = self.image_size
+        return kw
+
+    def with_(self, **changes: Any) -> EnvConfig:
+        return dataclasses.replace(self, **changes)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from reinforge.envs.tabletop.env import TabletopEnv
-from reinforge.envs.tabletop.expert import ScriptedExpert
+from reinforge.envs import VecEnv
 from reinforge.types import OBS_STATE, Actor, Observation, PolicyOutput
 
 
@@ -25,10 +24,11 @@ class RandomActor:
         return PolicyOutput(actions=a)
 
 
-def load_actor(spec: str, *, seed: int = 0) -> Callable[[TabletopEnv], Actor]:
-    """A factory env -> actor for ``spec``: ``expert``, ``random`` or the path of a policy checkpoint."""
+def load_actor(spec: str, *, seed: int = 0, device: str | torch.device = "cpu") -> Callable[[VecEnv], Actor]:
+    """A factory env -> actor for ``spec``: ``expert`` (the env's scripted expert), ``random`` or the path of a
+    policy checkpoint (moved to ``device``)."""
     if spec == "expert":
-        return lambda env: ScriptedExpert(env)
+        return lambda env: env.make_expert()
     if spec == "random":
         return lambda env: RandomActor(env.action_dim, seed=seed)
     path = Path(spec)
@@ -41,5 +41,15 @@ def load_actor(spec: str, *, seed: int = 0) -> Callable[[TabletopEnv], Actor]:
         from reinforge.policies import load_pretrained  # the policy module (token / flow VLAs)
     except ImportError as e:
         raise ValueError(f"cannot load policy checkpoint {path}: {e}") from None
-    policy = load_pretrained(path).eval()
-    return lambda env: policy
+    from reinforge.device import resolve_device
+
+    policy = load_pretrained(path).to(resolve_device(device)).eval()
+
+    def bind(env: VecEnv) -> Actor:
+        pc = policy.config
+        env.spec.check_policy(action_dim=pc.action_dim, state_dim=pc.state_dim, num_views=pc.num_views,
+                              image_size=pc.image_size)
+        return policy
+
+    bind.policy = policy  # the loaded policy, e.g. to read its image size
+    return bind

@@ -1,7 +1,9 @@
-"""Batched evaluation of an actor on a tabletop suite: success per task and per suite, episode lengths.
+"""Batched evaluation of an actor on any registered env: success per task and per suite, episode lengths.
 
-Episode ``k`` of task ``t`` starts from fixed evaluation initial state ``k`` (mod 50), so two evaluations
-with the same ``episodes_per_task`` see exactly the same scenes. Policies act greedily.
+Episode ``k`` of task ``t`` starts from fixed evaluation initial state ``k`` (mod the bank size; for envs
+with random resets, from reset seed ``k``), so two evaluations with the same ``episodes_per_task`` see exactly
+the same scenes. Policies act greedily. One env of ``min(max_envs, episodes)`` slots is built and reused
+batch after batch; slots past the last episode stay idle.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from reinforge.envs.tabletop.env import CONTROL_HZ, TabletopEnv
-from reinforge.envs.tabletop.tasks import NUM_INIT_STATES, Split, get_suite
+from reinforge.envs import EnvConfig, EnvSpec, VecEnv, make_env
 from reinforge.eval.video import frames_to_strip, write_video
 from reinforge.progress import ProgressBar
 from reinforge.types import OBS_IMAGE, Actor
 
 log = logging.getLogger(__name__)
 
+ActorFactory = Callable[[VecEnv], Actor]
+
 
 @dataclass
 class EvalResult:
+    env: str
     suite: str
     split: str
     success_rate: float
@@ -38,12 +42,13 @@ class EvalResult:
     episodes_per_task: int
     wall_s: float
     videos: list[str] = field(default_factory=list)
+    failed_episodes: int = 0  # lost to simulator faults (crashed workers); counted as failures
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _check_actions(actions: torch.Tensor, env: TabletopEnv) -> torch.Tensor:
+def _check_actions(actions: torch.Tensor, env: VecEnv) -> torch.Tensor:
     if actions.dim() == 2:
         actions = actions[:, None]
     if actions.dim() != 3 or actions.shape[0] != env.num_envs or actions.shape[2] != env.action_dim:
@@ -53,13 +58,16 @@ def _check_actions(actions: torch.Tensor, env: TabletopEnv) -> torch.Tensor:
     return actions
 
 
-def _run_batch(actor_fn: Callable[[TabletopEnv], Actor], env: TabletopEnv, tasks: list[int], inits: list[int],
-               video_slots: set[int], on_done: Callable[[int], None]):
-    B = env.num_envs
-    obs = env.reset(tasks, inits)
+def _run_batch(actor_fn: ActorFactory, env: VecEnv, tasks: list[int], inits: list[int], video_slots: set[int],
+               on_done: Callable[[int], None]):
+    """Run one episode in each of the first ``len(tasks)`` env slots (the rest idle) to its end."""
+    B, n = env.num_envs, len(tasks)
+    pad = B - n
+    obs = env.reset(tasks + tasks[:1] * pad, inits + inits[:1] * pad)
     actor = actor_fn(env)
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.arange(B) >= n
     success = torch.zeros(B, dtype=torch.bool)
+    failed = torch.zeros(B, dtype=torch.bool)
     length = torch.zeros(B, dtype=torch.int64)
     frames: dict[int, list[np.ndarray]] = {b: [frames_to_strip(obs[OBS_IMAGE][b].cpu().numpy())] for b in video_slots}
     while not bool(done.all()):
@@ -70,7 +78,9 @@ def _run_batch(actor_fn: Callable[[TabletopEnv], Actor], env: TabletopEnv, tasks
             res = env.step_chunk(piece.to(env.device), active=(~done).to(env.device))
             term, trunc = res.terminated.cpu(), res.truncated.cpu()
             length += res.valid.cpu().sum(1)
-            success |= term & ~done
+            success |= term & res.success.cpu() & ~done
+            if "failed" in res.info:
+                failed |= res.info["failed"].cpu() & ~done
             finished = (term | trunc) & ~done
             done |= finished
             obs = res.obs
@@ -81,48 +91,72 @@ def _run_batch(actor_fn: Callable[[TabletopEnv], Actor], env: TabletopEnv, tasks
                 on_done(int(finished.sum()))
             if bool(done.all()):
                 break
-    return success, length, frames
+    return success[:n], length[:n], failed[:n], frames
 
 
-def evaluate(actor_fn: Callable[[TabletopEnv], Actor], suite: str, *, split: Split = "train",
-             episodes_per_task: int = 10, max_envs: int = 500, image_size: int = 64,
+def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
+    """The spec of ``env``'s suite and ``split`` (builds a one-env instance, which is cheap by contract)."""
+    probe = make_env(env, num_envs=1, split=split, **kwargs)
+    try:
+        return probe.spec
+    finally:
+        probe.close()
+
+
+def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", episodes_per_task: int = 10,
+             max_envs: int = 500, image_size: int | tuple[int, int] | None = None,
              video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
-             device: str = "cpu", tasks: list[int] | None = None, progress: bool = False) -> EvalResult:
-    """Run ``episodes_per_task`` greedy episodes of every task of ``suite`` (or of ``tasks``) and report
-    success rates."""
+             tasks: list[int | str] | None = None, progress: bool = False) -> EvalResult:
+    """Run ``episodes_per_task`` greedy episodes of every task of ``env``'s suite (or of ``tasks``) on the
+    ``split`` and report success rates. ``actor_fn(env)`` gives the actor for a freshly reset env.
+    ``image_size`` (the policy's) wins over ``env.image_size``."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if max_envs < 1:
+        raise ValueError(f"max_envs must be >= 1, got {max_envs}")
     if video_format not in ("mp4", "gif"):
         raise ValueError(f"video format must be 'mp4' or 'gif', got {video_format!r}")
-    s = get_suite(suite, split)
-    task_ids = list(range(s.num_tasks)) if tasks is None else [s.task_index(t) for t in tasks]
+    kw = {} if image_size is None else {"image_size": image_size}
+    spec = env_spec(env, split, **kw)
+    if split not in spec.splits:
+        raise ValueError(f"suite {spec.suite!r} of env {spec.env!r} has no {split!r} split (it offers "
+                         f"{list(spec.splits)})")
+    task_ids = list(range(spec.num_tasks)) if tasks is None else [spec.task_index(t) for t in tasks]
     slots = [(t, k) for t in task_ids for k in range(episodes_per_task)]
     success = torch.zeros(len(slots), dtype=torch.bool)
+    failed = torch.zeros(len(slots), dtype=torch.bool)
     length = torch.zeros(len(slots), dtype=torch.int64)
     videos: list[str] = []
     t0 = time.perf_counter()
-    bar = ProgressBar(f"eval {suite}/{split}", len(slots), enabled=progress)
-    for start in range(0, len(slots), max_envs):
-        batch = slots[start:start + max_envs]
-        env = TabletopEnv(s, len(batch), image_size=image_size, device=device)
-        want = {b for b, (t, k) in enumerate(batch) if video_dir is not None and k < videos_per_task}
-        ok, n, frames = _run_batch(actor_fn, env, [t for t, _ in batch], [k % NUM_INIT_STATES for _, k in batch],
-                                   want, bar.advance)
-        success[start:start + len(batch)] = ok
-        length[start:start + len(batch)] = n
-        for b, fr in frames.items():
-            t, k = batch[b]
-            tag = "success" if bool(ok[b]) else "failure"
-            path = Path(video_dir) / f"{suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
-            videos.append(str(write_video(fr, path, fps=CONTROL_HZ)))
-    bar.close()
+    bar = ProgressBar(f"eval {spec.suite}/{split}", len(slots), enabled=progress)
+    sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank="eval", **kw)
+    try:
+        for start in range(0, len(slots), sim.num_envs):
+            batch = slots[start:start + sim.num_envs]
+            want = {b for b, (t, k) in enumerate(batch) if video_dir is not None and k < videos_per_task}
+            ok, n, bad, frames = _run_batch(actor_fn, sim, [t for t, _ in batch],
+                                            [spec.init_id(k) for _, k in batch], want, bar.advance)
+            success[start:start + len(batch)] = ok
+            length[start:start + len(batch)] = n
+            failed[start:start + len(batch)] = bad
+            for b, fr in frames.items():
+                t, k = batch[b]
+                tag = "success" if bool(ok[b]) else "failure"
+                path = Path(video_dir) / f"{spec.suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
+                videos.append(str(write_video(fr, path, fps=int(round(spec.control_hz)))))
+    finally:
+        sim.close()
+        bar.close()
+    if bool(failed.any()):
+        log.warning("%d of %d evaluation episodes were lost to simulator faults; they count as failures",
+                    int(failed.sum()), len(slots))
     per = success.view(len(task_ids), episodes_per_task).float().mean(1)
     per_len = length.view(len(task_ids), episodes_per_task).float().mean(1)
-    names = [s.tasks[t].name for t in task_ids]
+    names = [spec.tasks[t].name for t in task_ids]
     return EvalResult(
-        suite=suite, split=split, success_rate=float(success.float().mean()),
+        env=spec.env, suite=spec.suite, split=split, success_rate=float(success.float().mean()),
         per_task={n: float(v) for n, v in zip(names, per)},
-        instructions={s.tasks[t].name: s.tasks[t].instruction for t in task_ids},
+        instructions={spec.tasks[t].name: spec.tasks[t].instruction for t in task_ids},
         mean_length=float(length.float().mean()), per_task_length={n: float(v) for n, v in zip(names, per_len)},
         num_episodes=len(slots), episodes_per_task=episodes_per_task, wall_s=time.perf_counter() - t0,
-        videos=videos)
+        videos=videos, failed_episodes=int(failed.sum()))

@@ -28,6 +28,7 @@ from reinforge.policies.backbone import Backbone, ValueHead
 from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
 
 CONFIG_NAME = "config.json"
+LogProb = Literal["chunk", "token"]
 WEIGHTS_NAME = "model.safetensors"
 STATS_NAME = "normalization.json"
 
@@ -182,13 +183,21 @@ class Policy(nn.Module):
     def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    # whether ``logprob="token"`` (one log-prob per action token, (B, H, D)) is supported besides "chunk" (B,)
+    token_logprobs: bool = False
+
     def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy",
-            temperature: float = 1.0) -> PolicyOutput:
+            temperature: float = 1.0, logprob: LogProb = "chunk") -> PolicyOutput:
         raise NotImplementedError
 
-    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor]
+    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor], *, logprob: LogProb = "chunk"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    def check_logprob(self, logprob: str) -> None:
+        if logprob not in ("chunk", "token") or (logprob == "token" and not self.token_logprobs):
+            raise ValueError(f"{type(self).__name__} gives log-probs per 'chunk'"
+                             + (" or per 'token'" if self.token_logprobs else "") + f", not {logprob!r}")
 
     # ---------------------------------------------------------------- save / load
 

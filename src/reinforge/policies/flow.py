@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from reinforge.policies.backbone import masked_mean
-from reinforge.policies.base import Normalizer, Policy, PolicyConfig
+from reinforge.policies.base import LogProb, Normalizer, Policy, PolicyConfig
 from reinforge.types import Observation, PolicyOutput
 
 LOG_2PI = math.log(2 * math.pi)
@@ -152,12 +152,13 @@ class FlowPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy", temperature: float = 1.0,
-            sampler: Literal["sde", "noise"] | None = None, generator: torch.Generator | None = None
-            ) -> PolicyOutput:
+            sampler: Literal["sde", "noise"] | None = None, generator: torch.Generator | None = None,
+            logprob: LogProb = "chunk") -> PolicyOutput:
         """Denoise an action chunk. ``greedy``: deterministic ODE from the initial noise. ``sample``:
         Flow-SDE or Flow-Noise (``sampler``, default from the config) with the chain kept for ``evaluate``."""
         if mode not in ("sample", "greedy"):
             raise ValueError(f"mode must be 'sample' or 'greedy', got {mode!r}")
+        self.check_logprob(logprob)
         sampler = sampler or self.config.flow_sampler
         if sampler not in SAMPLER_IDS:
             raise ValueError(f"sampler must be 'sde' or 'noise', got {sampler!r}")
@@ -207,9 +208,10 @@ class FlowPolicy(Policy):
                   "sampler": torch.full((B,), SAMPLER_IDS[sampler], device=dev)}
         return PolicyOutput(actions=actions, log_prob=log_prob, value=value, replay=replay)
 
-    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor]
+    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor], *, logprob: LogProb = "chunk"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Recompute the log-prob (B,) of the stored denoising chain, the entropy (B,) and the value."""
+        self.check_logprob(logprob)
         prefix, pad, value = self.encode(obs)
         chain = replay["chain"].to(prefix.device)
         sampler = int(replay["sampler"][0])

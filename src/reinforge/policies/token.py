@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reinforge.policies.backbone import masked_mean
-from reinforge.policies.base import Normalizer, Policy, PolicyConfig
+from reinforge.policies.base import LogProb, Normalizer, Policy, PolicyConfig
 from reinforge.types import Observation, PolicyOutput
 
 
@@ -49,12 +49,13 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: tor
 class TokenPolicy(Policy):
     """Discrete action tokens decoded in parallel from H placeholder tokens."""
 
+    token_logprobs = True
+
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
         super().__init__(config, normalizer)
         c = config
         self.placeholders = nn.Parameter(torch.randn(c.horizon, c.d_model) * 0.02)
         self.head = nn.Linear(c.d_model, c.action_dim * c.num_bins)
-        self.logprob_type: Literal["chunk", "token"] = "chunk"
 
     def features(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, H, D, bins) and value (B,) of one forward pass."""
@@ -80,15 +81,17 @@ class TokenPolicy(Policy):
             acc = ((logits.argmax(-1) == target) & mask).sum() / mask.sum().clamp(min=1)
         return loss, {"sft/loss": float(loss.detach()), "sft/token_accuracy": float(acc)}
 
-    def _reduce(self, per_token: torch.Tensor) -> torch.Tensor:
+    def _reduce(self, per_token: torch.Tensor, logprob: LogProb) -> torch.Tensor:
+        self.check_logprob(logprob)
         mask = self.entry_mask()
-        if self.logprob_type == "token":
+        if logprob == "token":
             return per_token * mask
         return (per_token * mask).sum((1, 2))
 
     @torch.no_grad()
     def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy",
-            temperature: float = 1.0, generator: torch.Generator | None = None) -> PolicyOutput:
+            temperature: float = 1.0, generator: torch.Generator | None = None, logprob: LogProb = "chunk"
+            ) -> PolicyOutput:
         if mode not in ("sample", "greedy"):
             raise ValueError(f"mode must be 'sample' or 'greedy', got {mode!r}")
         if temperature <= 0:
@@ -102,14 +105,14 @@ class TokenPolicy(Policy):
         temp = torch.full((tokens.shape[0],), float(temperature), device=tokens.device)
         lp, _ = token_log_probs(logits, tokens, temp)
         actions = self.unnormalize_actions(bin_centers(tokens, self.config.num_bins))
-        return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=self._reduce(lp), value=value,
-                            replay={"tokens": tokens, "temperature": temp})
+        return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=self._reduce(lp, logprob),
+                            value=value, replay={"tokens": tokens, "temperature": temp})
 
-    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor]
+    def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor], *, logprob: LogProb = "chunk"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Log-prob (chunk: (B,), token: (B, H, D)), entropy (B,) and value of the replayed tokens."""
         logits, value = self.features(obs)
         lp, ent = token_log_probs(logits, replay["tokens"].to(logits.device), replay["temperature"].to(logits.device))
         mask = self.entry_mask()
         entropy = (ent * mask).sum((1, 2))
-        return self._reduce(lp), entropy, value
+        return self._reduce(lp, logprob), entropy, value

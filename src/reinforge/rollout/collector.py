@@ -19,15 +19,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
 
 from reinforge.config import check
-from reinforge.envs.tabletop.env import TabletopEnv
-from reinforge.envs.tabletop.tasks import NUM_INIT_STATES
+from reinforge.device import module_device
+from reinforge.envs import VecEnv
 from reinforge.policies import Policy
+from reinforge.policies.base import LogProb
 from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_STATE, OBS_TASK_ID, Observation, RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -86,39 +87,56 @@ class _Buffer:
         return self.data[key][:, :T] if key in self.data else None
 
 
-class RolloutCollector:
-    """Steps ``policy`` in a ``TabletopEnv`` of ``suite`` and returns ``RolloutBatch`` es."""
+def rollout_env_kwargs(cfg: RolloutConfig, image_size: tuple[int, int], seed: int) -> dict:
+    """``make_env`` keywords for the envs a collector with ``cfg`` steps (train split, its init bank)."""
+    kw = {"num_envs": cfg.envs, "split": "train", "init_bank": cfg.init_bank, "image_size": tuple(image_size),
+          "seed": seed}
+    if cfg.max_episode_steps:
+        kw["max_episode_steps"] = cfg.max_episode_steps
+    return kw
 
-    def __init__(self, suite: str, policy: Policy, cfg: RolloutConfig, *, split: str = "train",
-                 cache_features: bool = False, need_values: bool = False, seed: int = 0, device: str = "cpu"):
-        self.cfg, self.policy = cfg, policy
+
+class RolloutCollector:
+    """Steps ``policy`` in ``env`` (any ``VecEnv`` with ``cfg.envs`` envs, e.g. from ``make_env``) and returns
+    ``RolloutBatch`` es. The env may live on another device than the policy (observations are moved)."""
+
+    def __init__(self, env: VecEnv, policy: Policy, cfg: RolloutConfig, *, cache_features: bool = False,
+                 need_values: bool = False, seed: int = 0, logprob: LogProb = "chunk"):
+        self.cfg, self.policy, self.env = cfg, policy, env
+        policy.check_logprob(logprob)
+        self.logprob = logprob  # the level the learner recomputes log-probs at (its ``logprob``)
         self.cache_features, self.need_values = cache_features, need_values
-        self.env = TabletopEnv(suite, cfg.envs, split=split, image_size=policy.config.image_size,
-                               init_bank=cfg.init_bank, max_episode_steps=cfg.max_episode_steps or None,
-                               device=device, seed=seed)
-        if self.env.action_dim != policy.config.action_dim:
-            raise ValueError(f"the policy emits {policy.config.action_dim}-dim actions but the env expects "
-                             f"{self.env.action_dim}; fine-tune a policy for this embodiment")
-        n = self.env.suite.num_tasks
+        spec = env.spec
+        if env.num_envs != cfg.envs:
+            raise ValueError(f"the rollout config asks for {cfg.envs} envs but the env holds {env.num_envs}")
+        pc = policy.config
+        spec.check_policy(action_dim=pc.action_dim, state_dim=pc.state_dim, num_views=pc.num_views,
+                          image_size=pc.image_size)
+        n = spec.num_tasks
         self.tasks = list(cfg.tasks) or list(range(n))
         bad = [t for t in self.tasks if not 0 <= t < n]
         if bad:
-            raise ValueError(f"rollout.tasks {bad} out of range: suite {suite!r} has task ids 0..{n - 1}")
+            raise ValueError(f"rollout.tasks {bad} out of range: suite {spec.suite!r} has task ids 0..{n - 1}")
         self.gen = torch.Generator().manual_seed(seed)  # tasks and initial states
-        self.policy_gen = torch.Generator().manual_seed(seed + 1)  # action sampling
+        # action sampling, on the policy's device (a CUDA policy samples with a CUDA generator)
+        self.policy_gen = torch.Generator(device=module_device(policy)).manual_seed(seed + 1)
         self._obs: Observation | None = None  # auto-reset mode: the envs keep running across rollouts
         self._len = torch.zeros(cfg.envs, dtype=torch.int64)
-        self.instructions = [t.instruction for t in self.env.suite.tasks]
+        self._task = torch.zeros(cfg.envs, dtype=torch.int64)  # task and initial state of each running episode
+        self._init = torch.zeros(cfg.envs, dtype=torch.int64)
+        self.instructions = spec.instructions
 
     # ------------------------------------------------------------ helpers
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Generators, and in auto-reset mode the episodes in flight (env snapshot and their lengths), so a
-        resumed run continues exactly."""
+        """Generators, and in auto-reset mode the episodes in flight (env snapshot, their lengths, tasks and
+        initial states), so a resumed run continues exactly. Envs that cannot snapshot (``spec.snapshot``
+        False, e.g. real simulators) keep only the generators: a resumed auto-reset run drops the episodes that
+        were in flight and starts fresh ones, so it does not reproduce the uninterrupted run bit for bit."""
         state = {"gen": self.gen.get_state(), "policy_gen": self.policy_gen.get_state()}
-        if self._obs is not None:
+        if self._obs is not None and self.env.spec.snapshot:
             state.update({f"env.{k}": v for k, v in self.env.snapshot().items()})
-            state["ep_len"] = self._len.clone()
+            state.update({"ep_len": self._len.clone(), "ep_task": self._task.clone(), "ep_init": self._init.clone()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -128,22 +146,32 @@ class RolloutCollector:
         if snap:
             self._obs = self.env.restore(snap)
             self._len = state["ep_len"].clone()
+            if "ep_task" in state:
+                self._task, self._init = state["ep_task"].clone(), state["ep_init"].clone()
+            else:  # checkpoints written before the collector tracked them: the env snapshot has them
+                self._task, self._init = snap["task_id"].clone(), snap["init_id"].clone()
+        elif self.cfg.mode == "autoreset" and not self.env.spec.snapshot:
+            log.warning("env %r cannot snapshot: the episodes in flight at the checkpoint are dropped and every "
+                        "env starts a fresh episode (the resumed run is not bit-identical)", self.env.spec.env)
 
     def sample_starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` (task, initial state) pairs drawn uniformly from the training tasks and the init bank."""
+        """``n`` (task, initial state) pairs drawn uniformly from the training tasks and the init bank (or, for
+        envs with random resets, a fresh reset seed each)."""
         pick = torch.randint(0, len(self.tasks), (n,), generator=self.gen)
         tasks = torch.tensor(self.tasks)[pick]
-        return tasks, torch.randint(0, NUM_INIT_STATES, (n,), generator=self.gen)
+        high = self.env.spec.num_init_states or 2**31 - 1
+        return tasks, torch.randint(0, high, (n,), generator=self.gen)
 
     def _policy_input(self, obs: Observation, rows: torch.Tensor) -> Observation:
-        sub = select_obs(obs, rows)
+        sub = select_obs(obs, rows.to(obs[OBS_TASK_ID].device))
         if self.cache_features:
             sub[OBS_IMAGE_FEATURES] = self.policy.encode_images(sub.pop(OBS_IMAGE))
         return sub
 
     def _act(self, buf: _Buffer, obs: Observation, rows: torch.Tensor, t: int):
         sub = self._policy_input(obs, rows)
-        out = self.policy.act(sub, mode="sample", temperature=self.cfg.temperature, generator=self.policy_gen)
+        out = self.policy.act(sub, mode="sample", temperature=self.cfg.temperature, generator=self.policy_gen,
+                              logprob=self.logprob)
         if not bool(torch.isfinite(out.actions).all()):
             raise FloatingPointError("the policy produced NaN/inf actions during the rollout; the weights have "
                                      "diverged (lower the learning rate or resume from an earlier checkpoint)")
@@ -191,6 +219,7 @@ class RolloutCollector:
         valid, term, trunc = (torch.zeros(B, T, dtype=torch.bool) for _ in range(3))
         next_value = torch.zeros(B, T)
         done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+        failed = torch.zeros(B, dtype=torch.bool)  # episodes lost to a simulator fault (crashed worker)
         length = torch.zeros(B, dtype=torch.int64)
         t_env = t_policy = 0.0
         t0 = time.perf_counter()
@@ -213,6 +242,8 @@ class RolloutCollector:
             term[:, t], trunc[:, t] = res.terminated.cpu() & ~done, res.truncated.cpu() & ~done
             length += env_steps[:, t]
             success |= term[:, t] & res.success.cpu()
+            if "failed" in res.info:
+                failed |= res.info["failed"].cpu() & ~done
             tr_rows = trunc[:, t].nonzero().flatten()
             v = self._bootstrap(res.obs, tr_rows)
             if v is not None:
@@ -220,8 +251,10 @@ class RolloutCollector:
             done |= term[:, t] | trunc[:, t]
             obs = res.obs
             t_policy += t1 - t0
-        return self._finish(buf, used, reward, valid, term, trunc, env_steps, next_value,
-                            success, length, tasks, inits, group, t_env, t_policy)
+        batch = self._finish(buf, used, reward, valid, term, trunc, env_steps, next_value,
+                             success, length, tasks, inits, group, t_env, t_policy)
+        batch.episode_failed = failed
+        return batch
 
     def _finish(self, buf, T, reward, valid, term, trunc, env_steps, next_value, success, length, tasks, inits,
                 group, t_env, t_policy) -> RolloutBatch:
@@ -252,13 +285,14 @@ class RolloutCollector:
         reward, env_steps = torch.zeros(B, T), torch.zeros(B, T, dtype=torch.int64)
         term, trunc = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool)
         next_value = torch.zeros(B, T)
-        ep_success, ep_len, ep_task, ep_init = [], [], [], []
+        ep_success, ep_len, ep_task, ep_init, ep_failed = [], [], [], [], []
         t_env = t_policy = 0.0
         rows = torch.arange(B)
         if self._obs is None:
             tasks, inits = self.sample_starts(B)
             self._obs = env.reset(tasks, inits)
             self._len.zero_()
+            self._task, self._init = tasks.clone(), inits.clone()
         obs = self._obs
         for t in range(T):
             t0 = time.perf_counter()
@@ -280,11 +314,15 @@ class RolloutCollector:
             if bool(ended.any()):
                 idx = ended.nonzero().flatten()
                 ep_success.append(term[idx, t] & res.success.cpu()[idx])
+                ep_failed.append(res.info["failed"].cpu()[idx] if "failed" in res.info
+                                 else torch.zeros(idx.numel(), dtype=torch.bool))
                 ep_len.append(self._len[idx].clone())
-                ep_task.append(env.task_id.cpu()[idx].clone())
-                ep_init.append(env.init_id.cpu()[idx].clone())
+                ep_task.append(self._task[idx].clone())
+                ep_init.append(self._init[idx].clone())
                 self._len[idx] = 0
                 tasks, inits = self.sample_starts(B)
+                self._task = torch.where(ended, tasks, self._task)
+                self._init = torch.where(ended, inits, self._init)
                 t2 = time.perf_counter()
                 obs = env.reset(tasks, inits, mask=ended.to(env.device))
                 t_env += time.perf_counter() - t2
@@ -301,7 +339,11 @@ class RolloutCollector:
         batch = self._finish(buf, T, reward, valid, term, trunc, env_steps, next_value,
                              cat(ep_success, torch.bool), cat(ep_len, torch.int64), cat(ep_task, torch.int64),
                              cat(ep_init, torch.int64), None, t_env, t_policy)
+        batch.episode_failed = cat(ep_failed, torch.bool)
         return batch
+
+
+_PER_EPISODE = ("episode_success", "episode_length", "episode_task", "episode_init", "episode_failed")
 
 
 def cat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
@@ -310,54 +352,52 @@ def cat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
         return batches[0]
     T = max(b.valid.shape[1] for b in batches)
 
-    def pad(x: torch.Tensor | None) -> torch.Tensor | None:
-        if x is None:
-            return None
+    def pad(x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == T:
             return x
         return torch.cat([x, torch.zeros(x.shape[0], T - x.shape[1], *x.shape[2:], dtype=x.dtype)], 1)
 
-    def rows(get) -> torch.Tensor | None:
-        xs = [pad(get(b)) for b in batches]
-        return None if xs[0] is None else torch.cat(xs)
+    def stack(xs: list, per_row: bool) -> torch.Tensor | None:
+        if xs[0] is None:
+            return None
+        return torch.cat([pad(x) for x in xs] if per_row else xs)
 
     groups, offset = [], 0
     for b in batches:
         if b.group is not None:
             groups.append(b.group + offset)
             offset += int(b.group.max()) + 1 if b.group.numel() else 0
-    first = batches[0]
-    return RolloutBatch(
-        obs={k: rows(lambda b, k=k: b.obs[k]) for k in first.obs},
-        instructions=first.instructions,
-        replay={k: rows(lambda b, k=k: b.replay[k]) for k in first.replay},
-        log_prob=rows(lambda b: b.log_prob), value=rows(lambda b: b.value),
-        next_value=rows(lambda b: b.next_value), reward=rows(lambda b: b.reward), valid=rows(lambda b: b.valid),
-        terminated=rows(lambda b: b.terminated), truncated=rows(lambda b: b.truncated),
-        env_steps=rows(lambda b: b.env_steps),
-        episode_success=torch.cat([b.episode_success for b in batches]),
-        episode_length=torch.cat([b.episode_length for b in batches]),
-        episode_task=torch.cat([b.episode_task for b in batches]),
-        episode_init=torch.cat([b.episode_init for b in batches]),
-        group=torch.cat(groups) if groups else None,
-        timing={k: sum(b.timing.get(k, 0.0) for b in batches) for k in first.timing})
+    out = {}
+    for f in fields(RolloutBatch):
+        xs = [getattr(b, f.name) for b in batches]
+        if f.name in ("obs", "replay"):
+            out[f.name] = {k: stack([x[k] for x in xs], True) for k in xs[0]}
+        elif f.name == "instructions":
+            out[f.name] = xs[0]
+        elif f.name == "group":
+            out[f.name] = torch.cat(groups) if groups else None
+        elif f.name == "timing":
+            out[f.name] = {k: sum(x.get(k, 0.0) for x in xs) for k in xs[0]}
+        else:
+            out[f.name] = stack(xs, f.name not in _PER_EPISODE)
+    return RolloutBatch(**out)
 
 
 def select_rows(batch: RolloutBatch, keep: torch.Tensor) -> RolloutBatch:
-    """The episodic batch restricted to rows ``keep`` (bool (B,))."""
+    """The episodic batch (one episode per row) restricted to rows ``keep`` (bool (B,))."""
     idx = keep.nonzero().flatten()
+    out = {}
+    for f in fields(RolloutBatch):
+        x = getattr(batch, f.name)
+        if f.name in ("obs", "replay"):
+            out[f.name] = {k: v[idx] for k, v in x.items()}
+        elif f.name == "instructions":
+            out[f.name] = x
+        elif f.name == "timing":
+            out[f.name] = dict(x)
+        else:
+            out[f.name] = None if x is None else x[idx]
+    return RolloutBatch(**out)
 
-    def r(x):
-        return None if x is None else x[idx]
 
-    return RolloutBatch(
-        obs={k: v[idx] for k, v in batch.obs.items()}, instructions=batch.instructions,
-        replay={k: v[idx] for k, v in batch.replay.items()}, log_prob=batch.log_prob[idx], value=r(batch.value),
-        next_value=r(batch.next_value), reward=batch.reward[idx], valid=batch.valid[idx],
-        terminated=batch.terminated[idx], truncated=batch.truncated[idx], env_steps=batch.env_steps[idx],
-        episode_success=batch.episode_success[idx], episode_length=batch.episode_length[idx],
-        episode_task=batch.episode_task[idx], episode_init=batch.episode_init[idx], group=r(batch.group),
-        timing=dict(batch.timing))
-
-
-__all__ = ["RolloutCollector", "RolloutConfig", "cat_batches", "select_obs", "select_rows"]
+__all__ = ["RolloutCollector", "RolloutConfig", "cat_batches", "rollout_env_kwargs", "select_obs", "select_rows"]

@@ -25,12 +25,12 @@ import torch
 from reinforge.algos.base import RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
 from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
 from reinforge.algos.ppo import PPO, PPOConfig
-from reinforge.algos.sft import _plain
-from reinforge.config import check
-from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, SUITE_NAMES
+from reinforge.config import check, plain
+from reinforge.device import Precision, autocast, check_precision, resolve_device
+from reinforge.envs import EnvConfig, make_env
 from reinforge.policies import load_pretrained
 from reinforge.progress import ProgressBar
-from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, select_rows
+from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, rollout_env_kwargs, select_rows
 from reinforge.train.checkpoint import load_checkpoint, save_checkpoint
 from reinforge.train.logging import MetricLogger
 from reinforge.types import RolloutBatch
@@ -45,6 +45,7 @@ class RLEvalConfig:
     final_episodes_per_task: int = 50  # before RL and after RL
     heldout: bool = True  # also evaluate the held-out split (suites that have one)
     videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
+    tasks: tuple[int, ...] = ()  # evaluate these task ids only (default: every task of the suite)
 
     def __post_init__(self) -> None:
         check(self.every >= 0, "eval.every", self.every, "must be >= 0")
@@ -52,13 +53,14 @@ class RLEvalConfig:
         check(self.final_episodes_per_task >= 1, "eval.final_episodes_per_task", self.final_episodes_per_task,
               "must be >= 1")
         check(self.videos >= 0, "eval.videos", self.videos, "must be >= 0")
+        self.tasks = tuple(self.tasks)
 
 
 @dataclass
 class RLConfig:
     algo: Literal["grpo", "ppo"] = "grpo"
     init: str = ""  # the SFT policy to start from (a folder written by `reinforge sft`)
-    suite: str = "spatial"
+    env: EnvConfig = field(default_factory=EnvConfig)  # which env and suite RL trains and evaluates in
     out: str = "runs/rl"
     iterations: int = 40
     freeze_vision: bool = True  # train everything but the vision encoder; rollouts cache its tokens
@@ -71,13 +73,20 @@ class RLConfig:
     checkpoint_every: int = 5
     resume: bool = True
     seed: int = 0
+    device: str = "cpu"  # the policy's device (cpu, cuda, cuda:N, auto); the env's is env.device
+    precision: Precision = "fp32"  # bf16 = autocast on CUDA for rollouts and updates
     num_threads: int = 0  # torch threads; 0 = torch's default
     wandb: bool = False
     wandb_project: str = "reinforge"
 
+    @property
+    def suite(self) -> str:
+        return self.env.suite
+
     def __post_init__(self) -> None:
         check(self.algo in ("grpo", "ppo"), "algo", self.algo, "must be 'grpo' or 'ppo'")
-        check(self.suite in SUITE_NAMES, "suite", self.suite, f"must be one of {list(SUITE_NAMES)}")
+        check(bool(self.env.suite), "env.suite", self.env.suite, "must name a suite of the env")
+        check(self.precision in ("fp32", "bf16"), "precision", self.precision, "must be 'fp32' or 'bf16'")
         check(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
         check(self.flow_sampler in ("", "sde", "noise"), "flow_sampler", self.flow_sampler, "must be sde|noise|''")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
@@ -98,14 +107,19 @@ class RLTrainer:
         torch.manual_seed(cfg.seed)
         self.iteration, self.env_steps, self.train_s = 0, 0, 0.0
         self.history: list[dict[str, float]] = []  # evaluation points
+        self.device = resolve_device(cfg.device)
+        check_precision(cfg.precision, self.device)
         ckpt = self.out / "checkpoints" / "last"
         state = None
         if cfg.resume and ckpt.is_dir():
             self.policy, state = load_checkpoint(ckpt)
             old = state.get("config", {})
-            for key, new in (("algo", cfg.algo), ("suite", cfg.suite)):
-                if old.get(key, new) != new:
-                    raise ValueError(f"{self.out} holds a {key}={old[key]} run, this config says {key}={new}: "
+            old_env = old.get("env", {"name": "tabletop", "suite": old.get("suite", cfg.suite)})
+            for key, was, new in (("algo", old.get("algo", cfg.algo), cfg.algo),
+                                  ("env.name", old_env.get("name"), cfg.env.name),
+                                  ("env.suite", old_env.get("suite"), cfg.env.suite)):
+                if was != new:
+                    raise ValueError(f"{self.out} holds a {key}={was} run, this config says {key}={new}: "
                                      "choose another out=, or resume=false to start over there")
             log.info("resuming %s from iteration %d", ckpt, int(state["iteration"]))
         else:
@@ -115,14 +129,16 @@ class RLTrainer:
             self.policy = load_pretrained(cfg.init)
             if cfg.flow_sampler:
                 self.policy.config = replace(self.policy.config, flow_sampler=cfg.flow_sampler)
-        self.collector = RolloutCollector(cfg.suite, self.policy, cfg.rollout, cache_features=cfg.freeze_vision,
-                                          need_values=cfg.algo == "ppo", seed=cfg.seed)
+        self.policy.to(self.device)
         opt = build_optimizer(self.policy, cfg.optim, freeze_vision=cfg.freeze_vision, train_critic=cfg.algo == "ppo")
         if cfg.algo == "grpo":
             self.algo = GRPO(self.policy, opt, cfg.grpo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
         else:
             self.algo = PPO(self.policy, opt, cfg.ppo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
         self.optimizer = opt
+        env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed))
+        self.collector = RolloutCollector(env, self.policy, cfg.rollout, cache_features=cfg.freeze_vision,
+                                          need_values=cfg.algo == "ppo", seed=cfg.seed, logprob=self.algo.logprob)
         if state is not None:
             self._restore(state)
 
@@ -132,7 +148,7 @@ class RLTrainer:
         return {"iteration": self.iteration, "env_steps": self.env_steps, "train_s": self.train_s,
                 "optimizer": self.optimizer.state_dict(), "algo": self.algo.state_dict(),
                 "collector": self.collector.state_dict(), "torch_rng": torch.get_rng_state(),
-                "history": self.history, "config": _plain(asdict(self.cfg))}
+                "history": self.history, "config": plain(asdict(self.cfg))}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
@@ -156,9 +172,13 @@ class RLTrainer:
         for _ in range(c.grpo.max_rounds):
             b = self.collector.collect()
             rounds.append(b)
+            # a group with an episode lost to a simulator fault is dropped: its advantages would be biased
+            keep = ~b.episode_failed.view(-1, G).any(1) if b.episode_failed is not None else torch.ones(
+                b.num_rows // G, dtype=torch.bool)
             if c.grpo.dynamic_sampling:
-                keep = dynamic_sampling_keep(b.episode_success.view(-1, G).float()).repeat_interleave(G)
-                b = select_rows(b, keep)
+                keep &= dynamic_sampling_keep(b.episode_success.view(-1, G).float())
+            if not bool(keep.all()):
+                b = select_rows(b, keep.repeat_interleave(G))
             if b.num_rows:
                 kept.append(b)
                 n_kept += b.num_rows // G
@@ -179,7 +199,9 @@ class RLTrainer:
         self.env_steps += steps
         t_env = sum(b.timing["time/env_s"] for b in rounds)
         t_pol = sum(b.timing["time/policy_s"] for b in rounds)
+        failed = sum(int(b.episode_failed.sum()) for b in rounds if b.episode_failed is not None)
         m = {"rollout/success_rate": float(succ.mean()) if succ.numel() else 0.0,
+             "rollout/failed_episodes": float(failed),
              "rollout/episodes": float(succ.numel()),
              "rollout/episode_length": float(length.mean()) if length.numel() else 0.0,
              "rollout/env_steps": float(steps), "time/env_s": t_env, "time/policy_s": t_pol,
@@ -192,15 +214,17 @@ class RLTrainer:
         t0 = time.perf_counter()
         lr = self.cfg.optim.lr * lr_factor(self.cfg.optim, self.iteration, self.cfg.iterations)
         set_actor_lr(self.optimizer, lr)
-        batch, metrics = self.collect()
+        with autocast(self.device, self.cfg.precision):
+            batch, metrics = self.collect()
         metrics["train/lr"] = lr
         t1 = time.perf_counter()
-        if batch is None:
-            log.warning("iteration %d: every group was all-success or all-failure; no update", self.iteration)
-        elif self.cfg.algo == "ppo":
-            metrics.update(self.algo.update(batch, train_policy=self.iteration >= self.cfg.ppo.critic_warmup))
-        else:
-            metrics.update(self.algo.update(batch))
+        with autocast(self.device, self.cfg.precision):
+            if batch is None:
+                log.warning("iteration %d: every group was all-success or all-failure; no update", self.iteration)
+            elif self.cfg.algo == "ppo":
+                metrics.update(self.algo.update(batch, train_policy=self.iteration >= self.cfg.ppo.critic_warmup))
+            else:
+                metrics.update(self.algo.update(batch))
         t2 = time.perf_counter()
         self.iteration += 1
         self.train_s += t2 - t0
@@ -215,11 +239,13 @@ class RLTrainer:
 
         self.policy.eval()
         c, out = self.cfg, {}
-        splits = ["train"] + (["heldout"] if c.eval.heldout and c.suite in HELDOUT_SUITES else [])
+        spec = self.collector.env.spec
+        splits = ["train"] + (list(spec.heldout_splits) if c.eval.heldout else [])
         for split in splits:
-            r = evaluate(lambda env: self.policy, c.suite, split=split, episodes_per_task=episodes_per_task,
-                         image_size=self.policy.config.image_size[0])
-            key = f"eval/{c.suite}" + ("" if split == "train" else "_heldout")
+            with autocast(self.device, c.precision):
+                r = evaluate(lambda env: self.policy, c.env, split=split, episodes_per_task=episodes_per_task,
+                             image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None)
+            key = f"eval/{c.suite}" + ("" if split == "train" else f"_{split}")
             out[f"{key}/success_rate"] = r.success_rate
             out[f"{key}/mean_length"] = r.mean_length
             out.update({f"{key}/{name}": v for name, v in r.per_task.items()})
@@ -230,9 +256,10 @@ class RLTrainer:
         from reinforge.eval import evaluate
 
         self.policy.eval()
-        n = min(self.cfg.eval.videos, self.collector.env.suite.num_tasks)
-        r = evaluate(lambda env: self.policy, self.cfg.suite, episodes_per_task=1, tasks=list(range(n)),
-                     image_size=self.policy.config.image_size[0], video_dir=folder, video_format="mp4")
+        n = min(self.cfg.eval.videos, self.collector.env.spec.num_tasks)
+        with autocast(self.device, self.cfg.precision):
+            r = evaluate(lambda env: self.policy, self.cfg.env, episodes_per_task=1, tasks=list(range(n)),
+                         image_size=self.policy.config.image_size, video_dir=folder, video_format="mp4")
         return r.videos
 
     def _eval_point(self, logger: MetricLogger, episodes: int) -> dict[str, float]:
@@ -250,7 +277,7 @@ class RLTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         # rows logged after the checkpoint we resumed from belong to a lost future: drop them
         logger = MetricLogger(self.out, wandb_project=c.wandb_project if c.wandb else None,
-                              wandb_config=_plain(asdict(c)), keep_until=self.iteration)
+                              wandb_config=plain(asdict(c)), keep_until=self.iteration)
         if not self.history:
             self._eval_point(logger, c.eval.final_episodes_per_task)
             save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
@@ -280,4 +307,14 @@ class RLTrainer:
 
         write_report(self.out, self.history, suite=c.suite, algo=c.algo, policy_kind=self.policy.config.kind)
         return self.history[-1]
+
+    def close(self) -> None:
+        """Release the env (worker processes of real simulators)."""
+        self.collector.env.close()
+
+    def __enter__(self) -> RLTrainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 

@@ -17,16 +17,28 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from reinforge.envs.base import ChunkResult, VecEnv
+from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv
 from reinforge.envs.tabletop.predicates import task_success
 from reinforge.envs.tabletop.render import Backend, Renderer
-from reinforge.envs.tabletop.tasks import INIT_BANKS, NUM_INIT_STATES, InitBank, Split, Suite, get_suite
+from reinforge.envs.tabletop.tasks import (
+    HELDOUT_SUITES,
+    INIT_BANKS,
+    NUM_INIT_STATES,
+    InitBank,
+    Split,
+    Suite,
+    get_suite,
+)
 from reinforge.envs.tabletop.world import Scene, WorldState, step_world
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
 
 ACTION_DIM = 7
 STATE_DIM = 8
 CONTROL_HZ = 20
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
+               "finger_left", "finger_right")
+CAMERA_NAMES = ("agentview", "wrist")
 
 
 def _as_index_tensor(x, n: int, name: str, device) -> torch.Tensor:
@@ -50,9 +62,6 @@ def proprio_state(state: WorldState) -> torch.Tensor:
 class TabletopEnv(VecEnv):
     """B tabletop envs of one suite, stepped together with tensor ops (CPU or CUDA)."""
 
-    action_dim = ACTION_DIM
-    state_dim = STATE_DIM
-
     def __init__(self, suite: str | Suite = "spatial", num_envs: int = 1, *, split: Split = "train",
                  image_size: int | tuple[int, int] = 64, render: bool = True,
                  render_backend: Backend = "auto",
@@ -67,16 +76,22 @@ class TabletopEnv(VecEnv):
         self.image_size = (int(h), int(w))
         self.render_images = render
         self.renderer = Renderer(h, w, render_backend)
-        self.max_episode_steps = int(max_episode_steps or self.suite.max_episode_steps)
-        if self.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        limit = int(max_episode_steps or self.suite.max_episode_steps)
+        if limit < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {limit}")
         if init_bank not in INIT_BANKS:
             raise ValueError(f"unknown init_bank {init_bank!r}; use one of {list(INIT_BANKS)}")
         self.init_bank = init_bank
+        s = self.suite
+        self.spec = EnvSpec(
+            env="tabletop", suite=s.name, split=s.split, tasks=tuple(Task(t.name, t.instruction) for t in s.tasks),
+            max_episode_steps=limit, control_hz=CONTROL_HZ, action_names=ACTION_NAMES, state_names=STATE_NAMES,
+            camera_names=CAMERA_NAMES if render else (), image_size=self.image_size, num_init_states=NUM_INIT_STATES,
+            init_banks=INIT_BANKS, splits=("train", "heldout") if s.name in HELDOUT_SUITES else ("train",),
+            snapshot=True, expert=True)
         self._rng = np.random.default_rng(seed)
         dev = self.device
         bank = INIT_BANKS.index(init_bank)
-        s = self.suite
         self._tables = {k: getattr(s, k).to(dev) for k in (
             "category", "rgb", "active", "goal_terms", "goal_mask", "goal_regions")}
         for k in ("init_pos", "init_support", "init_inside", "init_gripper"):
@@ -231,6 +246,12 @@ class TabletopEnv(VecEnv):
         if self.render_images:
             obs[OBS_IMAGE] = self.render().to(self.device)
         return obs
+
+    def make_expert(self, *, noise: float = 0.0, seed: int = 0):
+        """The privileged scripted expert (``ScriptedExpert``) bound to this env."""
+        from reinforge.envs.tabletop.expert import ScriptedExpert
+
+        return ScriptedExpert(self, noise=noise, seed=seed)
 
     def get_state(self) -> WorldState:
         """A copy of the full dynamic state (for snapshots and tests)."""

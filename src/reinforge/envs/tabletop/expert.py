@@ -62,8 +62,10 @@ class ScriptedExpert:
 
     def act(self, obs: Observation | None = None, *, mode: str = "greedy", temperature: float = 1.0
             ) -> PolicyOutput:
-        """One action per env as a chunk of length 1: actions (B, 1, 7)."""
-        return PolicyOutput(actions=self.action()[:, None, :])
+        """One action per env as a chunk of length 1: actions (B, 1, 7); ``replay["clean_action"]`` (B, 7) is the
+        noise-free action in the same state (the DART-style label)."""
+        action = self.action()
+        return PolicyOutput(actions=action[:, None, :], replay={"clean_action": self.clean_action.clone()})
 
     # ------------------------------------------------------------------ core
 

@@ -1,10 +1,11 @@
-"""Supervised fine-tuning (behaviour cloning) of a VLA policy on demonstrations.
+"""The supervised fine-tuning (behaviour cloning) loop of a VLA policy on demonstrations.
 
-Samples random frames, targets the next H actions of the same episode (padding past the episode end is
-masked out of the loss), augments images, and optimises the policy's ``sft_loss`` with AdamW, a cosine or
-constant schedule with warm-up, and gradient clipping. Logs to metrics.jsonl and TensorBoard, evaluates
-greedily in the simulator every ``eval_every`` steps, and keeps an atomic ``checkpoints/last`` from which
-an interrupted run resumes exactly (same batches, same weights).
+The policy's dims (state, action, camera views) come from the dataset, so any env's demonstrations train a
+policy for that env. Samples random frames, targets the next H actions of the same episode (padding past the
+episode end is masked out of the loss), augments images, and optimises the policy's ``sft_loss`` with AdamW, a
+cosine or constant schedule with warm-up, and gradient clipping. Logs to metrics.jsonl and TensorBoard,
+evaluates greedily in the dataset's env (or the ``env`` section's) every ``eval_every`` steps, and keeps an
+atomic ``checkpoints/last`` from which an interrupted run resumes exactly (same batches, same weights).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from reinforge.config import check
+from reinforge.config import check, plain
 from reinforge.data import DemoDataset
 from reinforge.data.augment import AugmentConfig, augment_images
+from reinforge.device import Precision, autocast, check_precision, resolve_device
+from reinforge.envs import EnvConfig
 from reinforge.policies import Normalizer, Policy, PolicyConfig, make_policy
 from reinforge.progress import ProgressBar
 from reinforge.train.checkpoint import load_checkpoint, save_checkpoint
@@ -59,8 +62,11 @@ class SFTConfig:
     log_every: int = 25
     eval_every: int = 0  # 0 = only at the end
     eval_episodes_per_task: int = 10
-    eval_suite: str = ""  # default: the dataset's suite
     eval_split: str = "train"
+    # the env SFT evaluates in; name/suite "" = those the dataset was recorded in
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(name="", suite=""))
+    device: str = "cpu"  # the policy's device: cpu, cuda, cuda:N, auto
+    precision: Precision = "fp32"  # bf16 = autocast on CUDA
     checkpoint_every: int = 250
     use_expert_labels: bool = True  # train on the expert's noise-free actions when the dataset has them
     resume: bool = True
@@ -72,6 +78,7 @@ class SFTConfig:
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
+        check(self.precision in ("fp32", "bf16"), "precision", self.precision, "must be 'fp32' or 'bf16'")
 
 
 def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
@@ -102,15 +109,24 @@ class SFTTrainer:
         self.out = Path(cfg.out)
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
-        pc = cfg.policy
-        self.ds = DemoDataset.load(cfg.data, expect_action_dim=pc.action_dim, expect_image_size=pc.image_size)
-        self.suite = cfg.eval_suite or self.ds.info.get("reinforge", {}).get("suite", "")
+        self.device = resolve_device(cfg.device)
+        check_precision(cfg.precision, self.device)
+        self.ds = DemoDataset.load(cfg.data, expect_image_size=cfg.policy.image_size)
+        # the embodiment (action / state dims, cameras) is the data's
+        pc = replace(cfg.policy, action_dim=self.ds.action_dim, state_dim=self.ds.state_dim,
+                     num_views=self.ds.num_views)
+        rec = self.ds.info.get("reinforge", {})
+        self.env = None
+        if cfg.env.suite or rec.get("suite"):
+            self.env = replace(cfg.env, name=cfg.env.name or rec.get("env", "tabletop"),
+                               suite=cfg.env.suite or rec.get("suite", ""))
         self.step = 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         ckpt = self.out / "checkpoints" / "last"
         if cfg.resume and ckpt.is_dir():
             self.policy, state = load_checkpoint(ckpt, expect=pc)  # a changed policy config is an error
+            self.policy.to(self.device)
             self._build_optimizer()
             self._restore(state)
             log.info("resumed from %s at step %d", ckpt, self.step)
@@ -119,6 +135,7 @@ class SFTTrainer:
             if cfg.use_expert_labels and "expert_action" in stats:
                 stats["action"] = stats["expert_action"]
             self.policy = make_policy(pc, Normalizer.from_stats(stats))
+            self.policy.to(self.device)
             self._build_optimizer()
 
     def _build_optimizer(self) -> None:
@@ -128,7 +145,7 @@ class SFTTrainer:
 
     def _state(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "config": _plain(asdict(self.cfg))}
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "config": plain(asdict(self.cfg))}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -141,7 +158,8 @@ class SFTTrainer:
         self.policy.train()
         batch = sample_batch(self.ds, self.cfg.batch_size, self.policy.config.horizon, self.gen, self.cfg.augment,
                              self.cfg.use_expert_labels)
-        loss, metrics = self.policy.sft_loss(batch)
+        with autocast(self.device, self.cfg.precision):
+            loss, metrics = self.policy.sft_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT loss became {float(loss)} at step {self.step}; lower optim.lr")
         self.opt.zero_grad(set_to_none=True)
@@ -155,13 +173,14 @@ class SFTTrainer:
     def evaluate(self, episodes_per_task: int | None = None) -> dict[str, float]:
         from reinforge.eval import evaluate
 
-        if not self.suite:
+        if self.env is None:
             return {}
         self.policy.eval()
-        res = evaluate(lambda env: self.policy, self.suite, split=self.cfg.eval_split,
-                       episodes_per_task=episodes_per_task or self.cfg.eval_episodes_per_task,
-                       image_size=self.policy.config.image_size[0])
-        key = f"eval/{self.suite}" + ("" if self.cfg.eval_split == "train" else f"_{self.cfg.eval_split}")
+        with autocast(self.device, self.cfg.precision):
+            res = evaluate(lambda env: self.policy, self.env, split=self.cfg.eval_split,
+                           episodes_per_task=episodes_per_task or self.cfg.eval_episodes_per_task,
+                           image_size=self.policy.config.image_size)
+        key = f"eval/{self.env.suite}" + ("" if self.cfg.eval_split == "train" else f"_{self.cfg.eval_split}")
         return {f"{key}/success_rate": res.success_rate, f"{key}/mean_length": res.mean_length,
                 **{f"{key}/{k}": v for k, v in res.per_task.items()}}
 
@@ -192,12 +211,3 @@ class SFTTrainer:
             logger.log(self.step, final)
         logger.close()
         return self.policy
-
-
-def _plain(x: Any) -> Any:
-    """Config dicts with tuples turned into lists (weights_only-loadable)."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    return x

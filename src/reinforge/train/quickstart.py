@@ -1,0 +1,163 @@
+"""The quickstart pipeline as a library function: expert demos -> one-demo SFT -> RL -> greedy evaluation
+before and after, next to an SFT policy trained on 50 demos per task.
+
+Every stage resumes: complete demo recordings and finished SFT policies are reused, a killed RL run resumes
+from its checkpoint. ``reinforge quickstart`` parses flags, calls ``run_quickstart`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reinforge.config import load_config
+from reinforge.envs import EnvConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+QUICKSTART_CONFIGS = {("grpo", "token"): "tabletop_grpo_token", ("grpo", "flow"): "tabletop_grpo_flow_sde",
+                      ("ppo", "flow"): "tabletop_ppo_flow_sde", ("ppo", "token"): "tabletop_ppo_token"}
+
+
+def resolve_config(spec: str) -> Path:
+    """A YAML path, or the name of a shipped config (``tabletop_grpo_token``)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (spec if spec.endswith(".yaml") else spec + ".yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+    raise ValueError(f"config {spec!r} is neither a file nor a shipped config; shipped configs: {names}")
+
+
+@dataclass
+class QuickstartOptions:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: str = "flow"  # token | flow
+    algo: str = "ppo"  # grpo | ppo
+    out: str = ""  # default: runs/quickstart/SUITE_ALGO_POLICY
+    config: str = ""  # RL config (default: the shipped one for algo/policy)
+    iterations: int | None = None
+    sft_steps: int = 600
+    sft50_steps: int = 1500  # 0 = skip the 50-demo reference
+    episodes_per_task: int = 50
+    device: str = "cpu"
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        prefix = "" if self.env.name == "tabletop" else f"{self.env.name}_"
+        return Path(f"runs/quickstart/{prefix}{self.env.suite}_{self.algo}_{self.policy}")
+
+
+@dataclass
+class QuickstartResult:
+    out: Path
+    rows: dict[str, dict[str, float]]  # "sft1" | "rl" | "sft50" -> eval/<suite>[_heldout]/success_rate
+    history: list[dict[str, float]]
+    report: Path
+    markdown: list[str]
+
+
+def record_or_reuse_demos(env: EnvConfig, out: Path, per_task: int, say: Callable[[str], None]) -> Path:
+    """Record (or reuse a complete earlier recording of) ``per_task`` expert demos per task."""
+    from reinforge.data import DatasetError, DemoDataset
+    from reinforge.data.record import record_demos
+
+    try:
+        ds = DemoDataset.load(out, success_only=False)
+        if ds.num_episodes == per_task * len({int(t) for t in ds.task_index.tolist()}):
+            return out
+    except (DatasetError, ValueError, FileNotFoundError):
+        pass
+    path = record_demos(env, out, per_task=per_task, overwrite=True)
+    say(f"recorded {per_task} expert demo(s) per task of {env.suite} -> {path}")
+    return path
+
+
+def sft_or_reuse(data: Path, kind: str, steps: int, out: Path, device: str, say: Callable[[str], None]) -> Path:
+    """SFT (resuming a killed run, skipping a finished one); returns the policy folder."""
+    from reinforge.train.sft import SFTConfig, SFTTrainer
+
+    if (out / "policy" / "config.json").is_file():
+        found = json.loads((out / "policy" / "config.json").read_text()).get("reinforge_policy", {}).get("kind")
+        if found != kind:
+            raise ValueError(f"{out / 'policy'} holds a {found} policy, not a {kind} one: pass another --out "
+                             "or delete that folder")
+        return out / "policy"
+    cfg = load_config(SFTConfig, CONFIG_DIR / f"tabletop_sft_{kind}.yaml",
+                      [f"data={data}", f"out={out}", f"steps={steps}", "eval_episodes_per_task=1", f"device={device}"])
+    say(f"SFT {kind} policy on {data.name} for {steps} steps -> {out}")
+    SFTTrainer(cfg).run(progress=True)
+    return out / "policy"
+
+
+def _success_keys(suite: str, splits: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(suite if s == "train" else f"{suite} {s}", f"eval/{suite}" + ("" if s == "train" else f"_{s}")
+             + "/success_rate") for s in splits]
+
+
+def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.info) -> QuickstartResult:
+    """Run the whole pipeline; returns the before/after success rates and where everything was written."""
+    from reinforge.eval import evaluate
+    from reinforge.eval.report import write_report
+    from reinforge.policies import load_pretrained
+    from reinforge.train.rl import RLConfig, RLTrainer
+
+    env, kind, algo = opts.env, opts.policy, opts.algo
+    if (algo, kind) not in QUICKSTART_CONFIGS:
+        raise ValueError(f"no quickstart recipe for algo={algo!r} policy={kind!r}; known: {sorted(QUICKSTART_CONFIGS)}")
+    out = opts.out_dir
+    name = opts.config or QUICKSTART_CONFIGS[(algo, kind)]
+    sft1 = sft_or_reuse(record_or_reuse_demos(env, out / "demos_1", 1, say), kind, opts.sft_steps,
+                        out / "sft_1demo", opts.device, say)
+    env_overrides = [f"env.{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                     for k, v in (("name", env.name), ("suite", env.suite), ("device", env.device))]
+    env_overrides += [f"env.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in env.options.items()]
+    overrides = [f"init={sft1}", f"out={out / 'rl'}", *env_overrides, f"device={opts.device}",
+                 f"eval.final_episodes_per_task={opts.episodes_per_task}", *opts.overrides]
+    if opts.iterations is not None:
+        overrides.append(f"iterations={opts.iterations}")
+    cfg = load_config(RLConfig, resolve_config(name), overrides)
+    if cfg.algo != algo:
+        raise ValueError(f"config {name} is for {cfg.algo}, not {algo}")
+    with RLTrainer(cfg) as trainer:
+        trainer.run()
+        hist = trainer.history
+        splits = ("train", *trainer.collector.env.spec.heldout_splits)
+    rows: dict[str, dict[str, float]] = {"sft1": hist[0], "rl": hist[-1]}
+    if opts.sft50_steps > 0:
+        sft50 = sft_or_reuse(record_or_reuse_demos(env, out / "demos_50", 50, say), kind, opts.sft50_steps,
+                             out / "sft_50demo", opts.device, say)
+        from reinforge.device import resolve_device
+
+        policy = load_pretrained(sft50).to(resolve_device(opts.device)).eval()
+        rows["sft50"] = {}
+        for split, (_, key) in zip(splits, _success_keys(env.suite, splits)):
+            r = evaluate(lambda e: policy, env, split=split, episodes_per_task=opts.episodes_per_task,
+                         image_size=policy.config.image_size, progress=True)
+            rows["sft50"][key] = r.success_rate
+    cols = ["suite", "SFT (1 demo)", "+ RL", "SFT (50 demos)"]
+    md = ["| " + " | ".join(cols) + " |", "|---|---|---|---|"]
+    for label, key in _success_keys(env.suite, splits):
+        if key not in rows["rl"]:
+            continue
+        cells = [label] + [f"{100 * rows[r][key]:.1f}%" if key in rows.get(r, {}) else "-"
+                           for r in ("sft1", "rl", "sft50")]
+        md.append("| " + " | ".join(cells) + " |")
+    report = write_report(out / "rl", hist, suite=env.suite, algo=algo, policy_kind=kind)
+    minutes = hist[-1]["train_min"]
+    (out / "summary.md").write_text(f"# reinforge quickstart: {env.suite}, {kind} policy, {algo.upper()}\n\n"
+                                    + "\n".join(md) + f"\n\nRL: {int(hist[-1]['iteration'])} iterations, "
+                                    f"{minutes:.1f} training minutes. Curves and videos: rl/report/\n")
+    summary: dict[str, Any] = {k: {m: v for m, v in r.items() if m.endswith("success_rate")} for k, r in rows.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return QuickstartResult(out=out, rows=rows, history=hist, report=report, markdown=md)
