@@ -20,8 +20,8 @@ import json
 import time
 from pathlib import Path
 
-from reinforge.cli import resolve_config
 from reinforge.config import load_config
+from reinforge.train.quickstart import resolve_config
 from reinforge.train.rl import RLConfig, RLTrainer
 
 ABLATIONS = {

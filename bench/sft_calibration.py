@@ -15,11 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from reinforge.algos.sft import SFTConfig, SFTTrainer
-
 from reinforge.config import load_config
 from reinforge.data.record import record_demos
 from reinforge.train.logging import read_metrics
+from reinforge.train.sft import SFTConfig, SFTTrainer
 
 
 def run(data: Path, kind: str, steps: int, out: Path, episodes: int, suite: str) -> dict:
