@@ -78,3 +78,10 @@ def test_quickstart_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, capsys):
     # the same folder for a token policy: refused, nothing overwritten
     assert main(["quickstart", "--out", str(out), "--policy", "token", "--algo", "grpo", "--iterations", "1"]) == 2
     assert "holds a flow policy, not a token one" in capsys.readouterr().err
+
+
+def test_bench_rl_runs_the_trainers_iteration(capsys):
+    r = _json_out(capsys, ["bench", "rl", "--policy", "flow", "--algo", "ppo", "--iterations", "1",
+                           "--freeze-vision", "on", "--rl-envs", "4", "--json"])
+    assert r["envs"] == 4 and r["device"] == "cpu" and r["env"] == "tabletop/spatial"
+    assert r["env_steps_per_s"] > 0 and r["samples_per_update"] == 4 * 16, "4 envs x 16 policy calls"

@@ -130,6 +130,19 @@ def test_autoreset_rollout_records_episodes_and_keeps_running():
             assert torch.allclose(b3.next_value[e, step], policy.predict_value(obs)[0], atol=1e-5)
 
 
+def test_per_env_task_assignment_keeps_each_slot_on_its_task():
+    policy = tiny_policy()
+    cfg = RolloutConfig(mode="autoreset", num_envs=4, chunks_per_rollout=5, max_episode_steps=6, tasks=(3, 7),
+                        task_assignment="per_env")
+    c = collector(policy, cfg)
+    seen = []
+    reset = c.env.reset
+    c.env.reset = lambda tasks, inits, **kw: (seen.append(torch.as_tensor(tasks).clone()), reset(tasks, inits, **kw))[1]
+    b = c.collect()
+    assert len(seen) >= 2 and all(t.tolist() == [3, 7, 3, 7] for t in seen), "slots never switch task"
+    assert sorted(set(b.episode_task.tolist())) == [3, 7] and c._task.tolist() == [3, 7, 3, 7]
+
+
 def test_grpo_row_advantages_and_batch_surgery():
     success = torch.tensor([1, 0, 0, 1, 1, 1], dtype=torch.bool)
     adv = row_advantages(success, torch.tensor([0, 0, 0, 1, 1, 1]))

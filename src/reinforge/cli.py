@@ -48,7 +48,9 @@ def _suites(args: argparse.Namespace) -> list[str]:
         if not declared:
             raise ValueError(f"env {args.env!r} declares no suite list; name one with --suite")
         return declared
-    return [s.strip() for s in arg.split(",")] if args.env == "tabletop" or "," not in arg or not declared else [arg]
+    parts = [s.strip() for s in arg.split(",")]
+    # a comma list of declared suites is several suites; anything else (e.g. MetaWorld task lists) is one suite
+    return parts if len(parts) > 1 and all(p in declared for p in parts) else [arg]
 
 
 def _add_env_flags(p: argparse.ArgumentParser, suite_help: str = "the suite (default: the env's first)") -> None:
@@ -69,7 +71,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
     try:
         path = record_demos(env, args.out, per_task=args.per_task, split=args.split,
                             image_size=args.image_size, noise=args.noise, seed=args.seed, overwrite=args.overwrite,
-                            progress=lambda done, total: bar.update(done, total=total))
+                            max_envs=args.max_envs, progress=lambda done, total: bar.update(done, total=total))
     finally:
         bar.close()
     from reinforge.data import DemoDataset
@@ -296,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--noise", type=float, default=0.2, help="std of the expert's translation-action noise")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-envs", type=int, default=100, help="envs recorded together (fewer for real simulators)")
     d.add_argument("--overwrite", action="store_true")
     d.set_defaults(fn=cmd_demos)
 

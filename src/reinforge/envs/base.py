@@ -406,6 +406,3 @@ class EnvConfig:
         if self.image_size:
             kw["image_size"] = self.image_size
         return kw
-
-    def with_(self, **changes: Any) -> EnvConfig:
-        return dataclasses.replace(self, **changes)

@@ -48,6 +48,10 @@ class RolloutConfig:
     init_bank: Literal["train", "eval"] = "train"  # initial states RL trains on (evaluation uses "eval")
     max_episode_steps: int = 0  # 0 = the suite's limit
     tasks: tuple[int, ...] = ()  # train on these task ids only (default: every task of the suite)
+    # "random": every new episode (group) draws its task; "per_env": env slot / group i always runs task
+    # tasks[i mod n], only the initial state is drawn, so simulators whose scenes are tied to a task (LIBERO
+    # rebuilds a slot's env when its task changes, 5-10 s) never switch
+    task_assignment: Literal["random", "per_env"] = "random"
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -59,6 +63,8 @@ class RolloutConfig:
         check(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
         check(self.init_bank in ("train", "eval"), "rollout.init_bank", self.init_bank, "must be 'train' or 'eval'")
         check(self.max_episode_steps >= 0, "rollout.max_episode_steps", self.max_episode_steps, "must be >= 0")
+        check(self.task_assignment in ("random", "per_env"), "rollout.task_assignment", self.task_assignment,
+              "must be 'random' or 'per_env'")
 
     @property
     def envs(self) -> int:
@@ -156,8 +162,11 @@ class RolloutCollector:
 
     def sample_starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` (task, initial state) pairs drawn uniformly from the training tasks and the init bank (or, for
-        envs with random resets, a fresh reset seed each)."""
+        envs with random resets, a fresh reset seed each). With ``task_assignment: per_env`` slot i keeps task
+        ``tasks[i mod n]``."""
         pick = torch.randint(0, len(self.tasks), (n,), generator=self.gen)
+        if self.cfg.task_assignment == "per_env":
+            pick = torch.arange(n) % len(self.tasks)
         tasks = torch.tensor(self.tasks)[pick]
         high = self.env.spec.num_init_states or 2**31 - 1
         return tasks, torch.randint(0, high, (n,), generator=self.gen)

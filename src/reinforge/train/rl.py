@@ -46,6 +46,7 @@ class RLEvalConfig:
     heldout: bool = True  # also evaluate the held-out split (suites that have one)
     videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
     tasks: tuple[int, ...] = ()  # evaluate these task ids only (default: every task of the suite)
+    max_envs: int = 500  # envs stepped together in an evaluation (real simulators hold one process/scene each)
 
     def __post_init__(self) -> None:
         check(self.every >= 0, "eval.every", self.every, "must be >= 0")
@@ -53,6 +54,7 @@ class RLEvalConfig:
         check(self.final_episodes_per_task >= 1, "eval.final_episodes_per_task", self.final_episodes_per_task,
               "must be >= 1")
         check(self.videos >= 0, "eval.videos", self.videos, "must be >= 0")
+        check(self.max_envs >= 1, "eval.max_envs", self.max_envs, "must be >= 1")
         self.tasks = tuple(self.tasks)
 
 
@@ -244,7 +246,8 @@ class RLTrainer:
         for split in splits:
             with autocast(self.device, c.precision):
                 r = evaluate(lambda env: self.policy, c.env, split=split, episodes_per_task=episodes_per_task,
-                             image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None)
+                             image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None,
+                             max_envs=c.eval.max_envs)
             key = f"eval/{c.suite}" + ("" if split == "train" else f"_{split}")
             out[f"{key}/success_rate"] = r.success_rate
             out[f"{key}/mean_length"] = r.mean_length

@@ -63,6 +63,7 @@ class SFTConfig:
     eval_every: int = 0  # 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_split: str = "train"
+    eval_max_envs: int = 500  # envs stepped together in an evaluation (fewer for real simulators)
     # the env SFT evaluates in; name/suite "" = those the dataset was recorded in
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name="", suite=""))
     device: str = "cpu"  # the policy's device: cpu, cuda, cuda:N, auto
@@ -179,7 +180,7 @@ class SFTTrainer:
         with autocast(self.device, self.cfg.precision):
             res = evaluate(lambda env: self.policy, self.env, split=self.cfg.eval_split,
                            episodes_per_task=episodes_per_task or self.cfg.eval_episodes_per_task,
-                           image_size=self.policy.config.image_size)
+                           image_size=self.policy.config.image_size, max_envs=self.cfg.eval_max_envs)
         key = f"eval/{self.env.suite}" + ("" if self.cfg.eval_split == "train" else f"_{self.cfg.eval_split}")
         return {f"{key}/success_rate": res.success_rate, f"{key}/mean_length": res.mean_length,
                 **{f"{key}/{k}": v for k, v in res.per_task.items()}}
