@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from reinforge.config import ConfigError, check, from_dict
@@ -249,6 +250,25 @@ class VecEnv(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def checked_actions(actions: Any, shape: tuple[int, ...], action_names: Sequence[str]) -> np.ndarray:
+    """Actions of an adapter's simulator as float32 numpy of ``shape``, clipped to [-1, 1]; a wrong type,
+    shape or a NaN/inf is an error naming the env's layout and the offending envs."""
+    if isinstance(actions, torch.Tensor):
+        actions = actions.detach().cpu().numpy()
+    if not isinstance(actions, np.ndarray):
+        raise TypeError(f"actions must be a torch.Tensor or numpy array, got {type(actions).__name__}")
+    if actions.shape != shape:
+        raise ValueError(f"actions must have shape {shape} (num_envs={shape[0]}, action_dim={len(action_names)}: "
+                         f"{', '.join(action_names)}), got {actions.shape}")
+    actions = actions.astype(np.float32)
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        envs = np.flatnonzero(bad.reshape(shape[0], -1).any(1)).tolist()
+        raise ValueError(f"actions contain NaN or inf for envs {envs[:10]}; check the policy output "
+                         "(and its action normalisation statistics)")
+    return np.clip(actions, -1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- the registry

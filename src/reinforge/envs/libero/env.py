@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv
+from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions
 from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
 from reinforge.envs.libero.worker import ObsLayout, WorkerConfig, reset_seed, worker_main
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
@@ -392,21 +392,8 @@ class LiberoEnv(VecEnv):
                     exitcode, w.restarts, self.options.max_restarts)
         w.start()
 
-    def _check_actions(self, actions: Any, shape: tuple[int, ...]) -> np.ndarray:
-        if isinstance(actions, torch.Tensor):
-            actions = actions.detach().cpu().numpy()
-        if not isinstance(actions, np.ndarray):
-            raise TypeError(f"actions must be a torch.Tensor or numpy array, got {type(actions).__name__}")
-        if actions.shape != shape:
-            raise ValueError(f"actions must have shape {shape} (num_envs={self.num_envs}, action_dim="
-                             f"{self.action_dim}: {', '.join(ACTION_NAMES)}), got {actions.shape}")
-        actions = actions.astype(np.float32)
-        bad = ~np.isfinite(actions)
-        if bad.any():
-            envs = np.flatnonzero(bad.reshape(shape[0], -1).any(1)).tolist()
-            raise ValueError(f"actions contain NaN or inf for envs {envs[:10]}; check the policy output "
-                             "(and its action normalisation statistics)")
-        return np.clip(actions, -1.0, 1.0)
+    def _check_actions(self, actions, shape: tuple[int, ...]) -> np.ndarray:
+        return checked_actions(actions, shape, ACTION_NAMES)
 
     def _observe(self) -> Observation:
         images = np.concatenate([w.images for w in self._workers])  # copies out of shared memory

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv
+from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions
 from reinforge.envs.metaworld.sim import RenderQuality, SimPool, TaskSim
 from reinforge.envs.metaworld.tasks import INIT_BANKS, NUM_INIT_STATES, InitBank, init_states, instruction, suite_tasks
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Actor, Observation, StepResult
@@ -216,20 +216,7 @@ class MetaWorldEnv(VecEnv):
     # ------------------------------------------------------------ internals
 
     def _check_actions(self, actions, shape: tuple[int, ...]) -> np.ndarray:
-        if isinstance(actions, torch.Tensor):
-            actions = actions.detach().cpu().numpy()
-        if not isinstance(actions, np.ndarray):
-            raise TypeError(f"actions must be a torch.Tensor or numpy array, got {type(actions).__name__}")
-        if actions.shape != shape:
-            raise ValueError(f"actions must have shape {shape} (num_envs={self.num_envs}, action_dim="
-                             f"{self.action_dim}: {', '.join(ACTION_NAMES)}), got {actions.shape}")
-        actions = actions.astype(np.float32)
-        bad = ~np.isfinite(actions)
-        if bad.any():
-            envs = np.flatnonzero(bad.reshape(shape[0], -1).any(1)).tolist()
-            raise ValueError(f"actions contain NaN or inf for envs {envs[:10]}; check the policy output "
-                             "(and its action normalisation statistics)")
-        return np.clip(actions, -1.0, 1.0)
+        return checked_actions(actions, shape, ACTION_NAMES)
 
     def _advance(self, b: int, action: np.ndarray) -> float:
         """Step env ``b``; returns its reward (1 on the first step its success holds)."""
