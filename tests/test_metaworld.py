@@ -176,3 +176,31 @@ def test_close_releases_the_envs():
     env.close()  # twice is fine
     with pytest.raises(RuntimeError, match="closed"):
         env.reset(0, 0)
+
+
+def test_the_whole_loop_through_the_commands(tmp_path, capsys):
+    """demos (MetaWorld's scripted policy) -> SFT -> 1 PPO iteration -> eval, all through `reinforge ...` and the
+    registry, with MetaWorld's 4-dim actions and state."""
+    import json
+
+    from reinforge.cli import main
+
+    data, sft, rl = tmp_path / "demos", tmp_path / "sft", tmp_path / "rl"
+    assert main(["demos", "--env", "metaworld", "--suite", "reach-v3", "--per-task", "1", "--image-size", "32",
+                 "--out", str(data)]) == 0
+    info = json.loads((data / "meta" / "info.json").read_text())
+    assert info["reinforge"]["env"] == "metaworld" and info["features"]["action"]["names"][-1] == "gripper"
+    capsys.readouterr()
+    assert main(["sft", "--data", str(data), "--policy", "flow", "--out", str(sft), "--steps", "3", "--quiet",
+                 "policy.image_size=[32,32]", "policy.d_model=32", "policy.heads=2", "batch_size=8",
+                 "eval_episodes_per_task=1"]) == 0
+    assert "eval/reach-v3/success_rate" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", "metaworld_ppo_flow_sde", f"init={sft / 'policy'}", f"out={rl}", "env.suite=reach-v3",
+                 "iterations=1", "rollout.num_envs=2", "rollout.chunks_per_rollout=2", "ppo.critic_warmup=0",
+                 "ppo.minibatch_size=4", "eval.final_episodes_per_task=1", "eval.videos=0", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["iterations"] == 1 and "eval/reach-v3/success_rate" in summary
+    assert main(["eval", "--env", "metaworld", "--suite", "reach-v3", "--policy", str(rl / "policy"),
+                 "--episodes-per-task", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["env"] == "metaworld" and r["num_episodes"] == 1
