@@ -349,28 +349,6 @@ def test_grpo_raises_success_on_a_task(tmp_path):
     assert sum(rollout[-2:]) / 2 >= rollout[0] + 0.2, rollout
 
 
-@pytest.mark.slow
-def test_ppo_raises_success_on_a_task(tmp_path):
-    """Behavioural: one demo -> flow SFT -> a few PPO + Flow-SDE iterations on that task raise the success of the
-    sampling policy PPO optimises (episodic rollouts, so every episode of an iteration is counted)."""
-    from reinforge.data.record import record_demos
-    from reinforge.train.sft import SFTConfig, SFTTrainer
-
-    data = record_demos("spatial", tmp_path / "d", per_task=1, tasks=[0])
-    sft = SFTTrainer(load_config(SFTConfig, None, [f"data={data}", f"out={tmp_path / 's'}", "steps=300",
-                                                  "policy.kind=flow", "resume=false", "eval_episodes_per_task=1"]))
-    for _ in range(300):
-        sft.train_step()
-    sft.policy.save_pretrained(tmp_path / "sft")
-    cfg = load_config(RLConfig, resolve("tabletop_ppo_flow_sde"), [
-        f"init={tmp_path / 'sft'}", f"out={tmp_path / 'rl'}", "rollout.tasks=[0]", "rollout.mode=episodic",
-        "rollout.num_groups=32", "rollout.group_size=1", "ppo.critic_warmup=1", "ppo.minibatch_size=256",
-        "resume=false"])
-    with RLTrainer(cfg) as trainer:
-        rollout = [trainer.train_iteration()["rollout/success_rate"] for _ in range(10)]
-    assert sum(rollout[-3:]) / 3 >= sum(rollout[:2]) / 2 + 0.15, rollout
-
-
 def resolve(name):
     from reinforge.train.quickstart import resolve_config
 

@@ -91,7 +91,8 @@ def write_report(out: str | Path, history: list[dict[str, float]], *, suite: str
     lines += ["", "Training minutes to greedy success " + ", ".join(reached) + ".", "",
               "| task | before | after |", "|---|---|---|"]
     prefix = f"eval/{suite}/"
-    for k in sorted(k for k in last if k.startswith(prefix) and k[len(prefix):].startswith(suite)):
+    tasks = [k for k in last if k.startswith(prefix) and k[len(prefix):] not in ("success_rate", "mean_length")]
+    for k in tasks:  # in the evaluation's task order
         lines.append(f"| {k[len(prefix):]} | {100 * first.get(k, 0.0):.0f}% | {100 * last[k]:.0f}% |")
     lines += ["", "![success curve](success_curve.png)", ""]
     videos = sorted((folder / "videos").glob("*.mp4")) if (folder / "videos").is_dir() else []
