@@ -252,6 +252,22 @@ class VecEnv(ABC):
         self.close()
 
 
+def checked_indices(x: Any, n: int, name: str, upper: int) -> np.ndarray:
+    """(n,) int64 ids (task or initial-state ids) from an int, a sequence or a tensor, each in 0..upper-1, with
+    an error naming the argument and the valid range (for simulator adapters that work in numpy)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got {a.dtype}")
+    a = np.broadcast_to(a, (n,)).astype(np.int64) if a.ndim == 0 else a.astype(np.int64)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must be an int or a sequence of {n} ints (one per env), got shape {a.shape}")
+    if ((a < 0) | (a >= upper)).any():
+        raise ValueError(f"{name} out of range: got {a.tolist()}, valid ids are 0..{upper - 1}")
+    return a
+
+
 def checked_actions(actions: Any, shape: tuple[int, ...], action_names: Sequence[str]) -> np.ndarray:
     """Actions of an adapter's simulator as float32 numpy of ``shape``, clipped to [-1, 1]; a wrong type,
     shape or a NaN/inf is an error naming the env's layout and the offending envs."""

@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions
+from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions, checked_indices
 from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
 from reinforge.envs.libero.worker import ObsLayout, WorkerConfig, reset_seed, worker_main
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
@@ -67,21 +67,6 @@ INIT_BANKS = ("eval", "train")  # accepted names; both are LIBERO's one official
 MAX_EPISODE_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
                      "libero_90": 400}
 _CLOSE_TIMEOUT_S = 10.0
-
-
-def _index_array(x: Any, n: int, name: str, upper: int) -> np.ndarray:
-    """(n,) int64 from an int, a sequence or a tensor, each in 0..upper-1."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, got {a.dtype}")
-    a = np.broadcast_to(a, (n,)).astype(np.int64) if a.ndim == 0 else a.astype(np.int64)
-    if a.shape != (n,):
-        raise ValueError(f"{name} must be an int or a sequence of {n} ints (one per env), got shape {a.shape}")
-    if ((a < 0) | (a >= upper)).any():
-        raise ValueError(f"{name} out of range: got {a.tolist()}, valid ids are 0..{upper - 1}")
-    return a
 
 
 def _bool_array(x: Any, n: int, name: str) -> np.ndarray:
@@ -274,11 +259,11 @@ class LiberoEnv(VecEnv):
         B = self.num_envs
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        task = _index_array(task_ids, B, "task_ids", self.spec.num_tasks)
+        task = checked_indices(task_ids, B, "task_ids", self.spec.num_tasks)
         if init_ids is None:
             init = self._rng.integers(0, NUM_INIT_STATES, size=B)
         else:
-            init = _index_array(init_ids, B, "init_ids", NUM_INIT_STATES)
+            init = checked_indices(init_ids, B, "init_ids", NUM_INIT_STATES)
         m = np.ones(B, dtype=bool) if mask is None or not self._started else _bool_array(mask, B, "mask")
         commands: dict[int, tuple] = {}
         for b in np.flatnonzero(m).tolist():

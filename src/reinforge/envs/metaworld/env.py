@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions
+from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions, checked_indices
 from reinforge.envs.metaworld.sim import RenderQuality, SimPool, TaskSim
 from reinforge.envs.metaworld.tasks import INIT_BANKS, NUM_INIT_STATES, InitBank, init_states, instruction, suite_tasks
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Actor, Observation, StepResult
@@ -39,21 +39,6 @@ from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, 
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "gripper_opening")
 DEFAULT_MAX_EPISODE_STEPS = 200
-
-
-def _index_array(x, n: int, name: str, upper: int) -> np.ndarray:
-    """(n,) int64 from an int, a sequence or a tensor, each in 0..upper-1."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, got {a.dtype}")
-    a = np.broadcast_to(a, (n,)).astype(np.int64) if a.ndim == 0 else a.astype(np.int64)
-    if a.shape != (n,):
-        raise ValueError(f"{name} must be an int or a sequence of {n} ints (one per env), got shape {a.shape}")
-    if ((a < 0) | (a >= upper)).any():
-        raise ValueError(f"{name} out of range: got {a.tolist()}, valid ids are 0..{upper - 1}")
-    return a
 
 
 def _suite_name(suite: str, names: tuple[str, ...]) -> str:
@@ -146,11 +131,11 @@ class MetaWorldEnv(VecEnv):
         B = self.num_envs
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        task = _index_array(task_ids, B, "task_ids", self.spec.num_tasks)
+        task = checked_indices(task_ids, B, "task_ids", self.spec.num_tasks)
         if init_ids is None:
             init = self._rng.integers(0, NUM_INIT_STATES, size=B)
         else:
-            init = _index_array(init_ids, B, "init_ids", NUM_INIT_STATES)
+            init = checked_indices(init_ids, B, "init_ids", NUM_INIT_STATES)
         m = np.ones(B, dtype=bool) if mask is None else np.asarray(torch.as_tensor(mask, dtype=torch.bool).cpu())
         if m.shape != (B,):
             raise ValueError(f"mask must have shape ({B},), got {m.shape}")
