@@ -52,6 +52,8 @@ def test_bench_env_prints_one_json_line(capsys):
     (["eval", "--suite", "spacial"], "unknown suite 'spacial'"),
     (["eval", "--suite", "long", "--split", "heldout"], "no held-out split"),
     (["demos", "--per-task", "0", "--out", "x"], "--per-task must be >= 1"),
+    (["eval", "--env", "mujoco"], "unknown environment 'mujoco'"),
+    (["eval", "--env-opt", "render_backnd=torch"], "did you mean 'render_backend'"),
 ])
 def test_cli_errors_are_clear(capsys, argv, msg):
     assert main(argv) == 2

@@ -33,6 +33,8 @@ def _env_config(args: argparse.Namespace, suite: str | None = None) -> EnvConfig
         key, raw = item.split("=", 1)
         opts[key.strip()] = yaml.safe_load(raw)
     name = args.env
+    if name not in registered_envs():
+        raise ValueError(f"unknown environment {name!r}; registered: {sorted(registered_envs())}")
     suite = suite or getattr(args, "suite", None) or DEFAULT_SUITES.get(name, "")
     if not suite:
         raise ValueError(f"pass --suite for env {name!r} (its suites: {list(registered_envs().get(name, ()))})")
@@ -93,8 +95,10 @@ def _result_table(results, title: str) -> Table:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from reinforge.device import resolve_device
     from reinforge.eval import evaluate, load_actor
 
+    resolve_device(args.device)  # also for the expert / random actors, which ignore it
     actor = load_actor(args.policy, seed=args.seed, device=args.device)
     policy = getattr(actor, "policy", None)
     image_size = policy.config.image_size if policy is not None else args.image_size
