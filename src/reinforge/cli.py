@@ -7,6 +7,7 @@ for the env's own options (or an ``env`` section in configs)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reinforge import __version__
 from reinforge.envs import EnvConfig, registered_envs
 
 console = Console(stderr=True)
@@ -224,7 +226,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    import yaml
+
     from reinforge.config import load_config, to_dict
+    from reinforge.fsutil import write_text_atomic
+    from reinforge.train.checkpoint import describe_changes
+    from reinforge.train.quickstart import resolve_config
     from reinforge.train.sft import SFTConfig, SFTTrainer
 
     overrides = list(args.overrides)
@@ -233,12 +240,18 @@ def cmd_sft(args: argparse.Namespace) -> int:
                       (args.device, "device")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
-    cfg = load_config(SFTConfig, args.config, overrides)
+    cfg = load_config(SFTConfig, resolve_config(args.config, "sft") if args.config else None, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     trainer = SFTTrainer(cfg)
     if trainer.step:
         console.print(f"resuming {cfg.out} from step {trainer.step}")
+    if trainer.resume_changes:
+        console.print(f"resuming with changed settings: {escape(describe_changes(trainer.resume_changes))}",
+                      soft_wrap=True, highlight=False)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     n_params = sum(p.numel() for p in trainer.policy.parameters())
     console.print(f"SFT {cfg.policy.kind} policy ({n_params / 1e6:.2f} M params) on {trainer.ds.num_episodes} "
                   f"episodes / {trainer.ds.num_frames} frames for {cfg.steps} steps -> {cfg.out}")
@@ -268,14 +281,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from reinforge.config import load_config, to_dict
+    from reinforge.fsutil import write_text_atomic
+    from reinforge.train.checkpoint import describe_changes
     from reinforge.train.quickstart import resolve_config
     from reinforge.train.rl import RLConfig, RLTrainer
 
-    cfg = load_config(RLConfig, resolve_config(args.config), list(args.overrides))
+    cfg = load_config(RLConfig, resolve_config(args.config, "rl"), list(args.overrides))
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     trainer = RLTrainer(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if trainer.resume_changes:
+        console.print(f"resuming with changed settings: {escape(describe_changes(trainer.resume_changes))}",
+                      soft_wrap=True, highlight=False)
     verb = f"resuming at iteration {trainer.iteration}" if trainer.iteration else "starting"
     console.print(f"{cfg.algo.upper()} on the {trainer.policy.config.kind} policy ({trainer.device}), "
                   f"{cfg.env.name}/{cfg.suite}: {verb}, {cfg.iterations} iterations -> {out}")
@@ -290,7 +311,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reinforge", description="RL fine-tuning of Vision-Language-Action policies")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors")
+    p.add_argument("--version", action="version", version=f"reinforge {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     device_help = "the policy's device: cpu, cuda, cuda:N or auto"
 
@@ -356,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--device", default=None, help=device_help)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--print-config", action="store_true", help="print the fully resolved config and exit")
     f.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. policy.horizon=4 optim.lr=3e-4")
     f.set_defaults(fn=cmd_sft)
 
@@ -365,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. init=runs/sft/policy optim.lr=1e-4 "
                                                 "device=cuda env.name=libero env.suite=libero_spatial")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--print-config", action="store_true", help="print the fully resolved config and exit")
     t.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("suites", help="list an env's task suites and their instructions")
@@ -391,8 +415,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# exceptions that are the user's to fix (bad input, missing files or extras, divergence): one `error:` line, exit 2
+USER_ERRORS = (ValueError, ImportError, FloatingPointError)
+DISK_HINTS = {errno.ENOSPC: "the disk is full: free space, or write elsewhere (out= / --out)",
+              errno.EDQUOT: "the disk quota is exhausted: free space, or write elsewhere (out= / --out)",
+              errno.EROFS: "the file system is read-only: write elsewhere (out= / --out)",
+              errno.EACCES: "permission denied: write elsewhere (out= / --out) or fix the permissions",
+              errno.EPERM: "permission denied: write elsewhere (out= / --out) or fix the permissions",
+              errno.ENOENT: "it does not exist: check the path"}
+
+
+def _error(msg: str) -> int:
+    console.print(f"[red]error:[/red] {escape(' '.join(msg.split()))}", soft_wrap=True, highlight=False)
+    return 2
+
+
+def _os_error(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    hint = DISK_HINTS.get(e.errno or -1, "")
+    return f"cannot access{where}: {e.strerror or e}" + (f"; {hint}" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides may come before or after flags: `sft --data D steps=10 --out O optim.lr=1e-4`
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if getattr(args, "suite_default", None) and args.suite is None:
         args.suite = args.suite_default
     if getattr(args, "render_backend", None):
@@ -401,9 +453,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (ValueError, TypeError, ImportError, FileNotFoundError, FloatingPointError) as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
-        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume from the last checkpoint")
+        return 130
+    except OSError as e:  # a full or read-only disk, a missing file: before the user errors (some are ValueErrors)
+        if args.verbose:
+            raise
+        return _error(_os_error(e))
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        return _error(str(e) or type(e).__name__)
 
 
 if __name__ == "__main__":

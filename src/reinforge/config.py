@@ -60,8 +60,6 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             value = build(value, f"{prefix}{key}.") if build else from_dict(sub, value, f"{prefix}{key}.")
         elif sub is not None and value is not None and not dataclasses.is_dataclass(value):
             raise ConfigError(f"config field '{prefix}{key}' is a section (a mapping of keys), got {value!r}")
-        elif isinstance(value, list) and typing.get_origin(types_[key]) is tuple:
-            value = tuple(value)
         else:
             value = _coerce(value, types_[key], f"{prefix}{key}")
         kwargs[key] = value
@@ -72,8 +70,41 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Scalars of the declared type: '2e-4' (which YAML reads as a string) and ints become floats for float
-    fields; anything else of the wrong scalar type is an error naming the field."""
+    """Values of the declared type: '2e-4' (which YAML reads as a string) and ints become floats for float
+    fields, lists become tuples of the declared length and element type, a ``Literal`` must be one of its
+    values; anything else is an error naming the field."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"config field {name!r} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config field {name!r} has the wrong type: {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        if args and len(value) != len(args):
+            raise ConfigError(f"config field {name!r} must be a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args))) if args \
+            else tuple(value)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"config field {name!r} must be a mapping, got {value!r}")
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"config field {name!r} must be a number, got {value!r}")
@@ -116,11 +147,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            reason = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason}); quote it or fix the "
+                              "brackets") from None
         node = data
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part; it must look like key.subkey=value")
+        for i, p in enumerate(parts[:-1]):
             child = node.get(p)
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is {child!r}, not a section; "
+                                  f"remove the override that set it")
             node[p] = dict(child) if isinstance(child, dict) else {}
             node = node[p]
         node[parts[-1]] = value
@@ -137,7 +178,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not a text file") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must be a mapping of keys (key: value lines), got a "
+                              f"{type(data).__name__}")
     return from_dict(cls, apply_overrides(data, overrides or []))
 
 

@@ -30,6 +30,9 @@ class RLOptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", list(self.betas),
+              "must be two numbers in [0, 1)")
+        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         check(self.schedule in ("constant", "linear", "cosine"), "optim.schedule", self.schedule,
               "must be 'constant', 'linear' or 'cosine'")
         check(0 <= self.final_lr_ratio <= 1, "optim.final_lr_ratio", self.final_lr_ratio, "must be in [0, 1]")
@@ -122,6 +125,9 @@ class PolicyGradientUpdate:
         loss.backward()
         params = [p for g in self.opt.param_groups for p in g["params"]]
         gn = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if not torch.isfinite(gn):  # refuse the step: the weights stay finite
+            self.opt.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"the gradient norm became {float(gn)}; lower optim.lr")
         self.opt.step()
         return float(gn)
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from reinforge.policies.backbone import masked
+
+__all__ = ["clipped_policy_loss", "masked"]
+
 
 def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
@@ -21,13 +25,15 @@ def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantag
     then the ``weights``-weighted mean over rows (weights 1 / trajectory length give every trajectory the same
     total weight, the per-trajectory mean of a minibatch drawn from many trajectories).
     """
-    adv = torch.broadcast_to(advantages, logp_new.shape)
-    mask = torch.broadcast_to(mask, logp_new.shape).to(logp_new.dtype)
-    log_ratio = (logp_new - logp_old) * mask
+    keep = torch.broadcast_to(mask, logp_new.shape).bool()
+    mask = keep.to(logp_new.dtype)
+    adv = masked(torch.broadcast_to(advantages, logp_new.shape), keep)
+    log_ratio = masked(logp_new - logp_old, keep)
     ratio = torch.exp(log_ratio)
     surr = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high))
     if dual_clip is not None:
         surr = torch.where(adv < 0, torch.minimum(surr, -dual_clip * adv), surr)
+    surr = masked(surr, keep)
     if weights is not None:
         if surr.dim() > 1:
             dims = tuple(range(1, surr.dim()))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from reinforge.algos.base import PolicyGradientUpdate, mean_metrics
-from reinforge.algos.losses import clipped_policy_loss
+from reinforge.algos.losses import clipped_policy_loss, masked
 from reinforge.config import check
 from reinforge.types import RolloutBatch
 
@@ -48,6 +48,12 @@ class PPOConfig:
     def __post_init__(self) -> None:
         check(0 < self.gamma <= 1, "ppo.gamma", self.gamma, "must be in (0, 1]")
         check(0 <= self.lam <= 1, "ppo.lam", self.lam, "must be in [0, 1]")
+        check(0 < self.clip_low < 1, "ppo.clip_low", self.clip_low, "must be in (0, 1)")
+        check(self.clip_high > 0, "ppo.clip_high", self.clip_high, "must be > 0")
+        check(self.vf_coef >= 0, "ppo.vf_coef", self.vf_coef, "must be >= 0")
+        check(self.ent_coef >= 0, "ppo.ent_coef", self.ent_coef, "must be >= 0")
+        check(self.value_clip >= 0, "ppo.value_clip", self.value_clip, "must be >= 0 (0 = off)")
+        check(self.huber_delta > 0, "ppo.huber_delta", self.huber_delta, "must be > 0")
         check(self.dual_clip == 0 or self.dual_clip > 1, "ppo.dual_clip", self.dual_clip, "must be 0 (off) or > 1")
         check(self.epochs >= 1, "ppo.epochs", self.epochs, "must be >= 1")
         check(self.minibatch_size >= 1, "ppo.minibatch_size", self.minibatch_size, "must be >= 1")
@@ -74,28 +80,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
         running = delta[:, t] + gamma * lam * not_end[:, t] * running
         adv[:, t] = running
     if valid is not None:
-        adv = adv * valid.to(adv.dtype)
+        adv = masked(adv, valid)
     return adv, adv + values
 
 
 def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Zero-mean, unit-std advantages over the valid entries (invalid entries stay 0)."""
-    m = mask.to(adv.dtype)
-    n = m.sum().clamp(min=1)
-    mean = (adv * m).sum() / n
-    std = (((adv - mean) ** 2 * m).sum() / n).sqrt()
-    return (adv - mean) / (std + eps) * m
+    n = mask.sum().clamp(min=1)
+    mean = masked(adv, mask).sum() / n
+    std = (masked((adv - mean) ** 2, mask).sum() / n).sqrt()
+    return masked((adv - mean) / (std + eps), mask)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
                clip: float | None = 0.2, huber_delta: float = 10.0) -> torch.Tensor:
     """Masked mean of max(huber(V - R), huber(V_clipped - R)), V_clipped = V_old + clip(V - V_old)."""
-    m = mask.to(values.dtype)
     loss = F.huber_loss(values, returns, reduction="none", delta=huber_delta)
     if clip is not None:
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.maximum(loss, F.huber_loss(clipped, returns, reduction="none", delta=huber_delta))
-    return (loss * m).sum() / m.sum().clamp(min=1)
+    return masked(loss, mask).sum() / mask.sum().clamp(min=1)
 
 
 class PPO(PolicyGradientUpdate):

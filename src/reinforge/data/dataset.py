@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from reinforge.fsutil import replace_dir, temp_dir_for
+from reinforge import fsutil
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,12 @@ class EpisodeWriter:
                  action_dim: int, camera_names: tuple[str, ...] = ("agentview", "wrist"),
                  extra_info: dict[str, Any] | None = None, overwrite: bool = False):
         self.root = Path(root)
-        if self.root.exists() and any(self.root.iterdir()) and not overwrite:
+        fsutil.settle(self.root)
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())) and not overwrite:
             raise DatasetError(f"{self.root} already exists and is not empty; choose another --out or pass "
                                "--overwrite")
-        self.tmp = temp_dir_for(self.root)
+        # --overwrite replaces a reinforge dataset only, never a folder of other files
+        self.tmp = fsutil.begin(self.root, "dataset", "with --out")
         (self.tmp / "meta").mkdir(parents=True)
         self.fps, self.image_size, self.state_dim, self.action_dim = fps, image_size, state_dim, action_dim
         self.image_keys = tuple(IMAGE_PREFIX + c for c in camera_names)
@@ -161,20 +163,29 @@ class EpisodeWriter:
             "reinforge": self.extra_info,
         }
 
+    def abort(self) -> None:
+        """Drop what was written so far (the folder at ``root`` is left as it was)."""
+        fsutil.abort(self.tmp)
+
     def close(self) -> Path:
         """Write the meta files and move the dataset into place."""
         if not self.episodes:
+            self.abort()
             raise DatasetError("no episodes were recorded; nothing to write")
-        meta = self.tmp / "meta"
-        (meta / "info.json").write_text(json.dumps(self._info(), indent=2))
-        (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
-                                                  for t, i in self.tasks.items()))
-        (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
-        stats = {STATE_KEY: compute_stats(torch.from_numpy(np.concatenate(self._states))),
-                 ACTION_KEY: compute_stats(torch.from_numpy(np.concatenate(self._actions))),
-                 LABEL_KEY: compute_stats(torch.from_numpy(np.concatenate(self._labels)))}
-        (meta / "stats.json").write_text(json.dumps(stats, indent=2))
-        return replace_dir(self.tmp, self.root)
+        try:
+            meta = self.tmp / "meta"
+            (meta / "info.json").write_text(json.dumps(self._info(), indent=2))
+            (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
+                                                      for t, i in self.tasks.items()))
+            (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
+            stats = {STATE_KEY: compute_stats(torch.from_numpy(np.concatenate(self._states))),
+                     ACTION_KEY: compute_stats(torch.from_numpy(np.concatenate(self._actions))),
+                     LABEL_KEY: compute_stats(torch.from_numpy(np.concatenate(self._labels)))}
+            (meta / "stats.json").write_text(json.dumps(stats, indent=2))
+            return fsutil.commit(self.tmp, self.root, "dataset")
+        except BaseException:
+            self.abort()
+            raise
 
 
 @dataclass
@@ -247,7 +258,9 @@ class DemoDataset:
     def load(cls, root: str | Path, *, expect_action_dim: int | None = None,
              expect_image_size: tuple[int, int] | None = None, success_only: bool = True) -> DemoDataset:
         """Load and validate a dataset; raises ``DatasetError`` saying what is wrong and what to do."""
-        root = Path(root)
+        root = fsutil.settle(root)
+        if not root.is_dir():
+            raise DatasetError(f"dataset {root} does not exist (record one with `reinforge demos --out {root}`)")
         info = _read_json(root / "meta" / "info.json", root)
         feats = info.get("features", {})
         image_keys = [k for k in feats if k.startswith(IMAGE_PREFIX)]
@@ -263,12 +276,13 @@ class DemoDataset:
         if expect_image_size is not None and tuple(expect_image_size) != (H, W):
             raise DatasetError(f"{root}: images are {H}x{W} but {expect_image_size[0]}x{expect_image_size[1]} "
                                "are expected; re-record with --image-size or change the policy config")
-        tasks = [json.loads(line)["task"] for line in _read_lines(root / "meta" / "tasks.jsonl", root)]
-        episodes = [json.loads(line) for line in _read_lines(root / "meta" / "episodes.jsonl", root)]
+        tasks = [r["task"] for r in _read_records(root / "meta" / "tasks.jsonl", root, ("task",))]
+        episodes = _read_records(root / "meta" / "episodes.jsonl", root, ("episode_index", "length"))
         if len(episodes) != info.get("total_episodes"):
             raise DatasetError(f"{root}: meta/episodes.jsonl lists {len(episodes)} episodes but info.json says "
                                f"{info.get('total_episodes')}; the dataset is incomplete, re-record it")
         stats = _read_json(root / "meta" / "stats.json", root)
+        _check_stats(stats, root, S, D)
         keep = [e for e in episodes if e.get("success", True) or not success_only]
         if not keep:
             raise DatasetError(f"{root}: no successful episodes to load")
@@ -284,20 +298,54 @@ class DemoDataset:
             task_index=torch.cat([p[3] for p in parts]), episode_start=start)
 
 
+def _check_stats(stats: dict[str, Any], root: Path, S: int, D: int) -> None:
+    """meta/stats.json must give finite per-dimension statistics of the right length for state and action."""
+    f = root / "meta" / "stats.json"
+    for key, dim in ((STATE_KEY, S), (ACTION_KEY, D), (LABEL_KEY, D)):
+        if key not in stats:
+            if key == LABEL_KEY:
+                continue
+            raise DatasetError(f"{f} lacks statistics of {key!r}; the dataset is corrupt, re-record it")
+        for name in ("mean", "std", "q01", "q99"):
+            v = stats[key].get(name) if isinstance(stats[key], dict) else None
+            if not isinstance(v, list) or len(v) != dim:
+                raise DatasetError(f"{f}: {key}.{name} must be a list of {dim} numbers; the dataset is corrupt, "
+                                   "re-record it")
+            if not all(isinstance(x, int | float) and np.isfinite(x) for x in v):
+                raise DatasetError(f"{f}: {key}.{name} holds NaN, inf or non-numbers; the dataset is corrupt, "
+                                   "re-record it")
+
+
 def _read_json(path: Path, root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"{root} is not a dataset: {path.relative_to(root)} is missing (record one with "
                            "`reinforge demos --out DIR`)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path} is not valid JSON ({e}); the dataset is corrupt, re-record it") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a JSON object; the dataset is corrupt, re-record it")
+    return data
 
 
-def _read_lines(path: Path, root: Path) -> list[str]:
+def _read_records(path: Path, root: Path, need: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl meta file, each with the keys ``need``."""
     if not path.is_file():
         raise DatasetError(f"{root}: {path.relative_to(root)} is missing; the dataset is incomplete")
-    return [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or any(k not in row for k in need):
+            raise DatasetError(f"{path} line {n} is not a JSON object with {list(need)}; the dataset is corrupt, "
+                               "re-record it")
+        rows.append(row)
+    return rows
 
 
 def _read_episode(root: Path, info: dict[str, Any], ep: dict[str, Any], hw: tuple[int, int], S: int, D: int,

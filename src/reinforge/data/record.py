@@ -77,29 +77,33 @@ def record_demos(env: EnvConfig | str, out: str | Path, *, per_task: int = 1, sp
                            action_dim=spec.action_dim, camera_names=spec.camera_names, overwrite=overwrite,
                            extra_info={**spec.layout(), "split": split, "expert_noise": noise, "seed": seed,
                                        "per_task": per_task, "init_bank": bank})
-    slots = [(t, k) for t in task_list for k in range(per_task)]
-    results: dict[tuple[int, int], dict] = {}
-    pending = list(slots)
-    for attempt in range(retries + 1):
-        for start in range(0, len(pending), max_envs):
-            batch = pending[start:start + max_envs]
-            # a failed slot is retried from the next initial state of the bank, with fresh noise
-            run = [(t, k + attempt * per_task) for t, k in batch]
-            for slot, ep in zip(batch, _run_batch(env_cfg, split, bank, run, image_size=image_size, noise=noise,
-                                                  seed=seed + 7919 * attempt + start)):
-                if ep["success"] or slot not in results:
-                    results[slot] = ep
-            if progress is not None:
-                progress(sum(results[k]["success"] for k in results), len(slots))
-        pending = [k for k in slots if not results[k]["success"]]
-        if not pending:
-            break
-    if pending:
-        log.warning("%d of %d demonstrations failed after %d retries; they are stored with success=false",
-                    len(pending), len(slots), retries)
-    for slot in slots:
-        ep = results[slot]
-        writer.add_episode(ep["images"], ep["states"], ep["actions"], ep["instruction"], expert_actions=ep["labels"],
-                           task_id=ep["task_id"], init_id=ep["init_id"], success=ep["success"], suite=spec.suite,
-                           split=split)
+    try:
+        slots = [(t, k) for t in task_list for k in range(per_task)]
+        results: dict[tuple[int, int], dict] = {}
+        pending = list(slots)
+        for attempt in range(retries + 1):
+            for start in range(0, len(pending), max_envs):
+                batch = pending[start:start + max_envs]
+                # a failed slot is retried from the next initial state of the bank, with fresh noise
+                run = [(t, k + attempt * per_task) for t, k in batch]
+                for slot, ep in zip(batch, _run_batch(env_cfg, split, bank, run, image_size=image_size, noise=noise,
+                                                      seed=seed + 7919 * attempt + start)):
+                    if ep["success"] or slot not in results:
+                        results[slot] = ep
+                if progress is not None:
+                    progress(sum(results[k]["success"] for k in results), len(slots))
+            pending = [k for k in slots if not results[k]["success"]]
+            if not pending:
+                break
+        if pending:
+            log.warning("%d of %d demonstrations failed after %d retries; they are stored with success=false",
+                        len(pending), len(slots), retries)
+        for slot in slots:
+            ep = results[slot]
+            writer.add_episode(ep["images"], ep["states"], ep["actions"], ep["instruction"],
+                               expert_actions=ep["labels"], task_id=ep["task_id"], init_id=ep["init_id"],
+                               success=ep["success"], suite=spec.suite, split=split)
+    except BaseException:
+        writer.abort()  # nothing half-written is left behind
+        raise
     return writer.close()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from reinforge.config import from_dict
-from reinforge.policies.base import STATS_NAME, Normalizer, Policy, PolicyConfig, load_weights, read_config
+from reinforge.config import ConfigError
+from reinforge.fsutil import settle
+from reinforge.policies.base import (
+    STATS_NAME,
+    Normalizer,
+    Policy,
+    PolicyConfig,
+    load_weights,
+    read_config,
+    read_normalizer,
+)
 from reinforge.policies.flow import FlowPolicy
 from reinforge.policies.token import TokenPolicy
 
@@ -23,17 +31,17 @@ def make_policy(config: PolicyConfig, normalizer: Normalizer | None = None) -> P
 def load_pretrained(path: str | Path, expect: PolicyConfig | None = None) -> Policy:
     """Restore a policy saved with ``save_pretrained``. With ``expect``, refuse a checkpoint whose config
     differs from it (naming the fields that differ)."""
-    path = Path(path)
+    path = settle(path)
     config = read_config(path)
     if expect is not None and expect != config:
         diff = {k: (getattr(config, k), getattr(expect, k)) for k in config.__dataclass_fields__
                 if getattr(config, k) != getattr(expect, k)}
         raise ValueError(f"checkpoint {path} has a different policy config: {diff} (checkpoint, expected)")
-    stats_file = path / STATS_NAME
-    if not stats_file.is_file():
-        raise ValueError(f"{path}: {STATS_NAME} is missing")
-    normalizer = from_dict(Normalizer, json.loads(stats_file.read_text()))
-    policy = make_policy(config, normalizer)
+    normalizer = read_normalizer(path)
+    try:
+        policy = make_policy(config, normalizer)
+    except ConfigError as e:
+        raise ConfigError(f"{path / STATS_NAME} does not fit {path / 'config.json'}: {e}") from None
     load_weights(policy, path)
     return policy
 

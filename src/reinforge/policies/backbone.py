@@ -133,6 +133,12 @@ class Backbone(nn.Module):
         return self.norm(self.fusion(x, src_key_padding_mask=pad)), pad
 
 
+def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``mask`` holds, 0 elsewhere: a NaN or inf in a masked-out entry cannot leak into a sum (as it
+    would through ``x * mask``)."""
+    return torch.where(torch.broadcast_to(mask, x.shape).bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def masked_mean(x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """Mean over dim 1 of (B, T, d) ignoring padded positions (B, T)."""
     keep = (~pad).unsqueeze(-1).to(x.dtype)

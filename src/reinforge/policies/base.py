@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reinforge.config import ConfigError, check, from_dict
-from reinforge.fsutil import replace_dir, temp_dir_for
+from reinforge.fsutil import atomic_dir, write_guard
 from reinforge.policies.backbone import Backbone, ValueHead
 from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
 
@@ -91,6 +91,18 @@ class Normalizer:
     state_mean: list[float]
     state_std: list[float]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import math
+
+        for name in ("action_low", "action_high", "state_mean", "state_std"):
+            v = getattr(self, name)
+            if not isinstance(v, list | tuple) or not all(isinstance(x, int | float) and math.isfinite(x) for x in v):
+                raise ConfigError(f"normalisation field {name!r} must be a list of finite numbers, got {v!r}")
+        if len(self.action_low) != len(self.action_high) or len(self.state_mean) != len(self.state_std):
+            raise ConfigError(f"normalisation stats disagree in length: action_low {len(self.action_low)}, "
+                              f"action_high {len(self.action_high)}, state_mean {len(self.state_mean)}, "
+                              f"state_std {len(self.state_std)}")
 
     @classmethod
     def from_stats(cls, stats: dict[str, dict[str, list[float]]]) -> Normalizer:
@@ -202,14 +214,22 @@ class Policy(nn.Module):
     # ---------------------------------------------------------------- save / load
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write config.json, model.safetensors and normalization.json into ``path`` (atomically)."""
-        tmp = temp_dir_for(path, "saving")
-        tmp.mkdir()
-        (tmp / CONFIG_NAME).write_text(json.dumps({"reinforge_policy": asdict(self.config)}, indent=2))
-        (tmp / STATS_NAME).write_text(json.dumps(asdict(self.normalizer), indent=2))
+        """Write config.json, model.safetensors and normalization.json into ``path`` (atomically). Non-finite
+        weights are never written (``FloatingPointError``)."""
+        with atomic_dir(path, "policy") as tmp:
+            self.write_files(tmp)
+        return Path(path)
+
+    def write_files(self, folder: Path) -> None:
+        """The policy's files, written into an existing folder (no atomicity: see ``save_pretrained``)."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME))
-        return replace_dir(tmp, path)
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise FloatingPointError(f"the policy's weights hold NaN or inf ({', '.join(bad[:3])}); not saving them")
+        (folder / CONFIG_NAME).write_text(json.dumps({"reinforge_policy": asdict(self.config)}, indent=2))
+        (folder / STATS_NAME).write_text(json.dumps(asdict(self.normalizer), indent=2))
+        with write_guard(folder / WEIGHTS_NAME):
+            save_file(state, str(folder / WEIGHTS_NAME))
 
 
 def read_config(path: str | Path) -> PolicyConfig:
@@ -219,11 +239,26 @@ def read_config(path: str | Path) -> PolicyConfig:
         raise ValueError(f"{path} is not a policy checkpoint: {CONFIG_NAME} is missing")
     try:
         raw = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{f} is not valid JSON ({e})") from None
-    if "reinforge_policy" not in raw:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(raw, dict) or "reinforge_policy" not in raw:
         raise ValueError(f"{f} is not a reinforge policy config (no 'reinforge_policy' section)")
-    return from_dict(PolicyConfig, raw["reinforge_policy"])
+    try:
+        return from_dict(PolicyConfig, raw["reinforge_policy"])
+    except ConfigError as e:
+        raise ConfigError(f"{f}: {e}") from None
+
+
+def read_normalizer(path: str | Path) -> Normalizer:
+    f = Path(path) / STATS_NAME
+    if not f.is_file():
+        raise ValueError(f"{path}: {STATS_NAME} is missing; the checkpoint is incomplete")
+    try:
+        return from_dict(Normalizer, json.loads(f.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    except ConfigError as e:
+        raise ConfigError(f"{f}: {e}") from None
 
 
 def load_weights(policy: Policy, path: str | Path) -> None:
@@ -231,12 +266,19 @@ def load_weights(policy: Policy, path: str | Path) -> None:
     f = Path(path) / WEIGHTS_NAME
     if not f.is_file():
         raise ValueError(f"{path}: {WEIGHTS_NAME} is missing")
-    state = load_file(str(f))
+    try:
+        state = load_file(str(f))
+    except Exception as e:  # safetensors raises its own error type (and OSError) for truncated / foreign files
+        raise ValueError(f"{f} is not a readable safetensors file ({type(e).__name__}: {e}); the checkpoint is "
+                         "corrupt: restore it or train it again") from None
     own = policy.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or bad:
-        raise ValueError(f"{path}: weights do not match the policy config (missing {missing[:5]}, unexpected "
+        raise ValueError(f"{f}: weights do not match the policy config (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, shape mismatch {bad[:5]}); the checkpoint belongs to another config")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise ValueError(f"{f} holds NaN or inf weights ({', '.join(nonfinite[:3])}); the checkpoint is corrupt")
     policy.load_state_dict(state)

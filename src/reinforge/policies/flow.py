@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from reinforge.policies.backbone import masked_mean
+from reinforge.policies.backbone import masked, masked_mean
 from reinforge.policies.base import LogProb, Normalizer, Policy, PolicyConfig
 from reinforge.types import Observation, PolicyOutput
 
@@ -147,7 +147,7 @@ class FlowPolicy(Policy):
         x_t = t[:, None, None] * eps + (1 - t[:, None, None]) * a
         v, _ = self.expert(x_t, t, prefix, pad)
         mask = (~is_pad)[..., None] & self.action_dim_mask
-        err = ((v - (eps - a)) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+        err = masked((v - (eps - a)) ** 2, mask).sum() / mask.sum().clamp(min=1)
         return err, {"sft/loss": float(err.detach())}
 
     @torch.no_grad()
@@ -179,7 +179,7 @@ class FlowPolicy(Policy):
         k_star = torch.randint(0, K, (B,), generator=generator, device=dev) if generator is not None else \
             torch.randint(0, K, (B,), device=dev)
         if mode == "sample" and sampler == "noise":
-            log_prob = (gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)) * mask).sum((1, 2))
+            log_prob = masked(gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)), mask).sum((1, 2))
         sig = sde_sigma(grid, c.noise_level)
         for k in range(K):
             t, delta = grid[k].expand(B), grid[k] - grid[k + 1]
@@ -191,13 +191,13 @@ class FlowPolicy(Policy):
                 mean, std = flow_sde_step(x, v, grid[k], delta, sig[k])
                 x_sde = mean + std * randn(*x.shape)
                 here = k_star == k
-                lp = (gaussian_log_prob(x_sde, mean, std.expand_as(mean)) * mask).sum((1, 2))
+                lp = masked(gaussian_log_prob(x_sde, mean, std.expand_as(mean)), mask).sum((1, 2))
                 log_prob = torch.where(here, lp, log_prob)
                 x = torch.where(here[:, None, None], x_sde, ode)
             else:
                 std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
                 x = ode + std * randn(*x.shape)
-                log_prob = log_prob + (gaussian_log_prob(x, ode, std) * mask).sum((1, 2))
+                log_prob = log_prob + masked(gaussian_log_prob(x, ode, std), mask).sum((1, 2))
             chain.append(x)
         if mode == "sample" and sampler == "noise":
             log_prob = log_prob / (K + 1)
@@ -236,8 +236,8 @@ class FlowPolicy(Policy):
         mean, std = flow_sde_step(x, v, t[:, None, None], delta, sigma)
         std = std.expand_as(mean)
         mask = self.entry_mask()
-        lp = (gaussian_log_prob(x_next, mean, std) * mask).sum((1, 2))
-        return lp, (gaussian_entropy(std) * mask).sum((1, 2))
+        lp = masked(gaussian_log_prob(x_next, mean, std), mask).sum((1, 2))
+        return lp, masked(gaussian_entropy(std), mask).sum((1, 2))
 
     def _noise_log_prob(self, prefix, pad, chain):
         c = self.config
@@ -252,9 +252,9 @@ class FlowPolicy(Policy):
         mean = ode_step(xs, v, delta)
         std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
         mask = self.entry_mask()
-        steps = (gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std) * mask).sum((1, 2)).view(B, K)
+        steps = masked(gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std), mask).sum((1, 2)).view(B, K)
         x0 = chain[:, 0]
-        first = (gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)) * mask).sum((1, 2))
+        first = masked(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask).sum((1, 2))
         lp = (first + steps.sum(1)) / (K + 1)
-        ent = (gaussian_entropy(std) * mask).sum((1, 2)).view(B, K).mean(1)
+        ent = masked(gaussian_entropy(std), mask).sum((1, 2)).view(B, K).mean(1)
         return lp, ent

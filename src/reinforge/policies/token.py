@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reinforge.policies.backbone import masked_mean
+from reinforge.policies.backbone import masked, masked_mean
 from reinforge.policies.base import LogProb, Normalizer, Policy, PolicyConfig
 from reinforge.types import Observation, PolicyOutput
 
@@ -76,7 +76,7 @@ class TokenPolicy(Policy):
         target = bin_tokens(self.normalize_actions(batch["actions"].to(logits.device)), self.config.num_bins)
         mask = ~batch["is_pad"].to(logits.device)[..., None] & self.action_dim_mask
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)
-        loss = (ce * mask).sum() / mask.sum().clamp(min=1)
+        loss = masked(ce, mask).sum() / mask.sum().clamp(min=1)
         with torch.no_grad():
             acc = ((logits.argmax(-1) == target) & mask).sum() / mask.sum().clamp(min=1)
         return loss, {"sft/loss": float(loss.detach()), "sft/token_accuracy": float(acc)}
@@ -85,8 +85,8 @@ class TokenPolicy(Policy):
         self.check_logprob(logprob)
         mask = self.entry_mask()
         if logprob == "token":
-            return per_token * mask
-        return (per_token * mask).sum((1, 2))
+            return masked(per_token, mask)
+        return masked(per_token, mask).sum((1, 2))
 
     @torch.no_grad()
     def act(self, obs: Observation, *, mode: Literal["sample", "greedy"] = "greedy",
@@ -114,5 +114,5 @@ class TokenPolicy(Policy):
         logits, value = self.features(obs)
         lp, ent = token_log_probs(logits, replay["tokens"].to(logits.device), replay["temperature"].to(logits.device))
         mask = self.entry_mask()
-        entropy = (ent * mask).sum((1, 2))
+        entropy = masked(ent, mask).sum((1, 2))
         return self._reduce(lp, logprob), entropy, value

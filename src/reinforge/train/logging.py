@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+from reinforge.fsutil import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -32,14 +34,16 @@ class MetricLogger:
             rows = [r for r in path.read_text().splitlines() if r.strip()]
             keep = [r for r in rows if _step_of(r) <= keep_until]
             if len(keep) != len(rows):
-                path.write_text("".join(r + "\n" for r in keep))
+                write_text_atomic(path, "".join(r + "\n" for r in keep))
         self.jsonl = path.open("a")
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.out / "tb"))
+                # a resumed run drops the TensorBoard events logged after its checkpoint, as it does the rows
+                purge = None if keep_until is None else keep_until + 1
+                self.tb = SummaryWriter(str(self.out / "tb"), purge_step=purge)
             except ImportError:  # pragma: no cover - tensorboard is a core dependency
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only (pip install tensorboard)")
 

@@ -24,16 +24,34 @@ QUICKSTART_CONFIGS = {("grpo", "token"): "tabletop_grpo_token", ("grpo", "flow")
                       ("ppo", "flow"): "tabletop_ppo_flow_sde", ("ppo", "token"): "tabletop_ppo_token"}
 
 
-def resolve_config(spec: str) -> Path:
-    """A YAML path, or the name of a shipped config (``tabletop_grpo_token``)."""
+# top-level keys only one kind of config has
+_ONLY = {"sft": {"data", "policy", "steps", "batch_size", "augment", "eval_split", "use_expert_labels"},
+         "rl": {"algo", "init", "iterations", "rollout", "grpo", "ppo", "freeze_vision", "flow_sampler"}}
+_COMMANDS = {"sft": "reinforge sft --config", "rl": "reinforge train"}
+
+
+def resolve_config(spec: str, kind: str | None = None) -> Path:
+    """A YAML path, or the name of a shipped config (``tabletop_grpo_token``). With ``kind`` (``sft`` / ``rl``),
+    refuse a config of the other kind, naming the command that takes it."""
     p = Path(spec)
-    if p.is_file():
-        return p
-    shipped = CONFIG_DIR / (spec if spec.endswith(".yaml") else spec + ".yaml")
-    if shipped.is_file():
-        return shipped
-    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
-    raise ValueError(f"config {spec!r} is neither a file nor a shipped config; shipped configs: {names}")
+    if not p.is_file():
+        shipped = CONFIG_DIR / (spec if spec.endswith(".yaml") else spec + ".yaml")
+        if not shipped.is_file():
+            names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+            raise ValueError(f"config {spec!r} is neither a file nor a shipped config; shipped configs: {names}")
+        p = shipped
+    if kind is not None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return p  # load_config reports it
+        other = "rl" if kind == "sft" else "sft"
+        if isinstance(data, dict) and set(data) & _ONLY[other] and not set(data) & _ONLY[kind]:
+            raise ValueError(f"{spec} is an {other.upper()} config, not an {kind.upper()} one: run it with "
+                             f"`{_COMMANDS[other]} {spec}`")
+    return p
 
 
 @dataclass

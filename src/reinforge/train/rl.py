@@ -31,7 +31,15 @@ from reinforge.envs import EnvConfig, make_env
 from reinforge.policies import load_pretrained
 from reinforge.progress import ProgressBar
 from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, rollout_env_kwargs, select_rows
-from reinforge.train.checkpoint import load_checkpoint, save_checkpoint
+from reinforge.train.checkpoint import (
+    DivergedError,
+    check_run_kind,
+    checkpoint_exists,
+    config_changes,
+    load_checkpoint,
+    refuse_changes,
+    save_checkpoint,
+)
 from reinforge.train.logging import MetricLogger
 from reinforge.types import RolloutBatch
 
@@ -113,16 +121,12 @@ class RLTrainer:
         check_precision(cfg.precision, self.device)
         ckpt = self.out / "checkpoints" / "last"
         state = None
-        if cfg.resume and ckpt.is_dir():
-            self.policy, state = load_checkpoint(ckpt)
-            old = state.get("config", {})
-            old_env = old.get("env", {"name": "tabletop", "suite": old.get("suite", cfg.suite)})
-            for key, was, new in (("algo", old.get("algo", cfg.algo), cfg.algo),
-                                  ("env.name", old_env.get("name"), cfg.env.name),
-                                  ("env.suite", old_env.get("suite"), cfg.env.suite)):
-                if was != new:
-                    raise ValueError(f"{self.out} holds a {key}={was} run, this config says {key}={new}: "
-                                     "choose another out=, or resume=false to start over there")
+        self.saved_iteration: int | None = None  # the iteration of the last checkpoint on disk
+        self.resume_changes: list[tuple[str, object, object]] = []  # settings a resumed run changed
+        check_run_kind(self.out, "rl")
+        if cfg.resume and checkpoint_exists(ckpt):
+            self.policy, state = load_checkpoint(ckpt, kind="rl")
+            self._check_resume(state)
             log.info("resuming %s from iteration %d", ckpt, int(state["iteration"]))
         else:
             if not cfg.init:
@@ -146,20 +150,63 @@ class RLTrainer:
 
     # ------------------------------------------------------------ state
 
+    # settings a resumed run cannot change: what is learned where, and the shape of the optimizer / rollouts
+    RESUME_FIXED = ("algo", "env.name", "env.suite", "freeze_vision", "rollout.mode", "rollout.num_envs",
+                    "flow_sampler")
+
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        old = dict(state.get("config", {}))
+        if "env" not in old and "suite" in old:  # runs written before the env section existed
+            old["env"] = {"name": "tabletop", "suite": old.pop("suite")}
+        new = plain(asdict(self.cfg))
+        changes = [c for c in config_changes(old, new) if c[0] not in ("resume", "init")] if old else []
+        fixed = self.RESUME_FIXED if self.cfg.rollout.mode == "autoreset" else tuple(
+            k for k in self.RESUME_FIXED if k != "rollout.num_envs")
+        refuse_changes(changes, fixed, self.out)
+        self.resume_changes = changes
+
     def _state(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "env_steps": self.env_steps, "train_s": self.train_s,
+        return {"kind": "rl", "iteration": self.iteration, "env_steps": self.env_steps, "train_s": self.train_s,
                 "optimizer": self.optimizer.state_dict(), "algo": self.algo.state_dict(),
                 "collector": self.collector.state_dict(), "torch_rng": torch.get_rng_state(),
                 "history": self.history, "config": plain(asdict(self.cfg))}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
-        self.train_s = float(state["train_s"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.algo.load_state_dict(state["algo"])
-        self.collector.load_state_dict(state["collector"])
-        torch.set_rng_state(state["torch_rng"])
-        self.history = list(state["history"])
+        try:
+            self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+            self.train_s = float(state["train_s"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.algo.load_state_dict(state["algo"])
+            self.collector.load_state_dict(state["collector"])
+            torch.set_rng_state(state["torch_rng"])
+            self.history = list(state["history"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise ValueError(f"{self.out / 'checkpoints' / 'last'} does not fit this run ({type(e).__name__}: {e}); "
+                             "choose another out=, or resume=false to start over there") from None
+        self.saved_iteration = self.iteration
+        # the optimizer settings are this config's, not the checkpoint's (the actor lr is set every iteration)
+        o = self.cfg.optim
+        for g in self.optimizer.param_groups:
+            g.update(betas=o.betas, weight_decay=o.weight_decay)
+            if g.get("name") == "critic":
+                g["lr"] = o.critic_lr
+
+    def _diverged(self, reason: str) -> DivergedError:
+        ckpt = self.out / "checkpoints" / "last"
+        lr = self.cfg.optim.lr
+        kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_iteration}) is kept; rerun with a lower "
+                f"optim.lr (e.g. optim.lr={lr / 10:g}) to resume from it" if self.saved_iteration is not None
+                else f"no checkpoint was written; rerun with a lower optim.lr (e.g. optim.lr={lr / 10:g})")
+        return DivergedError(f"RL diverged at iteration {self.iteration + 1}: {reason}. Nothing non-finite was "
+                             f"saved: {kept}")
+
+    def save(self) -> None:
+        """Write ``checkpoints/last`` (never with non-finite weights or optimizer state)."""
+        try:
+            save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+        except DivergedError as e:
+            raise self._diverged(str(e)) from None
+        self.saved_iteration = self.iteration
 
     # ------------------------------------------------------------ one iteration
 
@@ -283,25 +330,28 @@ class RLTrainer:
                               wandb_config=plain(asdict(c)), keep_until=self.iteration)
         if not self.history:
             self._eval_point(logger, c.eval.final_episodes_per_task)
-            save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+            self.save()
         key = f"eval/{c.suite}/success_rate"
         bar = ProgressBar(f"{c.algo} {c.suite}", c.iterations, start=self.iteration, enabled=progress,
                           rollout="-", eval=f"{self.history[-1][key]:.2f}")
         try:
             while self.iteration < c.iterations:
-                m = self.train_iteration()
+                try:
+                    m = self.train_iteration()
+                except FloatingPointError as e:  # raised before the optimizer step: the weights are intact
+                    raise self._diverged(str(e)) from None
                 logger.log(self.iteration, m)
                 bar.update(self.iteration, rollout=f"{m['rollout/success_rate']:.2f}")
                 last = self.iteration == c.iterations
                 if c.eval.every and self.iteration % c.eval.every == 0 and not last:
                     bar.update(self.iteration, eval=f"{self._eval_point(logger, c.eval.episodes_per_task)[key]:.2f}")
                 if self.iteration % c.checkpoint_every == 0 or last:
-                    save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+                    self.save()
         finally:
             bar.close()
         if self.history[-1]["iteration"] != self.iteration:
             self._eval_point(logger, c.eval.final_episodes_per_task)
-            save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+            self.save()
         self.policy.save_pretrained(self.out / "policy")
         logger.close()
         if c.eval.videos:

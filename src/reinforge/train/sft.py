@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from reinforge import fsutil
 from reinforge.config import check, plain
 from reinforge.data import DemoDataset
 from reinforge.data.augment import AugmentConfig, augment_images
@@ -26,7 +27,16 @@ from reinforge.device import Precision, autocast, check_precision, resolve_devic
 from reinforge.envs import EnvConfig
 from reinforge.policies import Normalizer, Policy, PolicyConfig, make_policy
 from reinforge.progress import ProgressBar
-from reinforge.train.checkpoint import load_checkpoint, save_checkpoint
+from reinforge.train.checkpoint import (
+    TRAINER_STATE,
+    DivergedError,
+    check_run_kind,
+    checkpoint_exists,
+    config_changes,
+    load_checkpoint,
+    nonfinite_tensors,
+    refuse_changes,
+)
 from reinforge.train.logging import MetricLogger
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
 
@@ -44,6 +54,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", list(self.betas),
+              "must be two numbers in [0, 1)")
+        check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
         check(self.schedule in ("cosine", "constant"), "optim.schedule", self.schedule, "must be cosine|constant")
         check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
@@ -121,15 +134,21 @@ class SFTTrainer:
         if cfg.env.suite or rec.get("suite"):
             self.env = replace(cfg.env, name=cfg.env.name or rec.get("env", "tabletop"),
                                suite=cfg.env.suite or rec.get("suite", ""))
+            self._check_eval_env()
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint on disk
+        self.resume_changes: list[tuple[str, object, object]] = []  # settings a resumed run changed
         self.gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         ckpt = self.out / "checkpoints" / "last"
-        if cfg.resume and ckpt.is_dir():
-            self.policy, state = load_checkpoint(ckpt, expect=pc)  # a changed policy config is an error
+        check_run_kind(self.out, "sft")
+        if cfg.resume and checkpoint_exists(ckpt):
+            self.policy, state = load_checkpoint(ckpt, expect=pc, kind="sft")  # a changed policy is an error
             self.policy.to(self.device)
             self._build_optimizer()
+            self._check_resume(state)
             self._restore(state)
+            self.saved_step = self.step
             log.info("resumed from %s at step %d", ckpt, self.step)
         else:
             stats = dict(self.ds.stats)
@@ -139,21 +158,57 @@ class SFTTrainer:
             self.policy.to(self.device)
             self._build_optimizer()
 
+    def _check_eval_env(self) -> None:
+        """Fail now, not after training, on an eval env, suite or split that does not exist."""
+        from reinforge.eval.evaluate import env_spec
+
+        spec = env_spec(self.env, image_size=self.cfg.policy.image_size)
+        check(self.cfg.eval_split in spec.splits, "eval_split", self.cfg.eval_split,
+              f"must be one of the suite's splits {list(spec.splits)}")
+
+    def _fingerprint(self) -> dict[str, int]:
+        return {"episodes": self.ds.num_episodes, "frames": self.ds.num_frames}
+
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        """A resumed run takes the new settings (optimizer, schedule length, batch size, ...) and says which
+        changed; it refuses another dataset (the checkpoint's policy config is checked on load)."""
+        old = state.get("config", {})
+        new = plain(asdict(self.cfg))
+        changes = [c for c in config_changes(old, new) if c[0] not in ("resume",)] if old else []
+        data = state.get("data")
+        if data is not None and data != self._fingerprint():
+            raise ValueError(f"{self.out} was trained on a dataset of {data['episodes']} episodes / {data['frames']} "
+                             f"frames, {self.cfg.data} has {self.ds.num_episodes} / {self.ds.num_frames}: choose "
+                             "another out=, or resume=false to start over there")
+        refuse_changes(changes, ("policy.",), self.out)
+        self.resume_changes = changes
+
     def _build_optimizer(self) -> None:
         o = self.cfg.optim
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, o, self.cfg.steps))
 
     def _state(self) -> dict[str, Any]:
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "config": plain(asdict(self.cfg))}
+        return {"kind": "sft", "step": self.step, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "config": plain(asdict(self.cfg)), "data": self._fingerprint()}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            self.step = int(state["step"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise ValueError(f"{self.out / 'checkpoints' / 'last'} does not fit this run ({type(e).__name__}: {e}); "
+                             "choose another out=, or resume=false to start over there") from None
+        # the optimizer settings are this config's, not the checkpoint's (the schedule continues at its step)
+        o = self.cfg.optim
+        for g in self.opt.param_groups:
+            g.update(betas=o.betas, weight_decay=o.weight_decay, initial_lr=o.lr)
+            g["lr"] = o.lr * lr_factor(self.step, o, self.cfg.steps)
+        self.sched.base_lrs = [o.lr] * len(self.opt.param_groups)
 
     def train_step(self) -> dict[str, float]:
         self.policy.train()
@@ -162,14 +217,44 @@ class SFTTrainer:
         with autocast(self.device, self.cfg.precision):
             loss, metrics = self.policy.sft_loss(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT loss became {float(loss)} at step {self.step}; lower optim.lr")
+            raise self._diverged(f"the loss became {float(loss)}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip)
+        if not torch.isfinite(gn):  # the weights are still those of the last step
+            raise self._diverged(f"the gradient norm became {float(gn)}")
         self.opt.step()
         self.sched.step()
         self.step += 1
         return {**metrics, "sft/grad_norm": float(gn), "sft/lr": self.sched.get_last_lr()[0]}
+
+    def _diverged(self, reason: str) -> DivergedError:
+        ckpt = self.out / "checkpoints" / "last"
+        kept = (f"the last good checkpoint {ckpt} (step {self.saved_step}) is kept; rerun with a lower optim.lr "
+                f"(e.g. optim.lr={self.cfg.optim.lr / 10:g}) to resume from it" if self.saved_step is not None else
+                f"no checkpoint was written; rerun with a lower optim.lr (e.g. optim.lr={self.cfg.optim.lr / 10:g})")
+        return DivergedError(f"SFT diverged at step {self.step + 1}: {reason}. Nothing non-finite was saved: {kept}")
+
+    def _begin_checkpoint(self) -> Path:
+        """Write the checkpoint of this step into a temporary folder; it replaces ``checkpoints/last`` once the
+        next step has shown a finite loss and gradient from these weights (so a resumed run never restarts
+        from weights that diverge), or at the end of the run."""
+        bad = nonfinite_tensors(dict(self.policy.state_dict())) + nonfinite_tensors(self.opt.state_dict())
+        if bad:
+            raise self._diverged(f"non-finite values in {', '.join(bad[:3])}")
+        tmp = fsutil.begin(self.out / "checkpoints" / "last", "checkpoint")
+        try:
+            self.policy.write_files(tmp)
+            with fsutil.write_guard(tmp / TRAINER_STATE):
+                torch.save(self._state(), tmp / TRAINER_STATE)
+        except BaseException:
+            fsutil.abort(tmp)
+            raise
+        return tmp
+
+    def _commit_checkpoint(self, tmp: Path, step: int) -> None:
+        fsutil.commit(tmp, self.out / "checkpoints" / "last", "checkpoint")
+        self.saved_step = step
 
     def evaluate(self, episodes_per_task: int | None = None) -> dict[str, float]:
         from reinforge.eval import evaluate
@@ -187,12 +272,17 @@ class SFTTrainer:
 
     def run(self, progress: bool = True) -> Policy:
         cfg = self.cfg
-        logger = MetricLogger(self.out)
+        # rows logged after the checkpoint we resumed from belong to a lost future: drop them
+        logger = MetricLogger(self.out, keep_until=self.step)
         bar = ProgressBar("sft", cfg.steps, start=self.step, enabled=progress, loss="-")
         t0, acc = time.perf_counter(), []
+        pending: tuple[Path, int] | None = None  # a written checkpoint waiting for the next step to succeed
         try:
             while self.step < cfg.steps:
                 m = self.train_step()
+                if pending is not None:
+                    self._commit_checkpoint(*pending)
+                    pending = None
                 acc.append(m)
                 bar.update(self.step, loss=f"{m.get('sft/loss', 0.0):.4f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -203,8 +293,13 @@ class SFTTrainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     logger.log(self.step, self.evaluate())
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    save_checkpoint(self.out / "checkpoints" / "last", self.policy, self._state())
+                    pending = (self._begin_checkpoint(), self.step)
+            if pending is not None:  # the last step: its weights are the result
+                self._commit_checkpoint(*pending)
+                pending = None
         finally:
+            if pending is not None:
+                fsutil.abort(pending[0])
             bar.close()
         self.policy.save_pretrained(self.out / "policy")
         final = self.evaluate()

@@ -163,6 +163,10 @@ class TabletopEnv(VecEnv):
         opened = torch.tensor([task.drawer_open for task in self.suite.tasks], device=self.device)
         return st.pos[..., 1] + torch.where(self.scene.drawer, opened[self.task_id][:, None], 0.0)
 
+    def _require_reset(self, what: str) -> None:
+        if self.state is None:
+            raise RuntimeError(f"call reset() before {what}: the env has no episode yet")
+
     def _check_actions(self, actions, shape: tuple[int, ...]) -> torch.Tensor:
         if isinstance(actions, np.ndarray):
             actions = torch.from_numpy(actions)
@@ -181,6 +185,7 @@ class TabletopEnv(VecEnv):
         return actions.clamp(-1.0, 1.0)
 
     def step(self, actions: torch.Tensor) -> StepResult:
+        self._require_reset("step()")
         a = self._check_actions(actions, (self.num_envs, self.action_dim))
         success, terminated, truncated = self._advance(a)
         return StepResult(obs=self._observe(), reward=success.float(), terminated=terminated,
@@ -189,6 +194,7 @@ class TabletopEnv(VecEnv):
     def step_chunk(self, actions: torch.Tensor, active: torch.Tensor | None = None) -> ChunkResult:
         """Execute a chunk (B, H, 7); rendering happens once, after the chunk. Envs that finish mid-chunk
         stop there; envs where ``active`` (B,) is False do not move at all."""
+        self._require_reset("step_chunk()")
         if isinstance(actions, torch.Tensor) and actions.dim() == 3:
             H = actions.shape[1]
         else:
@@ -235,6 +241,7 @@ class TabletopEnv(VecEnv):
 
     def render(self) -> torch.Tensor:
         """(B, 2, 3, H, W) uint8 images of the current state (agentview, wrist)."""
+        self._require_reset("render()")
         return self.renderer.render(self.scene, self.state)
 
     def _observe(self) -> Observation:
@@ -261,8 +268,7 @@ class TabletopEnv(VecEnv):
         """Everything needed to continue the running episodes later, as CPU tensors (checkpointable
         with ``torch.save``/``torch.load(weights_only=True)``): task, initial state, elapsed steps and the
         world state of every env."""
-        if self.state is None:
-            raise RuntimeError("snapshot() before the first reset()")
+        self._require_reset("snapshot()")
         snap = {"task_id": self.task_id, "init_id": self.init_id, "elapsed": self.elapsed}
         snap.update({f"state.{f.name}": getattr(self.state, f.name) for f in fields(WorldState)})
         return {k: v.detach().cpu().clone() for k, v in snap.items()}
