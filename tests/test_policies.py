@@ -135,7 +135,8 @@ def test_save_load_round_trip(kind, tmp_path):
     policy = _policy(kind).eval()
     obs = _obs()
     policy.save_pretrained(tmp_path / "p")
-    assert {f.name for f in (tmp_path / "p").iterdir()} == {"config.json", "model.safetensors", "normalization.json"}
+    assert {f.name for f in (tmp_path / "p").iterdir()} == {"config.json", "model.safetensors", "normalization.json",
+                                                       ".reinforge.json"}
     loaded = load_pretrained(tmp_path / "p").eval()
     out = policy.act(obs, mode="sample", temperature=1.3)
     lp, _, v = loaded.evaluate(obs, out.replay)

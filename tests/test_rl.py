@@ -266,7 +266,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_pa
     assert got == strip
     assert (straight / "report" / "summary.md").is_file() and (straight / "report" / "success_curve.png").is_file()
     assert (straight / "policy" / "model.safetensors").is_file()
-    with pytest.raises(ValueError, match="holds a env.suite=spatial run"):
+    with pytest.raises(ValueError, match=r"holds a run with env.suite=.spatial. \(now .goal.\)"):
         RLTrainer(_tiny_rl(tiny_init, cut, "iterations=4", "env.suite=goal", *extra))
 
 

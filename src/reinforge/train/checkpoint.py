@@ -101,7 +101,7 @@ def check_run_kind(out: str | Path, kind: str) -> None:
     """Refuse to run a ``kind`` run in a folder that holds another kind of run (whatever ``resume`` says)."""
     ckpt = Path(out) / "checkpoints" / "last"
     found = checkpoint_kind(ckpt)
-    if found is not None and found != kind:
+    if found in ("sft", "rl") and found != kind:  # an unreadable one is reported when it is loaded
         names = {"sft": "an SFT run (`reinforge sft`)", "rl": "an RL run (`reinforge train`)"}
         raise CheckpointError(f"{out} holds {names.get(found, 'another kind of run')}; choose another out= for "
                               f"{names.get(kind, kind)}")

@@ -217,7 +217,7 @@ class SFTTrainer:
         with autocast(self.device, self.cfg.precision):
             loss, metrics = self.policy.sft_loss(batch)
         if not torch.isfinite(loss):
-            raise self._diverged(f"the loss became {float(loss)}")
+            raise self._diverged(f"the loss became {loss.item()}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip)
