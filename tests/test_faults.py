@@ -448,6 +448,13 @@ def _reinforge(args: list[str], env: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
 
+def _timed(args: list[str]) -> float:
+    """Run ``reinforge args`` to the end; its wall time (the reference for random kill times)."""
+    t0 = time.perf_counter()
+    _finish(_reinforge(args))
+    return time.perf_counter() - t0
+
+
 def _finish(p: subprocess.Popen, timeout: float = 600) -> str:
     out, err = p.communicate(timeout=timeout)
     assert p.returncode == 0, err[-2000:]
@@ -507,9 +514,10 @@ def _kill_at_random_and_resume(args: list[str], done: Path, rng: random.Random, 
 @pytest.mark.slow
 def test_kill_9_at_random_points_of_sft_loses_nothing(data, tmp_path):
     ref = tmp_path / "ref"
-    _finish(_reinforge(_sft_args(data, ref, steps=40)))
+    T = _timed(_sft_args(data, ref, steps=40))
     run = tmp_path / "run"
-    killed = _kill_at_random_and_resume(_sft_args(data, run, steps=40), run / "policy", random.Random(1), kills=4)
+    killed = _kill_at_random_and_resume(_sft_args(data, run, steps=40), run / "policy", random.Random(1), kills=4,
+                                        window=(0.2 * T, 0.9 * T))
     assert killed >= 1
     assert _same_weights(run / "policy", ref / "policy")
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "sft/loss" in r]
@@ -519,15 +527,15 @@ def test_kill_9_at_random_points_of_sft_loses_nothing(data, tmp_path):
 @pytest.mark.slow
 def test_kill_9_at_random_points_of_train_loses_nothing(sft_run, tmp_path):
     args = lambda out: ["train", "tabletop_grpo_flow_sde", f"init={sft_run / 'policy'}", f"out={out}",  # noqa: E731
-                        "--quiet", "iterations=4", "rollout.num_groups=2", "rollout.group_size=2",
+                        "--quiet", "iterations=6", "rollout.num_groups=2", "rollout.group_size=2",
                         "rollout.tasks=[0,1]", "grpo.dynamic_sampling=false", "eval.every=0",
                         "eval.final_episodes_per_task=1", "eval.heldout=false", "eval.videos=0",
                         "eval.tasks=[0,1]", "checkpoint_every=1", "num_threads=1"]
     ref = tmp_path / "ref"
-    _finish(_reinforge(args(ref)))
+    T = _timed(args(ref))
     run = tmp_path / "run"
     killed = _kill_at_random_and_resume(args(run), run / "report" / "summary.json", random.Random(2), kills=3,
-                                        window=(3.0, 15.0))
+                                        window=(0.2 * T, 0.9 * T))
     assert killed >= 1
     assert _same_weights(run / "policy", ref / "policy")
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")  # noqa: E731
@@ -540,10 +548,11 @@ def test_kill_9_at_random_points_of_demos_leaves_a_complete_dataset_or_none(tmp_
     out = tmp_path / "ds"
     rng = random.Random(3)
     args = ["demos", "--suite", "spatial", "--per-task", "2", "--out", str(out), "--image-size", "32", "--overwrite"]
+    T = _timed(args)
     for _ in range(4):
         p = _reinforge(args)
         try:
-            p.wait(timeout=rng.uniform(1.0, 8.0))
+            p.wait(timeout=rng.uniform(0.2 * T, 1.1 * T))
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from reinforge.fsutil import write_text_atomic
 from reinforge.train.logging import read_metrics
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,6 @@ def write_report(out: str | Path, history: list[dict[str, float]], *, suite: str
     videos = sorted((folder / "videos").glob("*.mp4")) if (folder / "videos").is_dir() else []
     if videos:
         lines += ["Videos of the final policy: " + ", ".join(f"[{v.name}](videos/{v.name})" for v in videos), ""]
-    (folder / "summary.md").write_text("\n".join(lines))
-    (folder / "summary.json").write_text(json.dumps({**summary, "history": history}, indent=2))
+    write_text_atomic(folder / "summary.md", "\n".join(lines))
+    write_text_atomic(folder / "summary.json", json.dumps({**summary, "history": history}, indent=2))
     return folder

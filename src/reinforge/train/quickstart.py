@@ -16,6 +16,7 @@ from typing import Any
 
 from reinforge.config import load_config
 from reinforge.envs import EnvConfig
+from reinforge.fsutil import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,9 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
         md.append("| " + " | ".join(cells) + " |")
     report = write_report(out / "rl", hist, suite=env.suite, algo=algo, policy_kind=kind)
     minutes = hist[-1]["train_min"]
-    (out / "summary.md").write_text(f"# reinforge quickstart: {env.suite}, {kind} policy, {algo.upper()}\n\n"
+    write_text_atomic(out / "summary.md", f"# reinforge quickstart: {env.suite}, {kind} policy, {algo.upper()}\n\n"
                                     + "\n".join(md) + f"\n\nRL: {int(hist[-1]['iteration'])} iterations, "
                                     f"{minutes:.1f} training minutes. Curves and videos: rl/report/\n")
     summary: dict[str, Any] = {k: {m: v for m, v in r.items() if m.endswith("success_rate")} for k, r in rows.items()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return QuickstartResult(out=out, rows=rows, history=hist, report=report, markdown=md)
