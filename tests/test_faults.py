@@ -163,6 +163,15 @@ def test_demos_overwrite_never_empties_a_folder_that_is_not_a_dataset(tmp_path, 
     assert (mine / "data.csv").read_text() == "1,2,3" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
+def test_a_run_refuses_to_start_when_it_would_replace_foreign_files(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    (out / "policy").mkdir(parents=True)
+    (out / "policy" / "weights.bin").write_bytes(b"someone else's")
+    rc, err = _cli(capsys, ["sft", "--data", str(data), "--out", str(out), "--policy", "flow", *TINY])
+    assert rc == 2 and "refusing to replace" in _one_error_line(err) and "weights.bin" in err
+    assert not (out / "checkpoints").exists() and (out / "policy" / "weights.bin").is_file()
+
+
 def test_a_full_disk_is_one_clear_line_and_keeps_the_old_policy(sft_run, tmp_path, capsys, monkeypatch):
     import reinforge.policies.base as base
 

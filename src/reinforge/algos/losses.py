@@ -25,6 +25,9 @@ def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantag
     then the ``weights``-weighted mean over rows (weights 1 / trajectory length give every trajectory the same
     total weight, the per-trajectory mean of a minibatch drawn from many trajectories).
     """
+    dev = logp_new.device  # the rollout's tensors may live on another device than the policy
+    logp_old, advantages, mask = logp_old.to(dev), advantages.to(dev), mask.to(dev)
+    weights = weights.to(dev) if weights is not None else None
     keep = torch.broadcast_to(mask, logp_new.shape).bool()
     mask = keep.to(logp_new.dtype)
     adv = masked(torch.broadcast_to(advantages, logp_new.shape), keep)

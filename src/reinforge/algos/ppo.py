@@ -135,7 +135,8 @@ class PPO(PolicyGradientUpdate):
                                          clip_low=c.clip_low, clip_high=c.clip_high,
                                          dual_clip=c.dual_clip or None, per_trajectory=False)
             every = torch.ones_like(value, dtype=torch.bool)
-            vl = value_loss(value, batch.value[rows, steps], ret[rows, steps], every,
+            dev = value.device  # the rollout lives on the CPU, the policy maybe on a GPU
+            vl = value_loss(value, batch.value[rows, steps].to(dev), ret[rows, steps].to(dev), every,
                             clip=c.value_clip or None, huber_delta=c.huber_delta)
             entropy = ent.mean()
             # critic warm-up trains the critic only: no policy or entropy term reaches the actor

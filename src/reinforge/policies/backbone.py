@@ -136,7 +136,8 @@ class Backbone(nn.Module):
 def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``x`` where ``mask`` holds, 0 elsewhere: a NaN or inf in a masked-out entry cannot leak into a sum (as it
     would through ``x * mask``)."""
-    return torch.where(torch.broadcast_to(mask, x.shape).bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    keep = torch.broadcast_to(mask.to(x.device), x.shape).bool()
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_mean(x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:

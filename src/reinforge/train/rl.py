@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from reinforge import fsutil
 from reinforge.algos.base import RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
 from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
 from reinforge.algos.ppo import PPO, PPOConfig
@@ -124,6 +125,9 @@ class RLTrainer:
         self.saved_iteration: int | None = None  # the iteration of the last checkpoint on disk
         self.resume_changes: list[tuple[str, object, object]] = []  # settings a resumed run changed
         check_run_kind(self.out, "rl")
+        # the folders this run will replace must be ours to replace: fail now, not after training
+        for folder, kind in ((ckpt, "checkpoint"), (self.out / "policy", "policy")):
+            fsutil.check_replaceable(fsutil.settle(folder), kind, "for out=")
         if cfg.resume and checkpoint_exists(ckpt):
             self.policy, state = load_checkpoint(ckpt, kind="rl")
             self._check_resume(state)

@@ -142,6 +142,9 @@ class SFTTrainer:
         torch.manual_seed(cfg.seed)
         ckpt = self.out / "checkpoints" / "last"
         check_run_kind(self.out, "sft")
+        # the folders this run will replace must be ours to replace: fail now, not after training
+        fsutil.check_replaceable(fsutil.settle(ckpt), "checkpoint", "for out=")
+        fsutil.check_replaceable(fsutil.settle(self.out / "policy"), "policy", "for out=")
         if cfg.resume and checkpoint_exists(ckpt):
             self.policy, state = load_checkpoint(ckpt, expect=pc, kind="sft")  # a changed policy is an error
             self.policy.to(self.device)
