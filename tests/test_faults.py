@@ -571,3 +571,23 @@ def test_kill_9_at_random_points_of_demos_leaves_a_complete_dataset_or_none(tmp_
     _finish(_reinforge(args))
     assert DemoDataset.load(out).num_episodes == 20
     assert sorted(x.name for x in tmp_path.iterdir()) == ["ds"]
+
+
+def test_two_processes_never_train_into_one_folder(data, tmp_path):
+    """While a process holds a run folder (here a helper that claims it and sleeps), a second run into it is
+    refused before it touches anything; the claim ends with the process, kill -9 included."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", f"from reinforge import fsutil; import time; "
+                               f"fsutil.lock_run({str(out)!r}); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = rf"being written by another reinforge process \(pid {holder.pid}\)"
+        with pytest.raises(fsutil.RunInUseError, match=busy):
+            SFTTrainer(_sft_cfg(data, out, "steps=2"))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    t = SFTTrainer(_sft_cfg(data, out, "steps=2"))  # the claim died with its process
+    t.run(progress=False)
+    SFTTrainer(_sft_cfg(data, out, "steps=3")).run(progress=False)  # and run() gave its own back

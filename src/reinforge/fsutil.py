@@ -239,6 +239,56 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+class RunInUseError(ValueError):
+    """Another process is writing the same run folder."""
+
+
+_HELD: dict[str, list[int]] = {}  # run folder -> [lock file descriptor, acquisitions in this process]
+LOCK_NAME = ".lock"
+
+
+def lock_run(out: str | Path) -> None:
+    """Claim the run folder ``out`` for this process (re-entrant within it), so that two processes never train
+    into one folder at once; a second one gets ``RunInUseError``. The claim is an exclusive ``flock`` on
+    ``out/.lock``, which the kernel drops when the process dies, kill -9 included."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no claim
+        return
+    out = Path(out)
+    key = str(out.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunInUseError(f"{out} is being written by another reinforge process (pid {pid}); wait for it to end "
+                            "or choose another out=") from None
+    except OSError:  # a file system without locks: run unclaimed
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD[key] = [fd, 1]
+
+
+def unlock_run(out: str | Path) -> None:
+    """Give back one claim of ``lock_run``; the last one releases the folder."""
+    key = str(Path(out).resolve())
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[key]
+        os.close(held[0])  # closing the descriptor drops the flock
+
+
 def _test_pause(dest: Path) -> None:
     signal = os.environ.get(PAUSE_ENV)
     if not signal or os.environ.get(PAUSE_MATCH_ENV, "") not in str(dest):

@@ -121,9 +121,22 @@ class RLTrainer:
         self.device = resolve_device(cfg.device)
         check_precision(cfg.precision, self.device)
         ckpt = self.out / "checkpoints" / "last"
-        state = None
         self.saved_iteration: int | None = None  # the iteration of the last checkpoint on disk
         self.resume_changes: list[tuple[str, object, object]] = []  # settings a resumed run changed
+        if not cfg.init and not (cfg.resume and any(ckpt.parent.glob("last*"))):
+            raise ValueError("RL starts from a fine-tuned policy: set init=PATH (a folder written by "
+                             "`reinforge sft`, e.g. runs/sft/policy)")
+        # no second process touches this folder (settles its swaps, trains into it) until close()
+        fsutil.lock_run(self.out)
+        self._locked = True
+        try:
+            self._setup(ckpt)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, ckpt: Path) -> None:
+        cfg, state = self.cfg, None
         check_run_kind(self.out, "rl")
         # the folders this run will replace must be ours to replace: fail now, not after training
         for folder, kind in ((ckpt, "checkpoint"), (self.out / "policy", "policy")):
@@ -366,8 +379,12 @@ class RLTrainer:
         return self.history[-1]
 
     def close(self) -> None:
-        """Release the env (worker processes of real simulators)."""
-        self.collector.env.close()
+        """Release the env (worker processes of real simulators) and the run folder."""
+        if self._locked:
+            self._locked = False
+            fsutil.unlock_run(self.out)
+        if hasattr(self, "collector"):
+            self.collector.env.close()
 
     def __enter__(self) -> RLTrainer:
         return self

@@ -141,25 +141,32 @@ class SFTTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         ckpt = self.out / "checkpoints" / "last"
-        check_run_kind(self.out, "sft")
-        # the folders this run will replace must be ours to replace: fail now, not after training
-        fsutil.check_replaceable(fsutil.settle(ckpt), "checkpoint", "for out=")
-        fsutil.check_replaceable(fsutil.settle(self.out / "policy"), "policy", "for out=")
-        if cfg.resume and checkpoint_exists(ckpt):
-            self.policy, state = load_checkpoint(ckpt, expect=pc, kind="sft")  # a changed policy is an error
-            self.policy.to(self.device)
-            self._build_optimizer()
-            self._check_resume(state)
-            self._restore(state)
-            self.saved_step = self.step
-            log.info("resumed from %s at step %d", ckpt, self.step)
-        else:
-            stats = dict(self.ds.stats)
-            if cfg.use_expert_labels and "expert_action" in stats:
-                stats["action"] = stats["expert_action"]
-            self.policy = make_policy(pc, Normalizer.from_stats(stats))
-            self.policy.to(self.device)
-            self._build_optimizer()
+        # no second process touches this folder (settles its swaps, trains into it) until run() ends
+        fsutil.lock_run(self.out)
+        self._locked = True
+        try:
+            check_run_kind(self.out, "sft")
+            # the folders this run will replace must be ours to replace: fail now, not after training
+            fsutil.check_replaceable(fsutil.settle(ckpt), "checkpoint", "for out=")
+            fsutil.check_replaceable(fsutil.settle(self.out / "policy"), "policy", "for out=")
+            if cfg.resume and checkpoint_exists(ckpt):
+                self.policy, state = load_checkpoint(ckpt, expect=pc, kind="sft")  # a changed policy is an error
+                self.policy.to(self.device)
+                self._build_optimizer()
+                self._check_resume(state)
+                self._restore(state)
+                self.saved_step = self.step
+                log.info("resumed from %s at step %d", ckpt, self.step)
+            else:
+                stats = dict(self.ds.stats)
+                if cfg.use_expert_labels and "expert_action" in stats:
+                    stats["action"] = stats["expert_action"]
+                self.policy = make_policy(pc, Normalizer.from_stats(stats))
+                self.policy.to(self.device)
+                self._build_optimizer()
+        except BaseException:
+            self.close()
+            raise
 
     def _check_eval_env(self) -> None:
         """Fail now, not after training, on an eval env, suite or split that does not exist."""
@@ -274,6 +281,14 @@ class SFTTrainer:
                 **{f"{key}/{k}": v for k, v in res.per_task.items()}}
 
     def run(self, progress: bool = True) -> Policy:
+        """Train to ``cfg.steps`` (from where a checkpoint left off), save ``out/policy``, evaluate; the run
+        folder is released at the end, also on an error."""
+        try:
+            return self._run(progress)
+        finally:
+            self.close()
+
+    def _run(self, progress: bool) -> Policy:
         cfg = self.cfg
         # rows logged after the checkpoint we resumed from belong to a lost future: drop them
         logger = MetricLogger(self.out, keep_until=self.step)
@@ -310,3 +325,9 @@ class SFTTrainer:
             logger.log(self.step, final)
         logger.close()
         return self.policy
+
+    def close(self) -> None:
+        """Release the run folder (see ``fsutil.lock_run``)."""
+        if self._locked:
+            self._locked = False
+            fsutil.unlock_run(self.out)
