@@ -87,6 +87,11 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
 
 
+def read_manifest(root: str | Path) -> dict | None:
+    """The manifest of a reinforge folder (kind, files and the writer's meta), or None."""
+    return _manifest(Path(root))
+
+
 def _manifest(root: Path) -> dict | None:
     f = root / MANIFEST
     if not f.is_file():
@@ -162,12 +167,12 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def commit(tmp: Path, dest: str | Path, kind: str) -> Path:
-    """Finish the folder built in ``tmp`` (from ``begin``): write its manifest, sync it, and swap it into
-    ``dest``."""
+def commit(tmp: Path, dest: str | Path, kind: str, meta: dict | None = None) -> Path:
+    """Finish the folder built in ``tmp`` (from ``begin``): write its manifest (with ``meta``, small facts a
+    reader may want without opening the folder's files), sync it, and swap it into ``dest``."""
     dest = Path(dest)
     files = _files(tmp)
-    (tmp / MANIFEST).write_text(json.dumps({"kind": kind, "files": files}))
+    (tmp / MANIFEST).write_text(json.dumps({"kind": kind, "files": files, **(meta or {})}))
     for f in files + [MANIFEST]:
         _fsync(tmp / f)
     for d in {tmp / f for f in files} | {tmp / MANIFEST}:
@@ -190,7 +195,7 @@ def abort(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | Path, kind: str, what: str = "") -> Iterator[Path]:
+def atomic_dir(dest: str | Path, kind: str, what: str = "", meta: dict | None = None) -> Iterator[Path]:
     """``with atomic_dir(dest, "policy") as tmp:`` build the folder in ``tmp``; it replaces ``dest`` when the
     block succeeds, and is deleted when it raises."""
     tmp = begin(dest, kind, what)
@@ -200,7 +205,7 @@ def atomic_dir(dest: str | Path, kind: str, what: str = "") -> Iterator[Path]:
         abort(tmp)
         raise
     try:
-        commit(tmp, dest, kind)
+        commit(tmp, dest, kind, meta)
     except BaseException:
         abort(tmp)
         raise

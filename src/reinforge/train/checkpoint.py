@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from reinforge.fsutil import atomic_dir, settle, write_guard
+from reinforge.fsutil import atomic_dir, read_manifest, settle, write_guard
 from reinforge.policies import Policy, PolicyConfig, load_pretrained
 
 TRAINER_STATE = "trainer_state.pt"
@@ -45,11 +45,19 @@ def save_checkpoint(path: str | Path, policy: Policy, trainer_state: dict[str, A
     bad = nonfinite_tensors(dict(policy.state_dict())) + nonfinite_tensors(trainer_state)
     if bad:
         raise DivergedError(f"non-finite values in {', '.join(bad[:3])}")
-    with atomic_dir(path, "checkpoint") as tmp:
+    with atomic_dir(path, "checkpoint", meta=run_meta(trainer_state)) as tmp:
         policy.write_files(tmp)
         with write_guard(tmp / TRAINER_STATE):
             torch.save(trainer_state, tmp / TRAINER_STATE)
     return Path(path)
+
+
+def run_meta(trainer_state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's manifest says of its run (read without loading the trainer state)."""
+    meta = {k: trainer_state[k] for k in ("step", "iteration") if isinstance(trainer_state.get(k), int)}
+    if "kind" in trainer_state:
+        meta["run"] = trainer_state["kind"]
+    return meta
 
 
 def checkpoint_exists(path: str | Path) -> bool:
@@ -88,6 +96,9 @@ def checkpoint_kind(path: str | Path) -> str | None:
     path = settle(path)
     if not (path / TRAINER_STATE).is_file():
         return None
+    kind = (read_manifest(path) or {}).get("run")
+    if kind in ("sft", "rl"):
+        return kind
     try:
         state = torch.load(path / TRAINER_STATE, weights_only=True, map_location="cpu")
     except Exception:

@@ -58,6 +58,8 @@ class MetricLogger:
             self.wandb.log({k: float(v) for k, v in metrics.items()}, step=step)
 
     def close(self) -> None:
+        if self.jsonl.closed:
+            return
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()

@@ -263,7 +263,7 @@ class SFTTrainer:
         return tmp
 
     def _commit_checkpoint(self, tmp: Path, step: int) -> None:
-        fsutil.commit(tmp, self.out / "checkpoints" / "last", "checkpoint")
+        fsutil.commit(tmp, self.out / "checkpoints" / "last", "checkpoint", {"run": "sft", "step": step})
         self.saved_step = step
 
     def evaluate(self, episodes_per_task: int | None = None) -> dict[str, float]:
@@ -289,9 +289,15 @@ class SFTTrainer:
             self.close()
 
     def _run(self, progress: bool) -> Policy:
-        cfg = self.cfg
         # rows logged after the checkpoint we resumed from belong to a lost future: drop them
         logger = MetricLogger(self.out, keep_until=self.step)
+        try:
+            return self._train(logger, progress)
+        finally:
+            logger.close()
+
+    def _train(self, logger: MetricLogger, progress: bool) -> Policy:
+        cfg = self.cfg
         bar = ProgressBar("sft", cfg.steps, start=self.step, enabled=progress, loss="-")
         t0, acc = time.perf_counter(), []
         pending: tuple[Path, int] | None = None  # a written checkpoint waiting for the next step to succeed
@@ -323,7 +329,6 @@ class SFTTrainer:
         final = self.evaluate()
         if final:
             logger.log(self.step, final)
-        logger.close()
         return self.policy
 
     def close(self) -> None:
