@@ -235,7 +235,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from reinforge.train.sft import SFTConfig, SFTTrainer
 
     overrides = list(args.overrides)
-    for flag, key in ((args.data, "data"), (args.policy, "policy.kind"), (args.out, "out"), (args.steps, "steps"),
+    if args.data:  # --data A [--data B ...]: one dataset, or a mixture (data_weights= sets the shares)
+        overrides.append(f"data={args.data[0] if len(args.data) == 1 else json.dumps(args.data)}")
+    for flag, key in ((args.policy, "policy.kind"), (args.out, "out"), (args.steps, "steps"),
                       (args.batch_size, "batch_size"), (args.lr, "optim.lr"), (args.seed, "seed"),
                       (args.device, "device")):
         if flag is not None:
@@ -253,8 +255,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     n_params = sum(p.numel() for p in trainer.policy.parameters())
-    console.print(f"SFT {cfg.policy.kind} policy ({n_params / 1e6:.2f} M params) on {trainer.ds.num_episodes} "
-                  f"episodes / {trainer.ds.num_frames} frames for {cfg.steps} steps -> {cfg.out}")
+    fp = trainer._fingerprint()
+    console.print(f"SFT {cfg.policy.kind} policy ({n_params / 1e6:.2f} M params) on {fp['episodes']} "
+                  f"episodes / {fp['frames']} frames for {cfg.steps} steps -> {cfg.out}")
     trainer.run(progress=not args.quiet)
     from reinforge.train.logging import read_metrics
 
@@ -369,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("sft", help="supervised fine-tuning of a token or flow VLA on demonstrations")
     f.add_argument("--config", default=None, help="YAML config (fields of SFTConfig); flags and overrides win")
-    f.add_argument("--data", default=None, help="dataset folder written by `reinforge demos`")
+    f.add_argument("--data", action="append", default=None,
+                   help="dataset folder written by `reinforge demos`; repeat it to mix datasets in every batch "
+                        "(shares: data_weights=[0.5,0.5])")
     f.add_argument("--policy", default=None, choices=("token", "flow"))
     f.add_argument("--out", default=None)
     f.add_argument("--steps", type=int, default=None)

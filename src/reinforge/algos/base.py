@@ -90,6 +90,8 @@ class PolicyGradientUpdate:
         # token-level ratios where the policy has per-token log-probs and the config asks for them; flow
         # policies are chunk-level. The collector must gather log-probs at the same level (``self.logprob``).
         self.logprob: LogProb = "token" if logprob == "token" and policy.token_logprobs else "chunk"
+        self.anchor = None  # co-training: an ``SFTAnchor`` whose loss joins every gradient step (algos/cotrain.py)
+        self._anchor_metrics: list[dict[str, float]] = []
 
     @property
     def token_level(self) -> bool:
@@ -118,9 +120,25 @@ class PolicyGradientUpdate:
             return adv[:, None, None], self.policy.entry_mask().expand_as(logp)
         return adv, torch.ones_like(logp, dtype=torch.bool)
 
-    def step(self, loss: torch.Tensor) -> float:
+    def begin_update(self) -> None:
+        self._anchor_metrics = []
+        if self.anchor is not None:
+            self.anchor.new_update()
+
+    def anchor_metrics(self) -> dict[str, float]:
+        """The co-training terms of the update (means over its gradient steps)."""
+        return mean_metrics(self._anchor_metrics) if self._anchor_metrics else {}
+
+    def step(self, loss: torch.Tensor, *, anchor: bool = True) -> float:
+        """One optimizer step on ``loss`` (+ the co-training SFT term when there is one and ``anchor``)."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the RL loss became {float(loss)}; lower optim.lr or check the rewards")
+        if self.anchor is not None and anchor:
+            sft, m = self.anchor.loss(loss)
+            if not torch.isfinite(sft):
+                raise FloatingPointError(f"the co-training SFT loss became {float(sft)}; lower optim.lr")
+            self._anchor_metrics.append(m)
+            loss = loss + sft
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.opt.param_groups for p in g["params"]]
@@ -132,10 +150,12 @@ class PolicyGradientUpdate:
         return float(gn)
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
+        return {"gen": self.gen.get_state(), **({"anchor": self.anchor.state_dict()} if self.anchor else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
+        if self.anchor is not None and "anchor" in state:
+            self.anchor.load_state_dict(state["anchor"])
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

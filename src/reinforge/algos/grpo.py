@@ -83,6 +83,7 @@ class GRPO(PolicyGradientUpdate):
         adv = row_advantages(batch.episode_success, batch.group)
         calls = batch.valid.sum(1).clamp(min=1).float()
         self.policy.train()
+        self.begin_update()
         rows_metrics = []
         for rows, steps in self.minibatches(batch):
             logp, ent, _ = self.evaluate(batch, rows, steps)
@@ -98,6 +99,7 @@ class GRPO(PolicyGradientUpdate):
             rows_metrics.append({**m, "train/policy_loss": float(loss.detach()), "train/grad_norm": gn,
                                  "train/entropy": float(ent.mean().detach())})
         out = mean_metrics(rows_metrics)
+        out.update(self.anchor_metrics())
         out["train/advantage_abs"] = float(adv.abs().mean())
         out["train/num_samples"] = float(batch.num_samples)
         return out

@@ -127,6 +127,7 @@ class PPO(PolicyGradientUpdate):
         c = self.cfg
         adv, ret = self.advantages(batch)
         self.policy.train()
+        self.begin_update()
         rows_metrics = []
         for rows, steps in self.minibatches(batch):
             logp, ent, value = self.evaluate(batch, rows, steps)
@@ -141,10 +142,11 @@ class PPO(PolicyGradientUpdate):
             entropy = ent.mean()
             # critic warm-up trains the critic only: no policy or entropy term reaches the actor
             loss = c.vf_coef * vl + ((pol - c.ent_coef * entropy) if train_policy else 0.0 * pol)
-            gn = self.step(loss)
+            gn = self.step(loss, anchor=train_policy)  # critic warm-up: no SFT term reaches the actor
             rows_metrics.append({**m, "train/policy_loss": float(pol.detach()), "train/value_loss": float(vl.detach()),
                                  "train/entropy": float(entropy.detach()), "train/grad_norm": gn})
         out = mean_metrics(rows_metrics)
+        out.update(self.anchor_metrics())
         v, r = batch.value[batch.valid], ret[batch.valid]
         out["train/explained_variance"] = float(1 - (r - v).var() / r.var().clamp(min=1e-8))
         out["train/value_mean"] = float(v.mean())

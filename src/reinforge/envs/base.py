@@ -64,6 +64,9 @@ class EnvSpec:
     - ``camera_names``: one per image view, in observation order.
     - ``snapshot``: ``snapshot()`` / ``restore()`` continue running episodes exactly (auto-reset resume).
     - ``expert``: ``make_expert()`` gives a scripted policy for demonstrations.
+    - ``variant``: the env options that change the world itself rather than how it is simulated (e.g. the
+      built-in world's ``{"domain": "real"}``); datasets record it so that a policy is evaluated where its
+      data came from.
     """
 
     env: str
@@ -81,6 +84,7 @@ class EnvSpec:
     splits: tuple[str, ...] = ("train",)
     snapshot: bool = False
     expert: bool = False
+    variant: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_tasks(self) -> int:
@@ -140,7 +144,7 @@ class EnvSpec:
         """The layout as stored in datasets and checkpoints."""
         return {"env": self.env, "suite": self.suite, "action_names": list(self.action_names),
                 "state_names": list(self.state_names), "camera_names": list(self.camera_names),
-                "control_hz": self.control_hz}
+                "control_hz": self.control_hz, **({"variant": dict(self.variant)} if self.variant else {})}
 
 
 @dataclass

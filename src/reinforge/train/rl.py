@@ -24,6 +24,7 @@ import torch
 
 from reinforge import fsutil
 from reinforge.algos.base import RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
+from reinforge.algos.cotrain import CotrainConfig, SFTAnchor
 from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
 from reinforge.algos.ppo import PPO, PPOConfig
 from reinforge.config import check, plain
@@ -81,6 +82,8 @@ class RLConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     optim: RLOptimConfig = field(default_factory=RLOptimConfig)
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    # sim-real co-training (RL-Co): an SFT loss on real demonstrations in every gradient step
+    cotrain: CotrainConfig = field(default_factory=CotrainConfig)
     checkpoint_every: int = 5
     resume: bool = True
     seed: int = 0
@@ -159,6 +162,10 @@ class RLTrainer:
         else:
             self.algo = PPO(self.policy, opt, cfg.ppo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
         self.optimizer = opt
+        self.cotrain_env: tuple[str, EnvConfig] | None = None
+        if cfg.cotrain.enabled:
+            self.algo.anchor = SFTAnchor(self.policy, cfg.cotrain, seed=cfg.seed)
+            self.cotrain_env = self._cotrain_env(self.algo.anchor.ds)
         env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed))
         self.collector = RolloutCollector(env, self.policy, cfg.rollout, cache_features=cfg.freeze_vision,
                                           need_values=cfg.algo == "ppo", seed=cfg.seed, logprob=self.algo.logprob)
@@ -306,17 +313,34 @@ class RLTrainer:
         self.policy.eval()
         c, out = self.cfg, {}
         spec = self.collector.env.spec
-        splits = ["train"] + (list(spec.heldout_splits) if c.eval.heldout else [])
-        for split in splits:
+        points = [(c.env, split, "" if split == "train" else f"_{split}")
+                  for split in ["train"] + (list(spec.heldout_splits) if c.eval.heldout else [])]
+        if self.cotrain_env is not None:
+            tag, env = self.cotrain_env
+            points.append((env, "train", f"_{tag}"))
+        for env, split, suffix in points:
             with autocast(self.device, c.precision):
-                r = evaluate(lambda env: self.policy, c.env, split=split, episodes_per_task=episodes_per_task,
+                r = evaluate(lambda e: self.policy, env, split=split, episodes_per_task=episodes_per_task,
                              image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None,
                              max_envs=c.eval.max_envs)
-            key = f"eval/{c.suite}" + ("" if split == "train" else f"_{split}")
+            key = f"eval/{c.suite}{suffix}"
             out[f"{key}/success_rate"] = r.success_rate
             out[f"{key}/mean_length"] = r.mean_length
             out.update({f"{key}/{name}": v for name, v in r.per_task.items()})
         return out
+
+    def _cotrain_env(self, ds) -> tuple[str, EnvConfig] | None:
+        """The env the real demonstrations were recorded in, when it differs from the RL env (e.g. the built-in
+        world's real domain) and ``cotrain.evaluate``: evaluated too, under ``eval/<suite>_<variant>``."""
+        rec = ds.recorded_in
+        variant = dict(rec.get("variant", {}))
+        env = EnvConfig.from_mapping({"name": rec.get("env", "tabletop"), "suite": rec.get("suite") or self.cfg.suite,
+                                      "device": self.cfg.env.device, **variant})
+        if not self.cfg.cotrain.evaluate or (env.name, env.suite, env.options) == (
+                self.cfg.env.name, self.cfg.env.suite, self.cfg.env.options):
+            return None
+        tag = "_".join(str(v) for v in variant.values()) or "cotrain"
+        return tag, env
 
     def record_videos(self, folder: Path) -> list[str]:
         """Greedy rollout videos of the current policy, one per task for the first ``eval.videos`` tasks."""

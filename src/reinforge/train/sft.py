@@ -22,7 +22,8 @@ import torch
 from reinforge import fsutil
 from reinforge.config import check, plain
 from reinforge.data import DemoDataset
-from reinforge.data.augment import AugmentConfig, augment_images
+from reinforge.data.augment import AugmentConfig
+from reinforge.data.sampler import MixtureSampler
 from reinforge.device import Precision, autocast, check_precision, resolve_device
 from reinforge.envs import EnvConfig
 from reinforge.policies import Normalizer, Policy, PolicyConfig, make_policy
@@ -38,7 +39,6 @@ from reinforge.train.checkpoint import (
     refuse_changes,
 )
 from reinforge.train.logging import MetricLogger
-from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ class OptimConfig:
 
 @dataclass
 class SFTConfig:
-    data: str = ""
+    # a dataset folder, or several mixed in every batch by data_weights (e.g. sim + real demonstrations)
+    data: str | list[str] = ""
+    data_weights: tuple[float, ...] = ()  # shares of each batch per dataset (normalised); () = equal
     out: str = "runs/sft"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -89,6 +91,11 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        paths = [self.data] if isinstance(self.data, str) else list(self.data)
+        check(all(isinstance(p, str) for p in paths), "data", self.data, "must be a folder or a list of folders")
+        check(not self.data_weights or (len(self.data_weights) == len(paths) and min(self.data_weights) >= 0
+                                        and sum(self.data_weights) > 0), "data_weights", self.data_weights,
+              f"must give one non-negative weight per dataset ({len(paths)}), not all zero")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
@@ -105,19 +112,12 @@ def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
-def sample_batch(ds: DemoDataset, batch_size: int, horizon: int, gen: torch.Generator,
-                 augment: AugmentConfig, labels: bool = True) -> dict[str, Any]:
-    frames = torch.randint(0, ds.num_frames, (batch_size,), generator=gen)
-    actions, is_pad = ds.action_chunk(frames, horizon, labels=labels)
-    return {OBS_IMAGE: augment_images(ds.images[frames], augment, gen), OBS_STATE: ds.states[frames],
-            OBS_INSTRUCTION: [ds.instruction(int(f)) for f in frames], "actions": actions, "is_pad": is_pad}
-
-
 class SFTTrainer:
     """Owns the policy, optimizer and schedule; ``run()`` trains to ``cfg.steps`` (resuming if possible)."""
 
     def __init__(self, cfg: SFTConfig):
-        if not cfg.data:
+        paths = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
+        if not paths or not all(paths):
             raise ValueError("SFT needs a dataset: pass --data DIR (record one with `reinforge demos`)")
         self.cfg = cfg
         self.out = Path(cfg.out)
@@ -125,15 +125,20 @@ class SFTTrainer:
             torch.set_num_threads(cfg.num_threads)
         self.device = resolve_device(cfg.device)
         check_precision(cfg.precision, self.device)
-        self.ds = DemoDataset.load(cfg.data, expect_image_size=cfg.policy.image_size)
+        self.datasets = [DemoDataset.load(p, expect_image_size=cfg.policy.image_size) for p in paths]
+        self.ds = self.datasets[0]  # the first dataset names the env SFT evaluates in
+        self.sampler = MixtureSampler(self.datasets, cfg.data_weights or None)
         # the embodiment (action / state dims, cameras) is the data's
         pc = replace(cfg.policy, action_dim=self.ds.action_dim, state_dim=self.ds.state_dim,
                      num_views=self.ds.num_views)
         rec = self.ds.info.get("reinforge", {})
         self.env = None
         if cfg.env.suite or rec.get("suite"):
+            # where the data came from, its world variant included (e.g. the built-in world's real domain)
+            variant = rec.get("variant", {}) if not cfg.env.name else {}
             self.env = replace(cfg.env, name=cfg.env.name or rec.get("env", "tabletop"),
-                               suite=cfg.env.suite or rec.get("suite", ""))
+                               suite=cfg.env.suite or rec.get("suite", ""),
+                               options={**variant, **cfg.env.options})
             self._check_eval_env()
         self.step = 0
         self.saved_step: int | None = None  # the step of the last checkpoint on disk
@@ -158,7 +163,7 @@ class SFTTrainer:
                 self.saved_step = self.step
                 log.info("resumed from %s at step %d", ckpt, self.step)
             else:
-                stats = dict(self.ds.stats)
+                stats = self.sampler.stats()
                 if cfg.use_expert_labels and "expert_action" in stats:
                     stats["action"] = stats["expert_action"]
                 self.policy = make_policy(pc, Normalizer.from_stats(stats))
@@ -177,7 +182,8 @@ class SFTTrainer:
               f"must be one of the suite's splits {list(spec.splits)}")
 
     def _fingerprint(self) -> dict[str, int]:
-        return {"episodes": self.ds.num_episodes, "frames": self.ds.num_frames}
+        return {"episodes": sum(d.num_episodes for d in self.datasets),
+                "frames": sum(d.num_frames for d in self.datasets)}
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         """A resumed run takes the new settings (optimizer, schedule length, batch size, ...) and says which
@@ -187,9 +193,10 @@ class SFTTrainer:
         changes = [c for c in config_changes(old, new) if c[0] not in ("resume",)] if old else []
         data = state.get("data")
         if data is not None and data != self._fingerprint():
-            raise ValueError(f"{self.out} was trained on a dataset of {data['episodes']} episodes / {data['frames']} "
-                             f"frames, {self.cfg.data} has {self.ds.num_episodes} / {self.ds.num_frames}: choose "
-                             "another out=, or resume=false to start over there")
+            now = self._fingerprint()
+            raise ValueError(f"{self.out} was trained on data of {data['episodes']} episodes / {data['frames']} "
+                             f"frames, {self.cfg.data} has {now['episodes']} / {now['frames']}: choose another "
+                             "out=, or resume=false to start over there")
         refuse_changes(changes, ("policy.",), self.out)
         self.resume_changes = changes
 
@@ -222,8 +229,8 @@ class SFTTrainer:
 
     def train_step(self) -> dict[str, float]:
         self.policy.train()
-        batch = sample_batch(self.ds, self.cfg.batch_size, self.policy.config.horizon, self.gen, self.cfg.augment,
-                             self.cfg.use_expert_labels)
+        batch = self.sampler.sample(self.cfg.batch_size, self.policy.config.horizon, self.gen, self.cfg.augment,
+                                    self.cfg.use_expert_labels)
         with autocast(self.device, self.cfg.precision):
             loss, metrics = self.policy.sft_loss(batch)
         if not torch.isfinite(loss):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv
+from reinforge.envs.tabletop.domain import get_domain
 from reinforge.envs.tabletop.predicates import task_success
 from reinforge.envs.tabletop.render import Backend, Renderer
 from reinforge.envs.tabletop.tasks import (
@@ -39,6 +40,7 @@ ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
                "finger_left", "finger_right")
 CAMERA_NAMES = ("agentview", "wrist")
+NEUTRAL_ACTION = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])  # stay, gripper open
 
 
 def _as_index_tensor(x, n: int, name: str, device) -> torch.Tensor:
@@ -66,7 +68,7 @@ class TabletopEnv(VecEnv):
                  image_size: int | tuple[int, int] = 64, render: bool = True,
                  render_backend: Backend = "auto",
                  max_episode_steps: int | None = None, init_bank: InitBank = "eval",
-                 device: str | torch.device = "cpu", seed: int = 0):
+                 device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim"):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
@@ -75,7 +77,13 @@ class TabletopEnv(VecEnv):
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.image_size = (int(h), int(w))
         self.render_images = render
-        self.renderer = Renderer(h, w, render_backend)
+        self.domain = get_domain(domain)
+        d = self.domain
+        self.renderer = Renderer(h, w, render_backend, camera_offsets=dict(
+            eye_offset=d.agent_eye_offset, target_offset=d.agent_target_offset,
+            wrist_pitch_offset=d.wrist_pitch_offset))
+        self._seed = int(seed)
+        self._frames = 0  # rendered frames: the sensor noise of frame k is drawn from (seed, k)
         limit = int(max_episode_steps or self.suite.max_episode_steps)
         if limit < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {limit}")
@@ -88,17 +96,20 @@ class TabletopEnv(VecEnv):
             max_episode_steps=limit, control_hz=CONTROL_HZ, action_names=ACTION_NAMES, state_names=STATE_NAMES,
             camera_names=CAMERA_NAMES if render else (), image_size=self.image_size, num_init_states=NUM_INIT_STATES,
             init_banks=INIT_BANKS, splits=("train", "heldout") if s.name in HELDOUT_SUITES else ("train",),
-            snapshot=True, expert=True)
+            snapshot=True, expert=True, variant={"domain": d.name} if d.name != "sim" else {})
         self._rng = np.random.default_rng(seed)
         dev = self.device
         bank = INIT_BANKS.index(init_bank)
         self._tables = {k: getattr(s, k).to(dev) for k in (
             "category", "rgb", "active", "goal_terms", "goal_mask", "goal_regions")}
+        self._tables["rgb"] = d.object_rgb(self._tables["rgb"])
         for k in ("init_pos", "init_support", "init_inside", "init_gripper"):
             self._tables[k] = getattr(s, k)[bank].to(dev)
         self.task_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.init_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
+        # commands waiting to be executed (latency): (B, latency_steps, 7), oldest first
+        self._pending = torch.zeros(self.num_envs, d.latency_steps, ACTION_DIM, device=dev)
         self.scene: Scene | None = None
         self.state: WorldState | None = None
         self._goal = None
@@ -137,6 +148,7 @@ class TabletopEnv(VecEnv):
         self.task_id = torch.where(m, task, self.task_id)
         self.init_id = torch.where(m, init, self.init_id)
         self.elapsed = torch.where(m, 0, self.elapsed)
+        self._pending[m] = NEUTRAL_ACTION.to(self._pending.device)  # "stay, gripper open"
         self._rebuild(m)
         return self._observe()
 
@@ -222,7 +234,17 @@ class TabletopEnv(VecEnv):
         return ChunkResult(self._observe(), reward, valid, term, trunc, success)
 
     def _advance(self, a: torch.Tensor, alive: torch.Tensor | None = None):
-        new = step_world(self.scene, self.state, a)
+        d = self.domain
+        if d.latency_steps:  # the world executes the oldest pending command; this one waits
+            queued = torch.cat([self._pending, a[:, None]], 1)
+            keep = torch.ones(self.num_envs, dtype=torch.bool, device=a.device) if alive is None else alive
+            a = torch.where(keep[:, None], queued[:, 0], a)
+            self._pending = torch.where(keep[:, None, None], queued[:, 1:], self._pending)
+        if d.action_gain != 1.0:
+            a = a.clone()
+            a[:, :3] *= d.action_gain
+            a[:, 5] *= d.action_gain
+        new = step_world(self.scene, self.state, a, grasp_tolerance=d.grasp_tolerance)
         if alive is None:
             self.state = new
             self.elapsed = self.elapsed + 1
@@ -242,7 +264,12 @@ class TabletopEnv(VecEnv):
     def render(self) -> torch.Tensor:
         """(B, 2, 3, H, W) uint8 images of the current state (agentview, wrist)."""
         self._require_reset("render()")
-        return self.renderer.render(self.scene, self.state)
+        images = self.renderer.render(self.scene, self.state)
+        if self.domain.visual:
+            gen = torch.Generator().manual_seed(self._seed * 1_000_003 + self._frames)
+            images = self.domain.shade(images, gen)
+        self._frames += 1
+        return images
 
     def _observe(self) -> Observation:
         obs: Observation = {
@@ -269,7 +296,8 @@ class TabletopEnv(VecEnv):
         with ``torch.save``/``torch.load(weights_only=True)``): task, initial state, elapsed steps and the
         world state of every env."""
         self._require_reset("snapshot()")
-        snap = {"task_id": self.task_id, "init_id": self.init_id, "elapsed": self.elapsed}
+        snap = {"task_id": self.task_id, "init_id": self.init_id, "elapsed": self.elapsed,
+                "pending": self._pending, "frames": torch.tensor(self._frames)}
         snap.update({f"state.{f.name}": getattr(self.state, f.name) for f in fields(WorldState)})
         return {k: v.detach().cpu().clone() for k, v in snap.items()}
 
@@ -281,6 +309,9 @@ class TabletopEnv(VecEnv):
             raise ValueError(f"the snapshot holds {task.shape[0]} envs, this env has {self.num_envs}")
         self.reset(task, snap["init_id"])  # scene, goals and drawer anchors of the tasks
         self.elapsed = snap["elapsed"].to(self.device).clone()
+        if "pending" in snap:
+            self._pending = snap["pending"].to(self.device).clone()
+            self._frames = int(snap["frames"])
         self.state = WorldState(**{f.name: snap[f"state.{f.name}"].to(self.device).clone()
                                    for f in fields(WorldState)})
         return self._observe()

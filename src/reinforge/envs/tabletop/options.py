@@ -12,6 +12,7 @@ from reinforge.config import check
 class TabletopOptions:
     render: bool = True  # render camera images (off: state-only, for benchmarks)
     render_backend: Literal["auto", "numba", "torch"] = "auto"  # numba on CPU; torch runs on any device
+    domain: Literal["sim", "real"] = "sim"  # "real": the documented visual + dynamics shift (domain.py)
 
     def __post_init__(self) -> None:
         check(self.render_backend in ("auto", "numba", "torch"), "env.render_backend", self.render_backend,

@@ -130,11 +130,15 @@ def _look_at(eye, target) -> np.ndarray:
     return np.stack([eye, r, u, f])
 
 
-def build_cameras(state: WorldState, aspect: float = 1.0) -> torch.Tensor:
-    """(B, 2, CAM_FIELDS) float32 cameras: the fixed agentview and the wrist camera on the gripper."""
+def build_cameras(state: WorldState, aspect: float = 1.0, *, eye_offset=(0.0, 0.0, 0.0),
+                  target_offset=(0.0, 0.0, 0.0), wrist_pitch_offset: float = 0.0) -> torch.Tensor:
+    """(B, 2, CAM_FIELDS) float32 cameras: the fixed agentview and the wrist camera on the gripper (the
+    offsets move the agentview camera and tilt the wrist camera, for domain shifts)."""
     B = state.grip_pos.shape[0]
     dev = state.grip_pos.device
-    agent = torch.tensor(np.concatenate([_look_at(AGENT_EYE, AGENT_TARGET).ravel(),
+    eye = np.add(AGENT_EYE, eye_offset)
+    look = np.add(AGENT_TARGET, target_offset)
+    agent = torch.tensor(np.concatenate([_look_at(eye, look).ravel(),
                                          [AGENT_TAN * aspect, AGENT_TAN]]), dtype=torch.float32, device=dev)
     c, s = torch.cos(state.grip_yaw), torch.sin(state.grip_yaw)
     one = torch.ones_like(c)
@@ -143,7 +147,7 @@ def build_cameras(state: WorldState, aspect: float = 1.0) -> torch.Tensor:
         return torch.stack([c * v[0] - s * v[1], s * v[0] + c * v[1], v[2] * one], -1)
 
     eye = state.grip_pos + rot(WRIST_OFFSET)
-    cp, sp = math.cos(WRIST_PITCH), math.sin(WRIST_PITCH)
+    cp, sp = math.cos(WRIST_PITCH + wrist_pitch_offset), math.sin(WRIST_PITCH + wrist_pitch_offset)
     fwd = rot((0.0, sp, -cp))
     right = rot((1.0, 0.0, 0.0))
     up = rot((0.0, cp, sp))
@@ -173,12 +177,14 @@ def _numba_kernel():
 class Renderer:
     """Renders (B, V, 3, H, W) uint8 images of the tabletop world with the chosen backend."""
 
-    def __init__(self, height: int = 64, width: int = 64, backend: Backend = "auto"):
+    def __init__(self, height: int = 64, width: int = 64, backend: Backend = "auto", *,
+                 camera_offsets: dict | None = None):
         if height < 8 or width < 8:
             raise ValueError(f"image size must be at least 8x8, got {height}x{width}")
         if backend not in ("auto", "numba", "torch"):
             raise ValueError(f"unknown render backend {backend!r}; use 'auto', 'numba' or 'torch'")
         self.height, self.width, self.backend = height, width, backend
+        self.camera_offsets = dict(camera_offsets or {})  # keyword arguments of build_cameras
         self._background: tuple[np.ndarray, np.ndarray] | None = None
 
     def _use_numba(self, device: torch.device) -> bool:
@@ -195,7 +201,7 @@ class Renderer:
 
     def render(self, scene: Scene, state: WorldState) -> torch.Tensor:
         prims = build_primitives(scene, state)
-        cams = build_cameras(state, self.width / self.height)
+        cams = build_cameras(state, self.width / self.height, **self.camera_offsets)
         if self._use_numba(prims.device):
             return self._render_numba(prims, cams)
         return render_torch(prims, cams, self.height, self.width)

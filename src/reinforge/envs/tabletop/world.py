@@ -149,8 +149,10 @@ def _bounds(ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(WORKSPACE_HI, dtype=ref.dtype, device=ref.device))
 
 
-def step_world(scene: Scene, state: WorldState, actions: torch.Tensor) -> WorldState:
-    """Advance every env by one control step. ``actions`` (B, 7) already validated and clipped."""
+def step_world(scene: Scene, state: WorldState, actions: torch.Tensor, *, grasp_tolerance: float = 1.0
+               ) -> WorldState:
+    """Advance every env by one control step. ``actions`` (B, 7) already validated and clipped;
+    ``grasp_tolerance`` scales how far from an object's centre a closing gripper still grasps it."""
     s = state.clone()
     B = actions.shape[0]
     ar = torch.arange(B, device=actions.device)
@@ -206,7 +208,7 @@ def step_world(scene: Scene, state: WorldState, actions: torch.Tensor) -> WorldS
     if bool(opening.any()):
         _release(scene, s, opening)
     if bool(closing.any()):
-        _grasp(scene, s, closing)
+        _grasp(scene, s, closing, grasp_tolerance)
     return s
 
 
@@ -243,10 +245,10 @@ def _push_displacement(scene: Scene, s: WorldState, target: torch.Tensor, can_pu
     return torch.where(jam[:, None, None], torch.zeros_like(push), push)
 
 
-def _grasp(scene: Scene, s: WorldState, closing: torch.Tensor) -> None:
+def _grasp(scene: Scene, s: WorldState, closing: torch.Tensor, tolerance: float = 1.0) -> None:
     """In place: envs in ``closing`` grab the nearest graspable object (or drawer handle) in reach."""
     p = s.grip_pos[:, None, :]
-    tol = 0.02 + 0.3 * scene.half
+    tol = tolerance * (0.02 + 0.3 * scene.half)
     d = (s.pos[..., :2] - p[..., :2]).abs()
     z0 = s.pos[..., 2]
     z1 = z0 + scene.height
