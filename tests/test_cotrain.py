@@ -140,30 +140,31 @@ def test_sft_on_a_sim_real_mixture_from_the_cli(sim_data, real_data, tmp_path, c
 # --------------------------------------------------------------------------------- the RL-Co update
 
 
-def _grpo_with_anchor(real_data, beta: float, seed: int = 0):
+def _grpo_with_anchor(real_data, beta: float, seed: int = 0, kind: str = "flow"):
     torch.manual_seed(0)
-    policy = make_policy(PolicyConfig(kind="flow", **TINY))
+    policy = make_policy(PolicyConfig(kind=kind, **TINY))
     opt = build_optimizer(policy, RLOptimConfig(lr=1e-3), freeze_vision=True, train_critic=False)
     algo = GRPO(policy, opt, GRPOConfig(minibatch_size=1000), grad_clip=1.0, seed=seed)
     algo.anchor = SFTAnchor(policy, CotrainConfig(data=str(real_data), beta=beta, batch_size=8), seed=seed)
     return policy, algo
 
 
-def _collect(policy):
+def _collect(policy, logprob: str):
     from reinforge.rollout import RolloutCollector, RolloutConfig, rollout_env_kwargs
 
     cfg = RolloutConfig(num_groups=2, group_size=2, max_episode_steps=6)
     env = make_env("tabletop", suite="spatial", **rollout_env_kwargs(cfg, policy.config.image_size, 0))
-    return RolloutCollector(env, policy, cfg, seed=0, cache_features=True).collect()
+    return RolloutCollector(env, policy, cfg, seed=0, cache_features=True, logprob=logprob).collect()
 
 
-def test_the_sft_term_reaches_the_parameters(real_data):
+@pytest.mark.parametrize("kind", ["flow", "token"])
+def test_the_sft_term_reaches_the_parameters(real_data, kind):
     """The failure of the reference implementation (an SFT loss computed and logged but never back-propagated)
     cannot happen here: beta changes the update, and with no RL signal the update IS an SFT step."""
-    p0, a0 = _grpo_with_anchor(real_data, beta=0.0)
-    batch = _collect(p0)
+    p0, a0 = _grpo_with_anchor(real_data, beta=0.0, kind=kind)
+    batch = _collect(p0, a0.logprob)
     batch.episode_success = torch.tensor([True, False, True, False])  # every group informative
-    p1, a1 = _grpo_with_anchor(real_data, beta=0.5)
+    p1, a1 = _grpo_with_anchor(real_data, beta=0.5, kind=kind)
     torch.manual_seed(1)
     m0 = a0.update(copy.deepcopy(batch))
     torch.manual_seed(1)
@@ -173,7 +174,7 @@ def test_the_sft_term_reaches_the_parameters(real_data):
     moved = [not torch.equal(x, y) for x, y in zip(p0.parameters(), p1.parameters())]
     assert any(moved), "beta > 0 must change the update"
     # zero RL loss: the co-trained step equals a plain SFT step on the same real batch
-    p2, a2 = _grpo_with_anchor(real_data, beta=0.5, seed=3)
+    p2, a2 = _grpo_with_anchor(real_data, beta=0.5, seed=3, kind=kind)
     ref = copy.deepcopy(p2)
     ref_opt = build_optimizer(ref, RLOptimConfig(lr=1e-3), freeze_vision=True, train_critic=False)
     ref_anchor = SFTAnchor(ref, CotrainConfig(data=str(real_data), beta=0.5, batch_size=8), seed=3)

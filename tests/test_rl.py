@@ -308,7 +308,7 @@ def test_rl_config_errors(tiny_init):
 
 
 @pytest.mark.parametrize("name", ["tabletop_grpo_token", "tabletop_grpo_flow_sde", "tabletop_ppo_flow_sde",
-                                  "tabletop_ppo_flow_noise", "tabletop_ppo_token"])
+                                  "tabletop_ppo_flow_noise", "tabletop_ppo_token", "tabletop_rlco_ppo_flow_noise"])
 def test_shipped_rl_configs_load(name):
     cfg = load_config(RLConfig, resolve(name), ["init=x"])
     assert cfg.algo in name and cfg.iterations > 0
