@@ -78,6 +78,20 @@ def test_the_real_domain_is_deterministic_and_shifted_only_as_documented():
     assert make_env("tabletop", suite="spatial").spec.variant == {}
 
 
+def test_a_real_domain_snapshot_continues_exactly():
+    a = make_env(REAL_ENV, num_envs=2, image_size=32, seed=3)
+    obs = a.reset([0, 1], [0, 1])
+    act = torch.tensor([[0.5, -0.3, 0.0, 0.0, 0.0, 0.2, 1.0]]).expand(2, -1)
+    for _ in range(3):
+        obs = a.step(act).obs
+    b = make_env(REAL_ENV, num_envs=2, image_size=32, seed=3)
+    restored = b.restore(a.snapshot())
+    assert torch.equal(restored[OBS_IMAGE], obs[OBS_IMAGE])
+    for _ in range(2):
+        ra, rb = a.step(act), b.step(act)
+        assert torch.equal(ra.obs[OBS_IMAGE], rb.obs[OBS_IMAGE]) and torch.equal(a.state.grip_pos, b.state.grip_pos)
+
+
 def test_a_shift_of_nothing_is_sim_and_the_grasp_tolerance_is_tighter():
     assert DomainShift() == SIM and not SIM.visual and REAL.visual
     scene, state = make_scene([("bowl", (0.0, 0.0, 0.0))], grip=(0.0, 0.0, 0.02))

@@ -311,7 +311,8 @@ class TabletopEnv(VecEnv):
         self.elapsed = snap["elapsed"].to(self.device).clone()
         if "pending" in snap:
             self._pending = snap["pending"].to(self.device).clone()
-            self._frames = int(snap["frames"])
+            # the observation returned below re-renders the snapshot's last frame (the same sensor noise)
+            self._frames = max(int(snap["frames"]) - 1, 0)
         self.state = WorldState(**{f.name: snap[f"state.{f.name}"].to(self.device).clone()
                                    for f in fields(WorldState)})
         return self._observe()
