@@ -70,10 +70,11 @@ class DomainShift:
 SIM = DomainShift()
 REAL = DomainShift(
     name="real",
-    object_rgb_gain=(1.08, 0.96, 0.84),
-    object_rgb_offset=6.0,
-    light_gain=(1.04, 0.95, 0.82),
-    light_offset=-8.0,
+    # calibrated so that a policy trained on 50 sim demos per task keeps part of its success (README)
+    object_rgb_gain=(1.03, 0.98, 0.94),
+    object_rgb_offset=2.5,
+    light_gain=(1.02, 0.98, 0.93),
+    light_offset=-3.0,
     agent_eye_offset=(0.03, -0.02, 0.02),
     agent_target_offset=(0.02, 0.01, 0.0),
     wrist_pitch_offset=0.06,
