@@ -55,17 +55,18 @@ def sft(out: Path, data: list[Path], seed: int, steps: int) -> Path:
     return out / "policy"
 
 
-def rl(out: Path, init: Path, suite: str, seed: int, iterations: int, real: Path | None, beta: float) -> Path:
+def rl(out: Path, init: Path, suite: str, seed: int, iterations: int, real: Path | None, beta: float,
+       sampler: str = "noise") -> Path:
     if (out / "policy" / "config.json").is_file():
         return out / "policy"
     overrides = [f"init={init}", f"out={out}", f"env.suite={suite}", f"seed={seed}", f"iterations={iterations}",
-                 "ppo.epochs=2", "eval.every=0", "eval.final_episodes_per_task=1", "eval.heldout=false",
-                 "eval.videos=0"]
+                 "eval.every=0", "eval.final_episodes_per_task=1", "eval.heldout=false", "eval.videos=0"]
+    overrides += ["ppo.epochs=2"] if sampler == "noise" else []  # the reference's; the SDE preset keeps its own
     if real is not None:
         overrides += [f"cotrain.data={real}", f"cotrain.beta={beta}", "cotrain.batch_size=16",
                       "cotrain.evaluate=false"]
-    say(f"PPO (Flow-Noise) {iterations} iterations, {'beta=' + str(beta) if real else 'no SFT term'} -> {out}")
-    with RLTrainer(load_config(RLConfig, resolve_config("tabletop_ppo_flow_noise"), overrides)) as trainer:
+    say(f"PPO (Flow-{sampler}) {iterations} iterations, {'beta=' + str(beta) if real else 'no SFT term'} -> {out}")
+    with RLTrainer(load_config(RLConfig, resolve_config(f"tabletop_ppo_flow_{sampler}"), overrides)) as trainer:
         trainer.run(progress=False)
     return out / "policy"
 
@@ -77,9 +78,10 @@ def train_row(row: str, run: Path, seed: int, sim_data: Path, real_data: Path, a
     cotrained = sft(run / "sft_cotrain", [sim_data, real_data], seed, a.sft_steps)
     if row == "cotrain_sft":
         return cotrained
-    if row == "sim_rl_beta0":
-        return rl(run / "rl_beta0", cotrained, a.suite, seed, a.iterations, None, 0.0)
-    return rl(run / "rl_co", cotrained, a.suite, seed, a.iterations, real_data, a.beta)
+    tag = "" if a.sampler == "noise" else f"_{a.sampler}"
+    if row.startswith("sim_rl_beta0"):
+        return rl(run / f"rl_beta0{tag}", cotrained, a.suite, seed, a.iterations, None, 0.0, a.sampler)
+    return rl(run / f"rl_co{tag}", cotrained, a.suite, seed, a.iterations, real_data, a.beta, a.sampler)
 
 
 def success(policy_dir: Path | None, suite: str, domain: str, episodes: int) -> float:
@@ -102,6 +104,9 @@ def main() -> int:
     p.add_argument("--beta", type=float, default=0.2)
     p.add_argument("--sft-steps", type=int, default=2000)
     p.add_argument("--iterations", type=int, default=30, help="PPO iterations of rows 3 and 4")
+    p.add_argument("--sampler", default="noise", choices=("noise", "sde"),
+                   help="PPO's flow likelihood: noise (Flow-Noise, the reference's settings) or sde (the Flow-SDE "
+                        "preset); the RL rows of each are kept apart")
     p.add_argument("--episodes-per-task", type=int, default=50)
     p.add_argument("--out", default="runs/rlco")
     a = p.parse_args()
@@ -136,6 +141,8 @@ def main() -> int:
         for seed in (seeds if n == main_count else seeds[:1]):
             run = out / f"real{n}_seed{seed}"
             for row in ROWS:
+                if row in ("sim_rl_beta0", "rl_co") and a.sampler != "noise":
+                    row = f"{row}_{a.sampler}"
                 if (row, n, seed) in done:
                     continue
                 folder = train_row(row, run, seed, sim_data, real_data, a)
@@ -170,8 +177,11 @@ def table(done: dict, counts: list[int], a: argparse.Namespace) -> list[str]:
         if (row, 0) in {(k[0], k[1]) for k in done}:
             lines.append(f"- {label}: real {cell(row, 0, 'real')}, sim {cell(row, 0, 'sim')}")
     lines += ["", head, "|---|" + "---|---|" * len(counts)]
-    for row in ROWS:
-        label = LABELS[row].format(beta=a.beta)
+    for row in [r for r in ROWS] + [f"{r}_sde" for r in ROWS[2:]]:
+        if not any(k[0] == row for k in done):
+            continue
+        label = LABELS[row.removesuffix("_sde")].format(beta=a.beta) + (
+            " (PPO Flow-SDE)" if row.endswith("_sde") else " (PPO Flow-Noise)" if row in ROWS[2:] else "")
         lines.append(f"| {label} | " + " | ".join(f"{cell(row, n, 'real')} | {cell(row, n, 'sim')}"
                                                   for n in counts) + " |")
     return lines
