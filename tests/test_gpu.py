@@ -107,3 +107,24 @@ def test_a_cuda_run_diverges_safely_and_its_checkpoint_resumes_on_cpu(tmp_path):
     assert again.step == bad.saved_step and any(k == "device" for k, _, _ in again.resume_changes)
     again.run(progress=False)
     assert all(torch.isfinite(p).all() for p in again.policy.parameters())
+
+
+def test_rl_co_iteration_on_cuda(tmp_path):
+    """The co-training SFT term on a CUDA policy (its real batches come from the CPU dataset)."""
+    from reinforge.data.record import record_demos
+    from reinforge.envs import EnvConfig
+    from reinforge.train.rl import RLConfig, RLTrainer
+
+    real = record_demos(EnvConfig(suite="spatial", options={"domain": "real"}), tmp_path / "real", per_task=1,
+                        image_size=32, tasks=[0])
+    torch.manual_seed(0)
+    init = make_policy(PolicyConfig(kind="flow", **TINY)).save_pretrained(tmp_path / "init")
+    cfg = load_config(RLConfig, None, [
+        f"init={init}", f"out={tmp_path / 'rl'}", "algo=ppo", "rollout.mode=autoreset", "rollout.num_envs=16",
+        "rollout.chunks_per_rollout=4", "ppo.minibatch_size=32", "ppo.epochs=1", "ppo.critic_warmup=0",
+        "device=cuda", "precision=bf16", f"cotrain.data={real}", "cotrain.beta=0.2", "cotrain.batch_size=8",
+        "iterations=1", "eval.episodes_per_task=1", "eval.final_episodes_per_task=1", "eval.heldout=false",
+        "eval.videos=0", "eval.tasks=[0]"])
+    with RLTrainer(cfg) as trainer:
+        m = trainer.train_iteration()
+    assert m["train/sft_loss"] > 0 and m["train/sft_to_rl"] > 0
