@@ -526,7 +526,7 @@ def test_kill_9_at_random_points_of_sft_loses_nothing(data, tmp_path):
     T = _timed(_sft_args(data, ref, steps=40))
     run = tmp_path / "run"
     killed = _kill_at_random_and_resume(_sft_args(data, run, steps=40), run / "policy", random.Random(1), kills=4,
-                                        window=(0.2 * T, 0.9 * T))
+                                        window=(0.1 * T, 0.5 * T))
     assert killed >= 1
     assert _same_weights(run / "policy", ref / "policy")
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "sft/loss" in r]
@@ -544,7 +544,7 @@ def test_kill_9_at_random_points_of_train_loses_nothing(sft_run, tmp_path):
     T = _timed(args(ref))
     run = tmp_path / "run"
     killed = _kill_at_random_and_resume(args(run), run / "report" / "summary.json", random.Random(2), kills=3,
-                                        window=(0.2 * T, 0.9 * T))
+                                        window=(0.1 * T, 0.5 * T))
     assert killed >= 1
     assert _same_weights(run / "policy", ref / "policy")
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time")  # noqa: E731
