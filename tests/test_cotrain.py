@@ -230,3 +230,18 @@ def test_a_short_rl_co_run_end_to_end(sim_data, real_data, tmp_path):
     # the real domain is for evaluation and real demonstrations only: RL rolls out in sim
     assert trainer.collector.env.spec.variant == {}
     assert dataclasses.asdict(trainer.cfg.cotrain)["data"] == str(real_data)
+
+
+def test_each_component_domain_holds_one_part_of_the_real_shift():
+    import dataclasses as dc
+
+    from reinforge.envs.tabletop.domain import COMPONENTS, DOMAINS
+
+    fields = [f.name for f in dc.fields(REAL) if f.name not in ("name", "notes")]
+    assert sorted(k for keys in COMPONENTS.values() for k in keys) == sorted(fields)  # the parts cover the shift
+    for comp, keys in COMPONENTS.items():
+        d = DOMAINS[f"real-{comp}"]
+        for f in fields:
+            assert getattr(d, f) == (getattr(REAL, f) if f in keys else getattr(SIM, f)), (comp, f)
+    env = make_env("tabletop", suite="spatial", domain="real-latency", num_envs=1, image_size=16)
+    assert env.spec.variant == {"domain": "real-latency"}

@@ -83,7 +83,19 @@ REAL = DomainShift(
     latency_steps=1,
     grasp_tolerance=0.6,
 )
+
+# each component of the real shift alone (``real-camera``, ...), for ablations of the sim-to-real gap
+COMPONENTS = {
+    "camera": ("agent_eye_offset", "agent_target_offset", "wrist_pitch_offset"),
+    "colour": ("object_rgb_gain", "object_rgb_offset", "light_gain", "light_offset"),
+    "noise": ("pixel_noise",),
+    "gain": ("action_gain",),
+    "latency": ("latency_steps",),
+    "grasp": ("grasp_tolerance",),
+}
 DOMAINS = {"sim": SIM, "real": REAL}
+for _c, _keys in COMPONENTS.items():
+    DOMAINS[f"real-{_c}"] = DomainShift(name=f"real-{_c}", **{k: getattr(REAL, k) for k in _keys})
 
 
 def get_domain(name: str) -> DomainShift:

@@ -12,7 +12,9 @@ from reinforge.config import check
 class TabletopOptions:
     render: bool = True  # render camera images (off: state-only, for benchmarks)
     render_backend: Literal["auto", "numba", "torch"] = "auto"  # numba on CPU; torch runs on any device
-    domain: Literal["sim", "real"] = "sim"  # "real": the documented visual + dynamics shift (domain.py)
+    # "real": the documented visual + dynamics shift (domain.py); "real-<component>" one part of it alone
+    domain: Literal["sim", "real", "real-camera", "real-colour", "real-noise", "real-gain", "real-latency",
+                    "real-grasp"] = "sim"
 
     def __post_init__(self) -> None:
         check(self.render_backend in ("auto", "numba", "torch"), "env.render_backend", self.render_backend,
