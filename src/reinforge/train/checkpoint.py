@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from reinforge.fsutil import atomic_dir, read_manifest, settle, write_guard
+from reinforge import fsutil
+from reinforge.fsutil import read_manifest, settle
 from reinforge.policies import Policy, PolicyConfig, load_pretrained
 
 TRAINER_STATE = "trainer_state.pt"
@@ -39,17 +40,37 @@ def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def save_checkpoint(path: str | Path, policy: Policy, trainer_state: dict[str, Any]) -> Path:
-    """Write the policy and trainer state into ``path`` atomically; ``DivergedError`` (and nothing written)
-    if either holds NaN or inf."""
+def begin_checkpoint(path: str | Path, policy: Policy, trainer_state: dict[str, Any]) -> Path:
+    """Write a checkpoint into a temporary folder next to ``path`` (see ``commit_checkpoint``); ``DivergedError``
+    (and nothing written) if the weights or the trainer state hold NaN or inf."""
     bad = nonfinite_tensors(dict(policy.state_dict())) + nonfinite_tensors(trainer_state)
     if bad:
         raise DivergedError(f"non-finite values in {', '.join(bad[:3])}")
-    with atomic_dir(path, "checkpoint", meta=run_meta(trainer_state)) as tmp:
+    tmp = fsutil.begin(path, "checkpoint")
+    try:
         policy.write_files(tmp)
-        with write_guard(tmp / TRAINER_STATE):
+        with fsutil.write_guard(tmp / TRAINER_STATE):
             torch.save(trainer_state, tmp / TRAINER_STATE)
-    return Path(path)
+    except BaseException:
+        fsutil.abort(tmp)
+        raise
+    return tmp
+
+
+def commit_checkpoint(tmp: Path, path: str | Path, trainer_state: dict[str, Any]) -> Path:
+    """Swap a folder from ``begin_checkpoint`` into ``path``."""
+    return fsutil.commit(tmp, path, "checkpoint", run_meta(trainer_state))
+
+
+def save_checkpoint(path: str | Path, policy: Policy, trainer_state: dict[str, Any]) -> Path:
+    """Write the policy and trainer state into ``path`` atomically; ``DivergedError`` (and nothing written)
+    if either holds NaN or inf."""
+    tmp = begin_checkpoint(path, policy, trainer_state)
+    try:
+        return commit_checkpoint(tmp, path, trainer_state)
+    except BaseException:
+        fsutil.abort(tmp)
+        raise
 
 
 def run_meta(trainer_state: dict[str, Any]) -> dict[str, Any]:

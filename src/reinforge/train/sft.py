@@ -29,13 +29,13 @@ from reinforge.envs import EnvConfig
 from reinforge.policies import Normalizer, Policy, PolicyConfig, make_policy
 from reinforge.progress import ProgressBar
 from reinforge.train.checkpoint import (
-    TRAINER_STATE,
     DivergedError,
+    begin_checkpoint,
     check_run_kind,
     checkpoint_exists,
+    commit_checkpoint,
     config_changes,
     load_checkpoint,
-    nonfinite_tensors,
     refuse_changes,
 )
 from reinforge.train.logging import MetricLogger
@@ -252,26 +252,19 @@ class SFTTrainer:
                 f"no checkpoint was written; rerun with a lower optim.lr (e.g. optim.lr={self.cfg.optim.lr / 10:g})")
         return DivergedError(f"SFT diverged at step {self.step + 1}: {reason}. Nothing non-finite was saved: {kept}")
 
-    def _begin_checkpoint(self) -> Path:
+    def _begin_checkpoint(self) -> tuple[Path, dict[str, Any]]:
         """Write the checkpoint of this step into a temporary folder; it replaces ``checkpoints/last`` once the
         next step has shown a finite loss and gradient from these weights (so a resumed run never restarts
         from weights that diverge), or at the end of the run."""
-        bad = nonfinite_tensors(dict(self.policy.state_dict())) + nonfinite_tensors(self.opt.state_dict())
-        if bad:
-            raise self._diverged(f"non-finite values in {', '.join(bad[:3])}")
-        tmp = fsutil.begin(self.out / "checkpoints" / "last", "checkpoint")
+        state = self._state()
         try:
-            self.policy.write_files(tmp)
-            with fsutil.write_guard(tmp / TRAINER_STATE):
-                torch.save(self._state(), tmp / TRAINER_STATE)
-        except BaseException:
-            fsutil.abort(tmp)
-            raise
-        return tmp
+            return begin_checkpoint(self.out / "checkpoints" / "last", self.policy, state), state
+        except DivergedError as e:
+            raise self._diverged(str(e)) from None
 
-    def _commit_checkpoint(self, tmp: Path, step: int) -> None:
-        fsutil.commit(tmp, self.out / "checkpoints" / "last", "checkpoint", {"run": "sft", "step": step})
-        self.saved_step = step
+    def _commit_checkpoint(self, tmp: Path, state: dict[str, Any]) -> None:
+        commit_checkpoint(tmp, self.out / "checkpoints" / "last", state)
+        self.saved_step = int(state["step"])
 
     def evaluate(self, episodes_per_task: int | None = None) -> dict[str, float]:
         from reinforge.eval import evaluate
@@ -307,7 +300,7 @@ class SFTTrainer:
         cfg = self.cfg
         bar = ProgressBar("sft", cfg.steps, start=self.step, enabled=progress, loss="-")
         t0, acc = time.perf_counter(), []
-        pending: tuple[Path, int] | None = None  # a written checkpoint waiting for the next step to succeed
+        pending: tuple[Path, dict[str, Any]] | None = None  # a written checkpoint waiting for the next step to succeed
         try:
             while self.step < cfg.steps:
                 m = self.train_step()
@@ -324,7 +317,7 @@ class SFTTrainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     logger.log(self.step, self.evaluate())
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    pending = (self._begin_checkpoint(), self.step)
+                    pending = self._begin_checkpoint()
             if pending is not None:  # the last step: its weights are the result
                 self._commit_checkpoint(*pending)
                 pending = None
