@@ -102,16 +102,20 @@ def main() -> int:
     p.add_argument("--main", type=int, default=None, help="the real-demo count that gets every seed "
                                                           "(default: the middle one)")
     p.add_argument("--beta", type=float, default=0.2)
-    p.add_argument("--sft-steps", type=int, default=2000)
+    p.add_argument("--sft-steps", type=int, default=1500)
     p.add_argument("--iterations", type=int, default=30, help="PPO iterations of rows 3 and 4")
     p.add_argument("--sampler", default="noise", choices=("noise", "sde"),
                    help="PPO's flow likelihood: noise (Flow-Noise, the reference's settings) or sde (the Flow-SDE "
                         "preset); the RL rows of each are kept apart")
-    p.add_argument("--episodes-per-task", type=int, default=50)
+    p.add_argument("--episodes-per-task", type=int, default=50, help="greedy episodes per task in the real domain")
+    p.add_argument("--sim-episodes-per-task", type=int, default=None,
+                   help="greedy episodes per task in sim, the reference column (default: --episodes-per-task)")
     p.add_argument("--out", default="runs/rlco")
     p.add_argument("--ablate", action="store_true", help="also evaluate the sim-only SFT policy under each "
                                                          "component of the real shift alone")
     a = p.parse_args()
+    if a.sim_episodes_per_task is None:
+        a.sim_episodes_per_task = a.episodes_per_task
     out = Path(a.out)
     counts = [int(x) for x in a.real_demos.split(",")]
     seeds = [int(x) for x in a.seeds.split(",")]
@@ -121,7 +125,10 @@ def main() -> int:
     if results_file.is_file():
         for line in results_file.read_text().splitlines():
             r = json.loads(line)
-            done[(r["row"], r["real_demos"], r["seed"])] = r
+            # a row evaluated on another number of episodes is evaluated again (its trained policy is reused)
+            if (r.get("episodes_per_task"), r.get("sim_episodes_per_task", r.get("episodes_per_task"))) == (
+                    a.episodes_per_task, a.sim_episodes_per_task):
+                done[(r["row"], r["real_demos"], r["seed"])] = r
     out.mkdir(parents=True, exist_ok=True)
     sim_env, real_env = EnvConfig(suite=a.suite), EnvConfig(suite=a.suite, options={"domain": "real"})
     t0 = time.perf_counter()
@@ -132,8 +139,9 @@ def main() -> int:
             folder = None if row == "expert" else sft(out / "sft_sim_only", [sim_data], seeds[0], a.sft_steps)
             r = {"row": row, "real_demos": 0, "seed": seeds[0], "sim_demos": a.sim_demos,
                  "episodes_per_task": a.episodes_per_task,
+                 "sim_episodes_per_task": a.sim_episodes_per_task,
                  "real": success(folder, a.suite, "real", a.episodes_per_task),
-                 "sim": success(folder, a.suite, "sim", a.episodes_per_task), "policy": str(folder)}
+                 "sim": success(folder, a.suite, "sim", a.sim_episodes_per_task), "policy": str(folder)}
             say(f"{row}: real {100 * r['real']:.1f}%, sim {100 * r['sim']:.1f}%")
             done[(row, 0, seeds[0])] = r
             with results_file.open("a") as f:
@@ -146,13 +154,13 @@ def main() -> int:
             if (row, 0, seeds[0]) not in done:
                 folder = sft(out / "sft_sim_only", [sim_data], seeds[0], a.sft_steps)
                 r = {"row": row, "real_demos": 0, "seed": seeds[0], "sim_demos": a.sim_demos,
-                     "episodes_per_task": a.episodes_per_task,
+                     "episodes_per_task": a.episodes_per_task, "sim_episodes_per_task": a.sim_episodes_per_task,
                      "real": success(folder, a.suite, f"real-{comp}", a.episodes_per_task), "policy": str(folder)}
                 say(f"sim-only SFT under real-{comp} alone: {100 * r['real']:.1f}%")
                 done[(row, 0, seeds[0])] = r
                 with results_file.open("a") as f:
                     f.write(json.dumps(r) + "\n")
-    for n in counts:
+    for n in [main_count] + [c for c in counts if c != main_count]:  # the main count's seeds first
         real_data = record_or_reuse_demos(real_env, out / f"demos_real_{n}", n, say)
         for seed in (seeds if n == main_count else seeds[:1]):
             run = out / f"real{n}_seed{seed}"
@@ -163,9 +171,9 @@ def main() -> int:
                     continue
                 folder = train_row(row, run, seed, sim_data, real_data, a)
                 r = {"row": row, "real_demos": n, "seed": seed, "sim_demos": a.sim_demos,
-                     "episodes_per_task": a.episodes_per_task,
+                     "episodes_per_task": a.episodes_per_task, "sim_episodes_per_task": a.sim_episodes_per_task,
                      "real": success(folder, a.suite, "real", a.episodes_per_task),
-                     "sim": success(folder, a.suite, "sim", a.episodes_per_task), "policy": str(folder)}
+                     "sim": success(folder, a.suite, "sim", a.sim_episodes_per_task), "policy": str(folder)}
                 say(f"{row} real={n} seed={seed}: real {100 * r['real']:.1f}%, sim {100 * r['sim']:.1f}%")
                 done[(row, n, seed)] = r
                 with results_file.open("a") as f:
@@ -187,8 +195,9 @@ def table(done: dict, counts: list[int], a: argparse.Namespace) -> list[str]:
         return f"{statistics.mean(vals):.1f} +- {statistics.stdev(vals):.1f} ({len(vals)} seeds)"
 
     head = "| row | " + " | ".join(f"{n} real/task: real | {n} real/task: sim" for n in counts) + " |"
-    lines = [f"Greedy success (%) on `{a.suite}`, {a.episodes_per_task} episodes per task per domain; "
-             f"{a.sim_demos} sim demos per task", ""]
+    lines = [f"Greedy success (%) on `{a.suite}`, {a.episodes_per_task} episodes per task in the real domain, "
+             f"{a.sim_episodes_per_task} in sim; {a.sim_demos} sim demos per task, {a.sft_steps} SFT steps, "
+             f"{a.iterations} PPO iterations", ""]
     for row, label in (("expert", "scripted expert"), ("sim_only_sft", f"SFT on {a.sim_demos} sim demos/task")):
         if (row, 0) in {(k[0], k[1]) for k in done}:
             lines.append(f"- {label}: real {cell(row, 0, 'real')}, sim {cell(row, 0, 'sim')}")

@@ -591,3 +591,42 @@ def test_two_processes_never_train_into_one_folder(data, tmp_path):
     t = SFTTrainer(_sft_cfg(data, out, "steps=2"))  # the claim died with its process
     t.run(progress=False)
     SFTTrainer(_sft_cfg(data, out, "steps=3")).run(progress=False)  # and run() gave its own back
+
+
+def _begin_in_subprocess(dest: Path, then: str = "pass") -> subprocess.Popen:
+    """A helper process that begins writing folder ``dest`` (and runs ``then``), says so, and sleeps."""
+    code = (f"from pathlib import Path; import os, time; from reinforge import fsutil; "
+            f"tmp = fsutil.begin({str(dest)!r}, 'dataset'); (tmp / 'part.bin').write_bytes(b'x'); {then}; "
+            f"print('writing', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    return p
+
+
+@pytest.mark.parametrize("stage", ["writing", "swapping"])
+def test_a_folder_being_written_by_a_live_process_is_left_alone(tmp_path, stage):
+    """Another process's half-written (or half-swapped) folder is not a leftover: a second writer is refused, a
+    reader leaves it alone, and once the writer dies (kill -9) its folder is cleaned up as one."""
+    dest = tmp_path / "ds"
+    # swapping: the folder is complete (manifest written) and renamed to .tmp-ready, the swap not yet done
+    then = ("import json; (tmp / fsutil.MANIFEST).write_text(json.dumps({'kind': 'dataset', 'files': ['part.bin']}))"
+            "; os.replace(tmp, tmp.with_name('ds' + fsutil.READY))") if stage == "swapping" else "pass"
+    theirs = tmp_path / ("ds" + (fsutil.READY if stage == "swapping" else fsutil.WRITING))
+    holder = _begin_in_subprocess(dest, then)
+    try:
+        with pytest.raises(fsutil.RunInUseError, match="being written by another reinforge process"):
+            fsutil.begin(dest, "dataset")
+        fsutil.settle(dest)  # what every reader does first
+        assert (theirs / "part.bin").is_file() and not dest.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    fsutil.settle(dest)  # the writer is dead: a half-written folder goes, a complete one is swapped in
+    assert not theirs.exists()
+    assert dest.is_dir() == (stage == "swapping")
+    with fsutil.atomic_dir(dest, "dataset") as tmp:
+        (tmp / "meta").mkdir()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ds"]
+    fsutil.settle(dest)
+    with fsutil.atomic_dir(dest, "dataset"):  # this process's claim ended with its commit
+        pass

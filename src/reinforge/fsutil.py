@@ -63,6 +63,8 @@ def settle(dest: str | Path) -> Path:
     the file system is read-only and the complete folder still has its temporary name)."""
     dest = Path(dest)
     writing, ready, old = _sibling(dest, WRITING), _sibling(dest, READY), _sibling(dest, OLD)
+    if _in_use(dest):  # another live process is building or swapping it in: its folders are not leftovers
+        return next((c for c in (dest, old, ready) if c.exists()), dest)
     try:
         _rmtree(writing)
         for legacy in (".tmp-ckpt", ".tmp-saving"):  # half-written folders of earlier versions
@@ -146,11 +148,20 @@ def begin(dest: str | Path, kind: str, what: str = "") -> Path:
     """Start writing folder ``dest`` of ``kind``: settle an interrupted swap, refuse a ``dest`` that is not ours
     to replace, and return a fresh, empty temporary folder to build into."""
     dest = Path(dest)
+    _release(dest)  # a folder this process began before and never finished is abandoned
+    if _in_use(dest):
+        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
+                            "another path")
     settle(dest)
     check_replaceable(dest, kind, what)
     tmp = _sibling(dest, WRITING)
     _rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except FileExistsError:  # another process began the same folder a moment ago
+        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
+                            "another path") from None
+    _claim(dest, tmp)
     return tmp
 
 
@@ -185,6 +196,7 @@ def commit(tmp: Path, dest: str | Path, kind: str, meta: dict | None = None) -> 
     os.replace(ready, dest)
     _fsync(dest.parent, directory=True)
     _rmtree(old)
+    _release(dest)
     return dest
 
 
@@ -192,6 +204,78 @@ def abort(tmp: Path) -> None:
     """Delete a temporary folder whose writing failed."""
     with contextlib.suppress(OSError):
         _rmtree(tmp)
+    if tmp.name.endswith(WRITING):
+        _release(tmp.with_name(tmp.name[: -len(WRITING)]))
+
+
+# ------------------------------------------------------------ one writer per folder
+
+_WRITERS: dict[str, int] = {}  # destination folder -> descriptor of its temporary folder, holding a flock
+
+
+def _key(dest: Path) -> str:
+    return str(dest.absolute())
+
+
+def _claim(dest: Path, tmp: Path) -> None:
+    """Hold an exclusive flock on the temporary folder ``tmp`` of ``dest`` until commit or abort. The lock moves
+    with the folder through its renames, and the kernel drops it when the process dies (kill -9 included), so
+    other processes can tell a live writer's folders from a killed one's leftovers."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no claim
+        return
+    try:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        same = os.path.samestat(os.fstat(fd), os.stat(tmp))
+    except BlockingIOError:
+        os.close(fd)
+        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
+                            "another path") from None
+    except OSError:  # a file system without locks (or the folder vanished): write unclaimed
+        os.close(fd)
+        return
+    if not same:  # another process replaced the folder between our mkdir and our lock
+        os.close(fd)
+        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
+                            "another path")
+    _WRITERS[_key(dest)] = fd
+
+
+def _release(dest: Path) -> None:
+    fd = _WRITERS.pop(_key(dest), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _locked_by_other(path: Path) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _in_use(dest: Path) -> bool:
+    """Whether another live process is building (``.tmp-writing``) or swapping in (``.tmp-ready``) ``dest``."""
+    return _key(dest) not in _WRITERS and any(_locked_by_other(_sibling(dest, sfx)) for sfx in (WRITING, READY))
 
 
 @contextlib.contextmanager

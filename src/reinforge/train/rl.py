@@ -369,6 +369,13 @@ class RLTrainer:
         # rows logged after the checkpoint we resumed from belong to a lost future: drop them
         logger = MetricLogger(self.out, wandb_project=c.wandb_project if c.wandb else None,
                               wandb_config=plain(asdict(c)), keep_until=self.iteration)
+        try:  # the logger is closed (TensorBoard and W&B flushed) however the run ends
+            return self._run(logger, progress)
+        finally:
+            logger.close()
+
+    def _run(self, logger: MetricLogger, progress: bool) -> dict[str, float]:
+        c = self.cfg
         if not self.history:
             self._eval_point(logger, c.eval.final_episodes_per_task)
             self.save()
