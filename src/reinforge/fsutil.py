@@ -150,8 +150,7 @@ def begin(dest: str | Path, kind: str, what: str = "") -> Path:
     dest = Path(dest)
     _release(dest)  # a folder this process began before and never finished is abandoned
     if _in_use(dest):
-        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
-                            "another path")
+        raise _busy(dest)
     settle(dest)
     check_replaceable(dest, kind, what)
     tmp = _sibling(dest, WRITING)
@@ -159,8 +158,7 @@ def begin(dest: str | Path, kind: str, what: str = "") -> Path:
     try:
         tmp.mkdir(parents=True)
     except FileExistsError:  # another process began the same folder a moment ago
-        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
-                            "another path") from None
+        raise _busy(dest) from None
     _claim(dest, tmp)
     return tmp
 
@@ -213,6 +211,11 @@ def abort(tmp: Path) -> None:
 _WRITERS: dict[str, int] = {}  # destination folder -> descriptor of its temporary folder, holding a flock
 
 
+def _busy(dest: Path) -> RunInUseError:
+    return RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
+                         "another path")
+
+
 def _key(dest: Path) -> str:
     return str(dest.absolute())
 
@@ -234,15 +237,13 @@ def _claim(dest: Path, tmp: Path) -> None:
         same = os.path.samestat(os.fstat(fd), os.stat(tmp))
     except BlockingIOError:
         os.close(fd)
-        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
-                            "another path") from None
+        raise _busy(dest) from None
     except OSError:  # a file system without locks (or the folder vanished): write unclaimed
         os.close(fd)
         return
     if not same:  # another process replaced the folder between our mkdir and our lock
         os.close(fd)
-        raise RunInUseError(f"{dest} is being written by another reinforge process; wait for it to end or choose "
-                            "another path")
+        raise _busy(dest)
     _WRITERS[_key(dest)] = fd
 
 
