@@ -4,15 +4,18 @@ For each number of REAL demonstrations per task (columns) and seed, with a fixed
 
 1. real-only SFT              SFT on the real demos alone
 2. SFT co-training            SFT on sim + real demos, half of every batch each (``data_weights``)
-3. sim RL, beta = 0           PPO (Flow-Noise, the reference settings) in sim from (2), no SFT term
+3. sim RL, beta = 0           PPO in sim from (2), no SFT term (--sampler: noise = Flow-Noise with the
+                              reference's settings, sde = the Flow-SDE preset)
 4. RL-Co, beta = 0.2          the same PPO with ``beta * L_SFT`` on a fresh real batch in every gradient step
 
 every row evaluated greedily in the REAL domain (and in sim for reference) on the fixed evaluation states.
 Real demonstrations come from the scripted expert in the real domain (they stand for teleoperation); the real
 domain is never used for RL rollouts. Every stage is reused when its output exists, so a killed run resumes.
 
-    python bench/rlco_table.py --real-demos 1,5,20 --seeds 0,1,2 --main 5 --out runs/rlco
-    python bench/rlco_table.py --real-demos 5 --seeds 0 --episodes-per-task 20 --out runs/rlco_small
+    python bench/rlco_table.py --real-demos 1,5,20 --seeds 0,1,2 --main 5 --sampler sde \
+        --episodes-per-task 50 --sim-episodes-per-task 20 --out runs/rlco          # the README's table
+    python bench/rlco_table.py --real-demos 5 --seeds 0 --main 5 --sampler noise \
+        --episodes-per-task 50 --sim-episodes-per-task 20 --out runs/rlco          # + the Flow-Noise rows
 
 Writes OUT/results.jsonl (one line per row, count and seed) and OUT/table.md; prints the table.
 """
