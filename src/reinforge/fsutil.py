@@ -223,7 +223,8 @@ def _key(dest: Path) -> str:
 def _claim(dest: Path, tmp: Path) -> None:
     """Hold an exclusive flock on the temporary folder ``tmp`` of ``dest`` until commit or abort. The lock moves
     with the folder through its renames, and the kernel drops it when the process dies (kill -9 included), so
-    other processes can tell a live writer's folders from a killed one's leftovers."""
+    other processes can tell a live writer's folders from a killed one's leftovers. Best effort: two writers
+    that begin the same folder within microseconds of each other can still race between mkdir and flock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no claim
