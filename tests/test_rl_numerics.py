@@ -78,6 +78,21 @@ def test_group_advantages_and_dynamic_sampling():
         group_advantages(torch.ones(3, 1))
 
 
+def test_group_advantages_of_continuous_rewards():
+    """Equal continuous rewards that float32 rounding made unequal carry no signal; real spreads keep theirs."""
+    x = torch.full((8,), -0.3)
+    rounded = torch.where(torch.arange(8) % 2 == 0, x, torch.nextafter(x, torch.zeros(8)))
+    assert rounded.std() > 0  # the rounding is there ...
+    big = torch.full((8,), 1234.5) + torch.where(torch.arange(8) % 3 == 0, 1.2e-4, 0.0)  # 1 ulp at that scale
+    adv = group_advantages(torch.stack([rounded, big]))
+    assert adv.dtype == torch.float32 and torch.equal(adv, torch.zeros(2, 8))  # ... and gives no advantage
+    spread = torch.tensor([[-0.31, -0.30, -0.29, -0.30], [0.5, 0.25, 0.75, 0.5]])
+    adv = group_advantages(spread)
+    ref = (spread.double() - spread.double().mean(1, keepdim=True)) / (spread.double().std(1, keepdim=True) + 1e-6)
+    assert torch.allclose(adv.double(), ref, atol=1e-6)
+    assert torch.allclose(adv.sum(1), torch.zeros(2), atol=1e-5) and (adv.std(1) - 1).abs().max() < 1e-3
+
+
 def test_clipped_loss_on_hand_built_ratios():
     def loss_of(ratio, adv, **kw):
         lp_old = torch.zeros(1, 1)

@@ -45,13 +45,20 @@ class GRPOConfig:
         check(self.logprob in ("token", "chunk"), "grpo.logprob", self.logprob, "must be 'token' or 'chunk'")
 
 
-def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
-    """(N, G) trajectory rewards of N groups -> (N, G) advantages (R - mean) / (std + eps), std unbiased."""
+def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-6, rel_tol: float = 1e-5) -> torch.Tensor:
+    """(N, G) trajectory rewards of N groups -> (N, G) advantages (R - mean) / (std + eps), std unbiased.
+
+    Computed in float64, and a group whose spread is within float32 rounding of its rewards (std <= rel_tol *
+    max(1, |mean|)) gets zero advantage: equal continuous rewards (e.g. a learned or world-model reward) that
+    rounding made unequal carry no signal, and dividing their noise by std + eps would invent one."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (num_groups, G) with G >= 2, got {tuple(rewards.shape)}")
-    mean = rewards.mean(1, keepdim=True)
-    std = rewards.std(1, keepdim=True, unbiased=True)
-    return (rewards - mean) / (std + eps)
+    r = rewards.double()
+    mean = r.mean(1, keepdim=True)
+    std = r.std(1, keepdim=True, unbiased=True)
+    flat = std <= rel_tol * mean.abs().clamp(min=1.0)
+    adv = torch.where(flat, torch.zeros_like(r), (r - mean) / (std + eps))
+    return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
 def dynamic_sampling_keep(rewards: torch.Tensor, *, low: float = 0.1, high: float = 0.9) -> torch.Tensor:
