@@ -208,6 +208,26 @@ def abort(tmp: Path) -> None:
 
 # ------------------------------------------------------------ one writer per folder
 
+HELD, BUSY, UNLOCKED = "held", "busy", "unlocked"
+
+
+def _try_flock(fd: int) -> str:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: HELD, BUSY (another open file holds it) or
+    UNLOCKED (no locks here: not POSIX, or a file system without them). The kernel drops it when ``fd`` is
+    closed or the process dies, kill -9 included."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return UNLOCKED
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return BUSY
+    except OSError:
+        return UNLOCKED
+    return HELD
+
+
 _WRITERS: dict[str, int] = {}  # destination folder -> descriptor of its temporary folder, holding a flock
 
 
@@ -226,26 +246,20 @@ def _claim(dest: Path, tmp: Path) -> None:
     other processes can tell a live writer's folders from a killed one's leftovers. Best effort: two writers
     that begin the same folder within microseconds of each other can still race between mkdir and flock."""
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no claim
-        return
-    try:
         fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
+    state = _try_flock(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        same = os.path.samestat(os.fstat(fd), os.stat(tmp))
-    except BlockingIOError:
-        os.close(fd)
-        raise _busy(dest) from None
-    except OSError:  # a file system without locks (or the folder vanished): write unclaimed
-        os.close(fd)
+        same = state == HELD and os.path.samestat(os.fstat(fd), os.stat(tmp))
+    except OSError:  # the folder vanished: another process took its place
+        same = False
+    if state == HELD and same:
+        _WRITERS[_key(dest)] = fd
         return
-    if not same:  # another process replaced the folder between our mkdir and our lock
-        os.close(fd)
+    os.close(fd)
+    if state != UNLOCKED:  # locked by another process, or replaced by one between our mkdir and our lock
         raise _busy(dest)
-    _WRITERS[_key(dest)] = fd
 
 
 def _release(dest: Path) -> None:
@@ -256,23 +270,13 @@ def _release(dest: Path) -> None:
 
 def _locked_by_other(path: Path) -> bool:
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        return False
-    try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
+        return _try_flock(fd) == BUSY
     finally:
-        os.close(fd)
+        os.close(fd)  # drops the lock if we took it
 
 
 def _in_use(dest: Path) -> bool:
@@ -342,10 +346,6 @@ def lock_run(out: str | Path) -> None:
     """Claim the run folder ``out`` for this process (re-entrant within it), so that two processes never train
     into one folder at once; a second one gets ``RunInUseError``. The claim is an exclusive ``flock`` on
     ``out/.lock``, which the kernel drops when the process dies, kill -9 included."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no claim
-        return
     out = Path(out)
     key = str(out.resolve())
     if key in _HELD:
@@ -353,14 +353,13 @@ def lock_run(out: str | Path) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    state = _try_flock(fd)
+    if state == BUSY:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise RunInUseError(f"{out} is being written by another reinforge process (pid {pid}); wait for it to end "
-                            "or choose another out=") from None
-    except OSError:  # a file system without locks: run unclaimed
+                            "or choose another out=")
+    if state == UNLOCKED:  # no locks here: run unclaimed
         os.close(fd)
         return
     os.ftruncate(fd, 0)
