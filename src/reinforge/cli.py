@@ -1,4 +1,4 @@
-"""The ``reinforge`` command: quickstart, demos, sft, train, eval, bench, suites, envs.
+"""The ``reinforge`` command: quickstart, demos, sft, train, eval, wm, bench, suites, envs.
 
 The CLI parses and prints; the work happens in library functions. Every command reaches environments through
 the registry: ``--env NAME`` (default ``tabletop``), ``--suite``, ``--env-device`` and ``--env-opt KEY=VALUE``
@@ -312,6 +312,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wm(args: argparse.Namespace) -> int:
+    import yaml
+
+    from reinforge.config import load_config, to_dict
+    from reinforge.fsutil import write_text_atomic
+    from reinforge.worldmodel.train import WMTrainConfig, WMTrainer, evaluate_saved
+
+    if args.wm_command == "eval":
+        result = evaluate_saved(args.model, args.data, horizon=args.horizon, every=args.every, out=args.out,
+                                videos=args.videos, device=args.device)
+        s = result["summary"]
+        console.print(f"report: {args.out or 'the model folder /report'}")
+        print(json.dumps({k: round(v, 4) for k, v in s.items()}))
+        return 0
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data"), (args.out, "out"), (args.steps, "steps"), (args.device, "device"),
+                      (args.seed, "seed")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_config(WMTrainConfig, args.config, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    trainer = WMTrainer(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    n = sum(p.numel() for p in trainer.model.parameters())
+    verb = f"resuming at step {trainer.step}" if trainer.step else "training"
+    console.print(f"world model ({n / 1e6:.2f} M params) on {trainer.ds.num_episodes} episodes / "
+                  f"{trainer.ds.num_frames} frames ({len(trainer.heldout_eps)} held out): {verb} to {cfg.steps} "
+                  f"steps -> {cfg.out}")
+    result = trainer.run(progress=not args.quiet)
+    console.print(f"report: {Path(cfg.out) / 'report' / 'wm_eval.md'}")
+    print(json.dumps({"model": str(Path(cfg.out) / "model"),
+                      **{k: round(v, 4) for k, v in result["summary"].items()}}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reinforge", description="RL fine-tuning of Vision-Language-Action policies")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors")
@@ -395,6 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--print-config", action="store_true", help="print the fully resolved config and exit")
     t.set_defaults(fn=cmd_train)
+
+    w = sub.add_parser("wm", help="world models (VLA-RFT): train one on demonstrations, evaluate it")
+    wsub = w.add_subparsers(dest="wm_command", required=True)
+    wt = wsub.add_parser("train", help="train an action-conditioned world model on a dataset")
+    wt.add_argument("--data", default=None, help="dataset folder written by `reinforge demos`")
+    wt.add_argument("--out", default=None, help="run folder (model/, checkpoints/, report/)")
+    wt.add_argument("--config", default=None, help="YAML config (fields of WMTrainConfig)")
+    wt.add_argument("--steps", type=int, default=None)
+    wt.add_argument("--seed", type=int, default=None)
+    wt.add_argument("--device", default=None, help=device_help)
+    wt.add_argument("--quiet", action="store_true", help="no progress bar")
+    wt.add_argument("--print-config", action="store_true", help="print the fully resolved config and exit")
+    wt.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.latent_channels=16 unroll=6")
+    we = wsub.add_parser("eval", help="prediction metrics of a world model on held-out episodes, with videos")
+    we.add_argument("model", help="a world-model folder (the --out of `wm train`)")
+    we.add_argument("--data", default=None, help="evaluate on every episode of this dataset instead")
+    we.add_argument("--horizon", type=int, default=16, help="imagined steps per start frame")
+    we.add_argument("--every", type=int, default=8, help="a start frame every this many steps of an episode")
+    we.add_argument("--videos", type=int, default=2)
+    we.add_argument("--out", default=None, help="report folder (default: MODEL/report)")
+    we.add_argument("--device", default="cpu", help=device_help)
+    w.set_defaults(fn=cmd_wm)
+    we.set_defaults(overrides=[])
 
     s = sub.add_parser("suites", help="list an env's task suites and their instructions")
     _add_env_flags(s, "a suite, a comma list, or 'all' (default)")

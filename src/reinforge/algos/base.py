@@ -59,20 +59,26 @@ def set_actor_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             g["lr"] = lr
 
 
-def actor_critic_parameters(policy: Policy, *, freeze_vision: bool) -> tuple[list, list]:
-    """(actor, critic) trainable parameters; a frozen vision encoder is in neither."""
+def actor_critic_parameters(policy: Policy, *, freeze_vision: bool, freeze_backbone: bool = False
+                            ) -> tuple[list, list]:
+    """(actor, critic) trainable parameters; a frozen vision encoder (or the whole frozen vision-language
+    backbone: only the action head learns, as VLA-RFT) is in neither."""
     frozen = {id(p) for p in policy.vision_parameters()} if freeze_vision else set()
+    if freeze_backbone:
+        frozen |= {id(p) for p in policy.backbone.parameters()}
+        for p in policy.backbone.parameters():
+            p.requires_grad_(False)
     critic = list(policy.value_head.parameters()) if policy.value_head is not None else []
     critic_ids = {id(p) for p in critic}
     actor = [p for p in policy.parameters() if id(p) not in frozen and id(p) not in critic_ids]
     for p in policy.vision_parameters():
-        p.requires_grad_(not freeze_vision)
+        p.requires_grad_(not (freeze_vision or freeze_backbone))
     return actor, critic
 
 
-def build_optimizer(policy: Policy, cfg: RLOptimConfig, *, freeze_vision: bool, train_critic: bool
-                    ) -> torch.optim.Optimizer:
-    actor, critic = actor_critic_parameters(policy, freeze_vision=freeze_vision)
+def build_optimizer(policy: Policy, cfg: RLOptimConfig, *, freeze_vision: bool, train_critic: bool,
+                    freeze_backbone: bool = False) -> torch.optim.Optimizer:
+    actor, critic = actor_critic_parameters(policy, freeze_vision=freeze_vision, freeze_backbone=freeze_backbone)
     groups = [{"params": actor, "lr": cfg.lr, "name": "actor"}]
     if train_critic and critic:
         groups.append({"params": critic, "lr": cfg.critic_lr, "name": "critic"})
@@ -129,12 +135,13 @@ class PolicyGradientUpdate:
         """The co-training terms of the update (means over its gradient steps)."""
         return mean_metrics(self._anchor_metrics) if self._anchor_metrics else {}
 
-    def step(self, loss: torch.Tensor, *, anchor: bool = True) -> float:
-        """One optimizer step on ``loss`` (+ the co-training SFT term when there is one and ``anchor``)."""
+    def step(self, loss: torch.Tensor, *, anchor: bool = True, approx_kl: float | None = None) -> float:
+        """One optimizer step on ``loss`` (+ the co-training SFT term when there is one and ``anchor``; its weight
+        may be gated by the minibatch's ``approx_kl``, see ``CotrainConfig.kl_gate``)."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the RL loss became {float(loss)}; lower optim.lr or check the rewards")
         if self.anchor is not None and anchor:
-            sft, m = self.anchor.loss(loss)
+            sft, m = self.anchor.loss(loss, approx_kl=approx_kl)
             if not torch.isfinite(sft):
                 raise FloatingPointError(f"the co-training SFT loss became {float(sft)}; lower optim.lr")
             self._anchor_metrics.append(m)

@@ -4,7 +4,11 @@ Every gradient step of GRPO or PPO adds ``beta * L_SFT`` on a fresh batch of rea
 own SFT objective: flow-matching MSE for flow policies, token cross-entropy for token policies) to its RL loss,
 ``L = L_RL + beta * L_SFT``, so the update keeps the policy close to what the real demonstrations show while RL
 improves it in simulation. reinforge takes one optimizer step per minibatch (no gradient accumulation), so
-neither term is divided. The update logs ``train/rl_loss``, ``train/sft_loss`` and
+neither term is divided.
+
+The same anchor is VLA-RFT's auxiliary flow-matching regulariser toward the ground-truth actions of its
+demonstrations (arXiv 2510.00406: beta 0.01, weighted by clamp(approx_kl / 0.2, 0, 1), so it only pulls once the
+policy has moved): set ``kl_gate: 0.2``. The update logs ``train/rl_loss``, ``train/sft_loss`` and
 ``train/sft_to_rl = beta * L_SFT / |L_RL|``.
 """
 
@@ -30,9 +34,12 @@ class CotrainConfig:
     every_microbatch: bool = True  # a fresh real batch for every gradient step (else one per update)
     augment: bool = True  # the SFT augmentation (random shift, colour jitter) on real batches
     evaluate: bool = True  # also evaluate greedily in the env the real data was recorded in
+    # > 0: the SFT weight is beta * clamp(approx_kl / kl_gate, 0, 1) with the minibatch's approximate KL (VLA-RFT)
+    kl_gate: float = 0.0
 
     def __post_init__(self) -> None:
         check(self.beta >= 0, "cotrain.beta", self.beta, "must be >= 0")
+        check(self.kl_gate >= 0, "cotrain.kl_gate", self.kl_gate, "must be >= 0 (0 = no gate)")
         check(self.batch_size >= 1, "cotrain.batch_size", self.batch_size, "must be >= 1")
 
     @property
@@ -64,12 +71,21 @@ class SFTAnchor:
     def _sample(self) -> dict[str, Any]:
         return sample_batch(self.ds, self.cfg.batch_size, self.policy.config.horizon, self.gen, self.augment)
 
-    def loss(self, rl_loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def weight(self, approx_kl: float | None) -> float:
+        """beta, or with ``kl_gate`` beta * clamp(approx_kl / kl_gate, 0, 1)."""
+        if not self.cfg.kl_gate:
+            return self.cfg.beta
+        if approx_kl is None:
+            raise ValueError("cotrain.kl_gate needs the update's approximate KL; this algorithm does not pass it")
+        return self.cfg.beta * min(max(approx_kl / self.cfg.kl_gate, 0.0), 1.0)
+
+    def loss(self, rl_loss: torch.Tensor, approx_kl: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self._batch if self._batch is not None else self._sample()
         sft, _ = self.policy.sft_loss(batch)
-        weighted = self.cfg.beta * sft
+        w = self.weight(approx_kl)
+        weighted = w * sft
         rl = float(rl_loss.detach())
-        return weighted, {"train/rl_loss": rl, "train/sft_loss": float(sft.detach()),
+        return weighted, {"train/rl_loss": rl, "train/sft_loss": float(sft.detach()), "train/sft_weight": w,
                           "train/sft_to_rl": float(weighted.detach()) / max(abs(rl), 1e-8)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -35,6 +35,11 @@ class GRPOConfig:
     epochs: int = 1
     minibatch_size: int = 512  # policy calls per gradient step
     logprob: Literal["token", "chunk"] = "token"  # token policies only; flow policies are chunk-level
+    # the trajectory outcome: binary task "success" (SimpleVLA-RL), or the episode "return" (sum of the env's
+    # rewards), for continuous rewards such as the world model's verified reward (VLA-RFT)
+    reward: Literal["success", "return"] = "success"
+    entropy_coef: float = 0.0  # entropy bonus (VLA-RFT: 0.003; SimpleVLA-RL: none)
+    dual_clip: float = 0.0  # dual-clip bound c for negative advantages (VLA-RFT: 3); 0 = off
 
     def __post_init__(self) -> None:
         check(0 <= self.clip_low < 1, "grpo.clip_low", self.clip_low, "must be in [0, 1)")
@@ -43,6 +48,16 @@ class GRPOConfig:
         check(self.epochs >= 1, "grpo.epochs", self.epochs, "must be >= 1")
         check(self.minibatch_size >= 1, "grpo.minibatch_size", self.minibatch_size, "must be >= 1")
         check(self.logprob in ("token", "chunk"), "grpo.logprob", self.logprob, "must be 'token' or 'chunk'")
+        check(self.reward in ("success", "return"), "grpo.reward", self.reward, "must be 'success' or 'return'")
+        check(self.entropy_coef >= 0, "grpo.entropy_coef", self.entropy_coef, "must be >= 0")
+        check(self.dual_clip == 0 or self.dual_clip > 1, "grpo.dual_clip", self.dual_clip, "must be 0 (off) or > 1")
+
+
+def flat_groups(rewards: torch.Tensor, *, rel_tol: float = 1e-5) -> torch.Tensor:
+    """(N, G) rewards -> (N,) bool: groups whose spread is within float32 rounding of their rewards (std <=
+    rel_tol * max(1, |mean|)), computed in float64; they carry no signal."""
+    r = rewards.double()
+    return r.std(1, unbiased=True) <= rel_tol * r.mean(1).abs().clamp(min=1.0)
 
 
 def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-6, rel_tol: float = 1e-5) -> torch.Tensor:
@@ -56,7 +71,7 @@ def group_advantages(rewards: torch.Tensor, *, eps: float = 1e-6, rel_tol: float
     r = rewards.double()
     mean = r.mean(1, keepdim=True)
     std = r.std(1, keepdim=True, unbiased=True)
-    flat = std <= rel_tol * mean.abs().clamp(min=1.0)
+    flat = flat_groups(rewards, rel_tol=rel_tol)[:, None]
     adv = torch.where(flat, torch.zeros_like(r), (r - mean) / (std + eps))
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
@@ -67,8 +82,16 @@ def dynamic_sampling_keep(rewards: torch.Tensor, *, low: float = 0.1, high: floa
     return (rate >= low) & (rate <= high)
 
 
+def trajectory_outcomes(batch: RolloutBatch, reward: Literal["success", "return"]) -> torch.Tensor:
+    """(B,) outcome of each episodic row: its binary success, or its return (the sum of its chunk rewards)."""
+    if reward == "success":
+        return batch.episode_success.float()
+    return torch.where(batch.valid, batch.reward, 0.0).double().sum(1).float()
+
+
 def row_advantages(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """(B,) trajectory advantages from (B,) binary success and (B,) group ids (rows of a group contiguous)."""
+    """(B,) trajectory advantages from (B,) outcomes (binary success or returns) and (B,) group ids (rows of a
+    group contiguous)."""
     _, counts = torch.unique_consecutive(group, return_counts=True)
     G = int(counts[0])
     if not bool((counts == G).all()) or group.numel() % G:
@@ -77,7 +100,7 @@ def row_advantages(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
 
 
 class GRPO(PolicyGradientUpdate):
-    """GRPO's update: group-normalised binary-success advantages, clip-higher surrogate, no KL, no critic."""
+    """GRPO's update: group-normalised outcome advantages, clip-higher surrogate, no KL, no critic."""
 
     def __init__(self, policy, optimizer, cfg: GRPOConfig, *, grad_clip: float, seed: int = 0):
         super().__init__(policy, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
@@ -87,7 +110,7 @@ class GRPO(PolicyGradientUpdate):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         if batch.group is None:
             raise ValueError("GRPO needs grouped episodic rollouts (rollout.mode: episodic)")
-        adv = row_advantages(batch.episode_success, batch.group)
+        adv = row_advantages(trajectory_outcomes(batch, self.cfg.reward), batch.group)
         calls = batch.valid.sum(1).clamp(min=1).float()
         self.policy.train()
         self.begin_update()
@@ -101,8 +124,11 @@ class GRPO(PolicyGradientUpdate):
                                  "collector's logprob must be the algorithm's)")
             a, mask = self.per_entry(adv[rows], logp, self.token_level)
             loss, m = clipped_policy_loss(logp, old, a, mask, clip_low=self.cfg.clip_low,
-                                          clip_high=self.cfg.clip_high, weights=1.0 / calls[rows])
-            gn = self.step(loss)
+                                          clip_high=self.cfg.clip_high, weights=1.0 / calls[rows],
+                                          dual_clip=self.cfg.dual_clip or None)
+            if self.cfg.entropy_coef:
+                loss = loss - self.cfg.entropy_coef * ent.mean()
+            gn = self.step(loss, approx_kl=m["train/approx_kl"])
             rows_metrics.append({**m, "train/policy_loss": float(loss.detach()), "train/grad_norm": gn,
                                  "train/entropy": float(ent.mean().detach())})
         out = mean_metrics(rows_metrics)

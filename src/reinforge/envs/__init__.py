@@ -20,11 +20,14 @@ from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
 from reinforge.envs.metaworld.options import MetaWorldOptions
 from reinforge.envs.tabletop.env import TabletopEnv
 from reinforge.envs.tabletop.options import TabletopOptions
+from reinforge.worldmodel.options import WorldModelOptions
 
 register_env("tabletop", TabletopEnv, options=TabletopOptions,
              suites=("spatial", "object", "goal", "long"))
 register_env("libero", "reinforge.envs.libero.env:LiberoEnv", options=LiberoOptions, suites=LIBERO_SUITES,
              extra="libero")
+register_env("worldmodel", "reinforge.worldmodel.env:WorldModelEnv", options=WorldModelOptions,
+             suites=("<the suite its data was recorded in>",))
 register_env("metaworld", "reinforge.envs.metaworld.env:MetaWorldEnv", options=MetaWorldOptions,
              suites=("mt10", "mt50", "<task>-v3"), extra="metaworld")
 

@@ -64,6 +64,8 @@ class EnvSpec:
     - ``camera_names``: one per image view, in observation order.
     - ``snapshot``: ``snapshot()`` / ``restore()`` continue running episodes exactly (auto-reset resume).
     - ``expert``: ``make_expert()`` gives a scripted policy for demonstrations.
+    - ``evaluate_in``: for a learned simulator (a world model), the env section (``EnvConfig`` mapping) of the
+      real env it imitates: policies trained in it are evaluated there (``None``: evaluated in this env).
     - ``variant``: the env options that change the world itself rather than how it is simulated (e.g. the
       built-in world's ``{"domain": "real"}``); datasets record it so that a policy is evaluated where its
       data came from.
@@ -85,6 +87,7 @@ class EnvSpec:
     snapshot: bool = False
     expert: bool = False
     variant: dict[str, Any] = field(default_factory=dict)
+    evaluate_in: dict[str, Any] | None = None
 
     @property
     def num_tasks(self) -> int:

@@ -25,7 +25,7 @@ import torch
 from reinforge import fsutil
 from reinforge.algos.base import RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
 from reinforge.algos.cotrain import CotrainConfig, SFTAnchor
-from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep
+from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep, flat_groups, trajectory_outcomes
 from reinforge.algos.ppo import PPO, PPOConfig
 from reinforge.config import check, plain
 from reinforge.device import Precision, autocast, check_precision, resolve_device
@@ -57,6 +57,9 @@ class RLEvalConfig:
     videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
     tasks: tuple[int, ...] = ()  # evaluate these task ids only (default: every task of the suite)
     max_envs: int = 500  # envs stepped together in an evaluation (real simulators hold one process/scene each)
+    # where the policy is evaluated: name "" = the training env, or, when that is a learned simulator (a world
+    # model), the real env it imitates (its spec's ``evaluate_in``); e.g. {name: tabletop, perturb: object_major}
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(name=""))
 
     def __post_init__(self) -> None:
         check(self.every >= 0, "eval.every", self.every, "must be >= 0")
@@ -76,7 +79,11 @@ class RLConfig:
     out: str = "runs/rl"
     iterations: int = 40
     freeze_vision: bool = True  # train everything but the vision encoder; rollouts cache its tokens
+    freeze_backbone: bool = False  # train the action head (and value head) only, as VLA-RFT
     flow_sampler: str = ""  # flow policies: "sde" (Flow-SDE) or "noise" (Flow-Noise); "" = the checkpoint's
+    # Flow-Noise's learned per-step sigma bounds (VLA-RFT: 0.08, 0.2); 0 = the checkpoint's
+    flow_noise_min: float = 0.0
+    flow_noise_max: float = 0.0
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -104,6 +111,8 @@ class RLConfig:
         check(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
         check(self.flow_sampler in ("", "sde", "noise"), "flow_sampler", self.flow_sampler, "must be sde|noise|''")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
+        check(self.flow_noise_min >= 0 and self.flow_noise_max >= 0, "flow_noise_min", (self.flow_noise_min,
+              self.flow_noise_max), "must be >= 0 (0 = the checkpoint's)")
         if self.algo == "grpo":
             check(self.rollout.mode == "episodic", "rollout.mode", self.rollout.mode, "must be 'episodic' for GRPO")
             check(self.rollout.group_size >= 2, "rollout.group_size", self.rollout.group_size,
@@ -153,10 +162,13 @@ class RLTrainer:
                 raise ValueError("RL starts from a fine-tuned policy: set init=PATH (a folder written by "
                                  "`reinforge sft`, e.g. runs/sft/policy)")
             self.policy = load_pretrained(cfg.init)
-            if cfg.flow_sampler:
-                self.policy.config = replace(self.policy.config, flow_sampler=cfg.flow_sampler)
+            change = {k: v for k, v in (("flow_sampler", cfg.flow_sampler), ("noise_min", cfg.flow_noise_min),
+                                        ("noise_max", cfg.flow_noise_max)) if v}
+            if change:
+                self.policy.config = replace(self.policy.config, **change)
         self.policy.to(self.device)
-        opt = build_optimizer(self.policy, cfg.optim, freeze_vision=cfg.freeze_vision, train_critic=cfg.algo == "ppo")
+        opt = build_optimizer(self.policy, cfg.optim, freeze_vision=cfg.freeze_vision, train_critic=cfg.algo == "ppo",
+                              freeze_backbone=cfg.freeze_backbone)
         if cfg.algo == "grpo":
             self.algo = GRPO(self.policy, opt, cfg.grpo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
         else:
@@ -165,18 +177,21 @@ class RLTrainer:
         self.cotrain_env: tuple[str, EnvConfig] | None = None
         if cfg.cotrain.enabled:
             self.algo.anchor = SFTAnchor(self.policy, cfg.cotrain, seed=cfg.seed)
-            self.cotrain_env = self._cotrain_env(self.algo.anchor.ds)
         env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed))
-        self.collector = RolloutCollector(env, self.policy, cfg.rollout, cache_features=cfg.freeze_vision,
+        self.collector = RolloutCollector(env, self.policy, cfg.rollout,
+                                          cache_features=cfg.freeze_vision or cfg.freeze_backbone,
                                           need_values=cfg.algo == "ppo", seed=cfg.seed, logprob=self.algo.logprob)
+        self.eval_env, self.eval_spec = self._eval_env(env.spec)
+        if self.algo.anchor is not None:
+            self.cotrain_env = self._cotrain_env(self.algo.anchor.ds)
         if state is not None:
             self._restore(state)
 
     # ------------------------------------------------------------ state
 
     # settings a resumed run cannot change: what is learned where, and the shape of the optimizer / rollouts
-    RESUME_FIXED = ("algo", "env.name", "env.suite", "freeze_vision", "rollout.mode", "rollout.num_envs",
-                    "flow_sampler")
+    RESUME_FIXED = ("algo", "env.name", "env.suite", "freeze_vision", "freeze_backbone", "rollout.mode",
+                    "rollout.num_envs", "flow_sampler", "flow_noise_min", "flow_noise_max")
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         old = dict(state.get("config", {}))
@@ -248,8 +263,9 @@ class RLTrainer:
             # a group with an episode lost to a simulator fault is dropped: its advantages would be biased
             keep = ~b.episode_failed.view(-1, G).any(1) if b.episode_failed is not None else torch.ones(
                 b.num_rows // G, dtype=torch.bool)
-            if c.grpo.dynamic_sampling:
-                keep &= dynamic_sampling_keep(b.episode_success.view(-1, G).float())
+            if c.grpo.dynamic_sampling:  # binary success: a mixed group; returns: a group with any spread
+                outcome = trajectory_outcomes(b, c.grpo.reward).view(-1, G)
+                keep &= dynamic_sampling_keep(outcome) if c.grpo.reward == "success" else ~flat_groups(outcome)
             if not bool(keep.all()):
                 b = select_rows(b, keep.repeat_interleave(G))
             if b.num_rows:
@@ -279,6 +295,8 @@ class RLTrainer:
              "rollout/episode_length": float(length.mean()) if length.numel() else 0.0,
              "rollout/env_steps": float(steps), "time/env_s": t_env, "time/policy_s": t_pol,
              "rollout/env_steps_per_s": steps / max(t_env + t_pol, 1e-9)}
+        ret = torch.cat([torch.where(b.valid, b.reward, 0.0).sum(1) for b in rounds])
+        m["rollout/return"] = float(ret.mean()) if ret.numel() else 0.0  # per env row (one episode when episodic)
         if batch is not None:
             m["rollout/samples"] = float(batch.num_samples)
         return m
@@ -307,13 +325,30 @@ class RLTrainer:
 
     # ------------------------------------------------------------ evaluation
 
+    def _eval_env(self, train_spec) -> tuple[EnvConfig, Any]:
+        """The env evaluations run in (``eval.env``, else a learned simulator's ``evaluate_in``, else the
+        training env) and its spec."""
+        c = self.cfg
+        if c.eval.env.name:
+            env = c.eval.env
+        elif train_spec.evaluate_in:
+            env = EnvConfig.from_mapping({"device": c.env.device, **train_spec.evaluate_in})
+        else:
+            return c.env, train_spec
+        if env.suite != c.env.suite:
+            log.warning("training in %s/%s, evaluating in %s/%s", c.env.name, c.env.suite, env.name, env.suite)
+        probe = make_env(env, num_envs=1, image_size=self.policy.config.image_size)
+        spec = probe.spec
+        probe.close()
+        return env, spec
+
     def evaluate(self, episodes_per_task: int) -> dict[str, float]:
         from reinforge.eval import evaluate
 
         self.policy.eval()
         c, out = self.cfg, {}
-        spec = self.collector.env.spec
-        points = [(c.env, split, "" if split == "train" else f"_{split}")
+        spec = self.eval_spec
+        points = [(self.eval_env, split, "" if split == "train" else f"_{split}")
                   for split in ["train"] + (list(spec.heldout_splits) if c.eval.heldout else [])]
         if self.cotrain_env is not None:
             tag, env = self.cotrain_env
@@ -336,8 +371,8 @@ class RLTrainer:
         variant = dict(rec.get("variant", {}))
         env = EnvConfig.from_mapping({"name": rec.get("env", "tabletop"), "suite": rec.get("suite") or self.cfg.suite,
                                       "device": self.cfg.env.device, **variant})
-        if not self.cfg.cotrain.evaluate or (env.name, env.suite, env.options) == (
-                self.cfg.env.name, self.cfg.env.suite, self.cfg.env.options):
+        if not self.cfg.cotrain.evaluate or any((env.name, env.suite, env.options) == (e.name, e.suite, e.options)
+                                                for e in (self.cfg.env, self.eval_env)):
             return None
         tag = "_".join(str(v) for v in variant.values()) or "cotrain"
         return tag, env
@@ -347,9 +382,9 @@ class RLTrainer:
         from reinforge.eval import evaluate
 
         self.policy.eval()
-        n = min(self.cfg.eval.videos, self.collector.env.spec.num_tasks)
+        n = min(self.cfg.eval.videos, self.eval_spec.num_tasks)
         with autocast(self.device, self.cfg.precision):
-            r = evaluate(lambda env: self.policy, self.cfg.env, episodes_per_task=1, tasks=list(range(n)),
+            r = evaluate(lambda env: self.policy, self.eval_env, episodes_per_task=1, tasks=list(range(n)),
                          image_size=self.policy.config.image_size, video_dir=folder, video_format="mp4")
         return r.videos
 

@@ -19,6 +19,7 @@ import torch
 
 from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv
 from reinforge.envs.tabletop.domain import get_domain
+from reinforge.envs.tabletop.perturb import PERTURBATIONS, perturbed_init
 from reinforge.envs.tabletop.predicates import task_success
 from reinforge.envs.tabletop.render import Backend, Renderer
 from reinforge.envs.tabletop.tasks import (
@@ -68,7 +69,7 @@ class TabletopEnv(VecEnv):
                  image_size: int | tuple[int, int] = 64, render: bool = True,
                  render_backend: Backend = "auto",
                  max_episode_steps: int | None = None, init_bank: InitBank = "eval",
-                 device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim"):
+                 device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim", perturb: str = ""):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
@@ -90,13 +91,16 @@ class TabletopEnv(VecEnv):
         if init_bank not in INIT_BANKS:
             raise ValueError(f"unknown init_bank {init_bank!r}; use one of {list(INIT_BANKS)}")
         self.init_bank = init_bank
+        if perturb and perturb not in PERTURBATIONS:
+            raise ValueError(f"unknown perturbation {perturb!r}; use '' (none) or one of {list(PERTURBATIONS)}")
         s = self.suite
         self.spec = EnvSpec(
             env="tabletop", suite=s.name, split=s.split, tasks=tuple(Task(t.name, t.instruction) for t in s.tasks),
             max_episode_steps=limit, control_hz=CONTROL_HZ, action_names=ACTION_NAMES, state_names=STATE_NAMES,
             camera_names=CAMERA_NAMES if render else (), image_size=self.image_size, num_init_states=NUM_INIT_STATES,
             init_banks=INIT_BANKS, splits=("train", "heldout") if s.name in HELDOUT_SUITES else ("train",),
-            snapshot=True, expert=True, variant={"domain": d.name} if d.name != "sim" else {})
+            snapshot=True, expert=True,
+            variant={**({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {})})
         self._rng = np.random.default_rng(seed)
         dev = self.device
         bank = INIT_BANKS.index(init_bank)
@@ -105,6 +109,10 @@ class TabletopEnv(VecEnv):
         self._tables["rgb"] = d.object_rgb(self._tables["rgb"])
         for k in ("init_pos", "init_support", "init_inside", "init_gripper"):
             self._tables[k] = getattr(s, k)[bank].to(dev)
+        self._tables["init_yaw"] = torch.zeros(self._tables["init_gripper"].shape[:2], device=dev)
+        if perturb:  # moved objects and robot start, precomputed once per (suite, split, bank, perturbation)
+            p = perturbed_init(s.name, s.split, init_bank, perturb)
+            self._tables.update(init_pos=p.pos.to(dev), init_gripper=p.gripper.to(dev), init_yaw=p.yaw.to(dev))
         self.task_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.init_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
@@ -159,7 +167,7 @@ class TabletopEnv(VecEnv):
         fresh = WorldState(
             pos=pos, support=tb["init_support"][t, i], inside=tb["init_inside"][t, i],
             anchor_y=pos[..., 1].clone(),
-            grip_pos=tb["init_gripper"][t, i], grip_yaw=torch.zeros(self.num_envs, device=self.device),
+            grip_pos=tb["init_gripper"][t, i], grip_yaw=tb["init_yaw"][t, i],
             grip_open=torch.ones(self.num_envs, device=self.device),
             held=torch.full((self.num_envs,), -1, dtype=torch.int64, device=self.device),
             held_offset=torch.zeros(self.num_envs, 3, device=self.device))

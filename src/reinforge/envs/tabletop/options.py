@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reinforge.config import check
+from reinforge.envs.tabletop.perturb import PERTURBATIONS, Perturbation
 
 
 @dataclass
@@ -15,7 +16,13 @@ class TabletopOptions:
     # "real": the documented visual + dynamics shift (domain.py); "real-<component>" one part of it alone
     domain: Literal["sim", "real", "real-camera", "real-colour", "real-noise", "real-gain", "real-latency",
                     "real-grasp"] = "sim"
+    # robustness evaluation (perturb.py): "" none; "<what>_<level>" with what = object (the object to manipulate),
+    # goal (its receptacle), robot (initial end-effector pose) or combined (all three); level minor/major:
+    # objects shift 0.03/0.06 m in the plane; the end effector moves 0.03/0.06 m and its yaw turns 0.25/0.5 rad
+    perturb: Perturbation = ""
 
     def __post_init__(self) -> None:
         check(self.render_backend in ("auto", "numba", "torch"), "env.render_backend", self.render_backend,
               "must be auto|numba|torch")
+        check(self.perturb in ("", *PERTURBATIONS), "env.perturb", self.perturb,
+              f"must be empty (none) or one of {list(PERTURBATIONS)}")
