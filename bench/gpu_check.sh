@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The checks and figures of one GPU machine, in one run: the CUDA tests, the fault-injection tests, and RL /
-# policy throughput with the policy on CUDA (fp32, bf16; env on CPU or CUDA) next to the same machine's CPU.
+# The checks and figures of one GPU machine, in one run: the CUDA tests, the fault-injection tests, RL /
+# policy throughput with the policy on CUDA (fp32, bf16; env on CPU or CUDA) and world-model throughput (training
+# step, imagined env steps/s), next to the same machine's CPU.
 #
 # Usage, from the repository root on a machine whose python3 has torch (CUDA) and reinforge's dependencies:
 #   bash bench/gpu_check.sh [OUT_DIR]        # logs and one JSON line per benchmark in OUT_DIR (default gpu_out)
@@ -40,6 +41,8 @@ step rl_ppo_flow_cuda_envcuda 80 $R bench rl --policy flow --algo ppo --freeze-v
   --device cuda --env-device cuda --json
 step rl_grpo_token_cuda 80 $R bench rl --policy token --algo grpo --freeze-vision on --iterations 1 --device cuda --json
 step rl_ppo_flow_cpu 80 $R bench rl --policy flow --algo ppo --freeze-vision on --iterations 1 --device cpu --json
+step wm_cuda 150 $PY bench/wm_throughput.py --device cuda --envs 256,1024,4096 --batch 16,64
+step wm_cpu 120 $PY bench/wm_throughput.py --device cpu --envs 64,256 --batch 16
 step policy_cuda 45 $R bench policy --device cuda --json
 step policy_cpu 45 $R bench policy --device cpu --json
 grep -h '^{' "$OUT/all.log" > "$OUT/figures.jsonl"

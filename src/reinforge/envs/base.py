@@ -441,8 +441,7 @@ class EnvConfig:
         base = {k: v for k, v in data.items() if k in common}
         opts = dict(data.get("options") or {})
         opts.update({k: v for k, v in data.items() if k not in common and k != "options"})
-        cfg = from_dict(cls, base, prefix)
-        return cls(name=cfg.name, suite=cfg.suite, device=cfg.device, image_size=cfg.image_size, options=opts)
+        return from_dict(cls, {**base, "options": opts}, prefix)
 
     def make_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"suite": self.suite, "device": self.device, **self.options}

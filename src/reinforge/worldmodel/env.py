@@ -188,7 +188,8 @@ class WorldModelEnv(VecEnv):
         """Imagine one step for ``rows`` with the policy's and the ground truth's actions; (len(rows),) reward."""
         dev = self.device
         r = rows.to(dev)
-        gt_action = self.ds.actions[self.gt[rows]].to(dev)
+        # an env stepped past its demonstration's end (the caller did not reset it) repeats the last recorded action
+        gt_action = self.ds.actions[torch.minimum(self.gt[rows], self.gt_end[rows] - 1)].to(dev)
         z, s = self.wm.step(self.z[r], self.s[r], actions[rows].to(dev))
         z_gt, s_gt = self.wm.step(self.z_gt[r], self.s_gt[r], gt_action)
         frames, frames_gt = self.wm.decode(z), self.wm.decode(z_gt)
@@ -250,8 +251,8 @@ class WorldModelEnv(VecEnv):
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {"task_id": self.task_id.clone(), "init_id": self.init_id.clone(), "elapsed": self.elapsed.clone(),
-                "gt": self.gt.clone(), "gt_end": self.gt_end.clone(), "z": self.z.cpu(), "z_gt": self.z_gt.cpu(),
-                "s": self.s.cpu(), "s_gt": self.s_gt.cpu(), "frames": self.frames.clone()}
+                "gt": self.gt.clone(), "gt_end": self.gt_end.clone(), "frames": self.frames.clone(),
+                **{k: getattr(self, k).cpu().clone() for k in ("z", "z_gt", "s", "s_gt")}}
 
     def restore(self, snap: dict[str, torch.Tensor]) -> Observation:
         for k in ("task_id", "init_id", "elapsed", "gt", "gt_end", "frames"):

@@ -264,7 +264,7 @@ class WMTrainer:
             bar.close()
 
     def save_model(self) -> Path:
-        meta = {"data": str(Path(self.cfg.data).resolve()), "steps": self.step,
+        meta = {"data": str(Path(self.cfg.data).resolve()), "steps": self.step, "train_s": round(self.train_s, 1),
                 "recorded_in": self.ds.recorded_in, "heldout_episodes": self.heldout_eps}
         with fsutil.atomic_dir(self.out / "model", "world-model", meta=meta) as tmp:
             self.model.save(tmp)
