@@ -131,8 +131,9 @@ def test_rl_co_iteration_on_cuda(tmp_path):
 
 
 def test_world_model_trains_and_imagines_on_cuda_as_on_cpu(tmp_path):
-    """World-model training on CUDA, and WorldModelEnv on CUDA: the ground truth still scores exactly 0, and the
-    CUDA imagination matches the CPU one of the same weights; then one GRPO iteration in it with a CUDA policy."""
+    """World-model training on CUDA, and WorldModelEnv on CUDA: the ground truth still scores 0 (to 1e-8: cuDNN's
+    convolutions are not bit-reproducible between calls, the CPU's are and give exactly 0), and the CUDA
+    imagination matches the CPU one of the same weights; then one GRPO iteration in it with a CUDA policy."""
     from reinforge.data.record import record_demos
     from reinforge.train.rl import RLConfig, RLTrainer
     from reinforge.worldmodel.train import WMTrainConfig, WMTrainer
@@ -148,7 +149,8 @@ def test_world_model_trains_and_imagines_on_cuda_as_on_cpu(tmp_path):
     for d, env in envs.items():
         env.reset([0, 1, 0, 1], [1, 2, 3, 4])
         gt = torch.stack([env.ds.actions[env.gt + h] for h in range(3)], 1)
-        assert torch.equal(env.step_chunk(gt).reward, torch.zeros(4, 3))
+        r = env.step_chunk(gt).reward
+        assert torch.equal(r, torch.zeros(4, 3)) if d == "cpu" else float(r.abs().max()) < 1e-8
         env.reset([0, 1, 0, 1], [1, 2, 3, 4])
         out[d] = env.step_chunk(gt * 0.5)
     assert torch.allclose(out["cuda"].reward, out["cpu"].reward, atol=1e-4, rtol=1e-3)

@@ -305,14 +305,14 @@ def evaluate_world_model(model: WorldModel, ds: DemoDataset, episodes: list[int]
         idx = t[:, None] + torch.arange(horizon + 1)[None]
         real = model.frames_out(model.frames_in(ds.images[idx].flatten(0, 1))).unflatten(0, idx.shape)
         frames, states = model.imagine(ds.images[t], ds.states[t], ds.actions[idx[:, :-1]])
-        recon += mae(model.decode(model.encode(ds.images[t])), real[:, 0]).double().sum()
+        recon += float(mae(model.decode(model.encode(ds.images[t])), real[:, 0]).double().sum())
         for k in range(horizon):
             for who, pred in (("model", frames[:, k]), ("copy", real[:, 0])):
                 target = real[:, k + 1]
                 for n, v in (("mae", mae(pred, target)), ("psnr", psnr(pred, target)), ("ssim", ssim(pred, target)),
                              ("perceptual", model.perceptual_distance(pred, target))):
-                    sums[f"{who}/{n}"][k] += v.double().sum()
-            state_err[k] += (states[:, k] - ds.states[idx[:, k + 1]].to(states.device)).abs().mean(1).double().sum()
+                    sums[f"{who}/{n}"][k] += float(v.double().sum())
+            state_err[k] += float((states[:, k] - ds.states[idx[:, k + 1]].to(states.device)).abs().mean(1).sum())
     n = starts.numel()
     curves = {k: (v / n).tolist() for k, v in sums.items()}
     curves["model/state_mae"] = (state_err / n).tolist()
