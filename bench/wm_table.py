@@ -176,12 +176,13 @@ def agreement(out: Path, wm_dir: Path, policy_dir: Path, demos: int) -> None:
 def table(done: dict, seeds: list[int], conditions: list[str], a: argparse.Namespace, out: Path,
           notes: dict) -> list[str]:
     def cell(row: str, cond: str) -> str:
-        vals = [done[(row, s)]["success"][cond] for s in seeds if (row, s) in done]
+        vals = [done[(row, s)]["success"][cond] for s in seeds if cond in done.get((row, s), {}).get("success", {})]
         if not vals:
             return "-"
+        note = "" if len(vals) == len(seeds) else f" ({len(vals)} seed{'s' if len(vals) > 1 else ''})"
         if len(vals) == 1:
-            return f"{vals[0]:.1f}"
-        return f"{statistics.mean(vals):.1f} +- {statistics.stdev(vals):.1f}"
+            return f"{vals[0]:.1f}{note}"
+        return f"{statistics.mean(vals):.1f} +- {statistics.stdev(vals):.1f}{note}"
 
     def cost(row: str) -> str:
         r = [done[(row, s)] for s in seeds if (row, s) in done]
@@ -194,7 +195,8 @@ def table(done: dict, seeds: list[int], conditions: list[str], a: argparse.Names
     names = [c or "nominal" for c in conditions]
     head = "| row | " + " | ".join(names) + " | sim steps (RL) | imagined steps | train min |"
     lines = [f"Greedy success (%) on `{a.suite}`, {a.episodes_per_task} episodes per task and condition "
-             f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}); {a.demos} demos per task "
+             f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: mean +- std over training seeds, the same "
+             f"demonstrations and world model); {a.demos} demos per task "
              f"({notes['demo_steps'] / 1e3:.0f}k simulator steps, shared by every row)", "", head,
              "|" + "---|" * (len(names) + 4)]
     for row in ROWS:

@@ -247,3 +247,17 @@ def test_wm_train_and_eval_from_the_cli(demos, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["wm", "train", "--data", str(demos), "--out", str(tmp_path / "y"), "unrol=3"]) == 2
     assert "unroll" in capsys.readouterr().err
+
+
+def test_rl_evaluates_where_eval_env_says(tmp_path):
+    """``eval.env`` sends evaluation elsewhere than training (here: training in sim, evaluating under a
+    perturbation); without it a learned simulator's ``evaluate_in`` decides (the test above)."""
+    from reinforge.train.rl import RLConfig, RLTrainer
+
+    init = make_policy(PolicyConfig(kind="flow", **TINY_POLICY)).save_pretrained(tmp_path / "init")
+    cfg = load_config(RLConfig, None, [f"init={init}", f"out={tmp_path / 'rl'}", "rollout.num_groups=1",
+                                       "rollout.group_size=2", "eval.env.perturb=object_major"])
+    with RLTrainer(cfg) as trainer:
+        assert trainer.collector.env.spec.variant == {}
+        assert trainer.eval_env.options["perturb"] == "object_major"
+        assert trainer.eval_spec.variant == {"perturb": "object_major"}
