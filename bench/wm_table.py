@@ -138,7 +138,8 @@ def main() -> int:
         t_ppo, sim_steps = rl(run / "sim_ppo", "tabletop_ppo_flow_sde", [
             f"init={short}", f"out={run / 'sim_ppo'}", f"env.suite={a.suite}", f"seed={seed}",
             f"iterations={a.iterations}"])
-        if seed == seeds[0] and not (out / "reward_agreement.json").is_file():
+        f = out / "reward_agreement.json"
+        if seed == seeds[0] and (not f.is_file() or "spearman_wm_mae_only_success" not in f.read_text()):
             agreement(out, wm_dir, short, a.agreement_demos)
         cost = {"sft_short": (t_short, 0, 0), "sft_long": (t_long, 0, 0),
                 "wm_rl": (t_short + t_wm + t_wmrl, 0, imagined), "sim_ppo": (t_short + t_ppo, sim_steps, 0)}
@@ -210,7 +211,12 @@ def table(done: dict, seeds: list[int], conditions: list[str], a: argparse.Names
                       f"{100 * r['success_rate']:.1f}%): Spearman world-model reward ~ success "
                       f"{r['spearman_wm_success']:.3f}, oracle (real frames) reward ~ success "
                       f"{r['spearman_oracle_success']:.3f}, world-model ~ oracle {r['spearman_wm_oracle']:.3f} "
-                      f"(within a demonstration's group: {r['spearman_wm_oracle_within_group']:.3f})."]
+                      f"(within a demonstration's group of {r['samples']}: {r['spearman_wm_oracle_within_group']:.3f}; "
+                      f"world-model reward ~ success within a group: {r['spearman_wm_success_within_group']:.3f} over the "
+                      f"{r['groups_wm_success_within']} groups with mixed outcomes). The reward's parts alone ~ success: "
+                      f"MAE {r['spearman_wm_mae_only_success']:.3f}, perceptual "
+                      f"{r['spearman_wm_perceptual_only_success']:.3f} (oracle MAE alone "
+                      f"{r['spearman_oracle_mae_only_success']:.3f})."]
     wm = out / "wm" / "report" / "wm_eval.json"
     if wm.is_file():
         s = json.loads(wm.read_text())["summary"]

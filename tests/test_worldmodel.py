@@ -261,3 +261,15 @@ def test_rl_evaluates_where_eval_env_says(tmp_path):
         assert trainer.collector.env.spec.variant == {}
         assert trainer.eval_env.options["perturb"] == "object_major"
         assert trainer.eval_spec.variant == {"perturb": "object_major"}
+
+
+def test_reward_agreement_reports_rank_correlations(trained):
+    from reinforge.worldmodel.verify import reward_agreement
+
+    torch.manual_seed(0)
+    policy = make_policy(PolicyConfig(kind="flow", **TINY_POLICY))
+    env = make_env("worldmodel", suite="spatial", num_envs=3, model=str(trained[0]), start="first")
+    r = reward_agreement(policy, env, demos=2, samples=2, horizon=3, max_steps=6)
+    assert r["rollouts"] == 4 and r["demos"] == 2 and 0.0 <= r["success_rate"] <= 1.0
+    for k in ("spearman_wm_oracle", "spearman_wm_mae_only_success", "spearman_wm_oracle_within_group"):
+        assert np.isnan(r[k]) or -1.0 <= r[k] <= 1.0

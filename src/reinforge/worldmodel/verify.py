@@ -11,7 +11,9 @@ from the demonstration's own initial state (task, init id), ``samples`` times ea
 - ``success``: whether the real episode succeeded (run to the env's time limit).
 
 Reported: Spearman rank correlations wm_reward ~ success, oracle_reward ~ success, and wm_reward ~ oracle_reward,
-over all rollouts and within each demonstration's group (the comparison GRPO actually makes).
+over all rollouts and within each demonstration's group (the comparison GRPO actually makes), and of the reward's
+MAE and perceptual parts alone (the effect of the perceptual term). The imagination is the env's own (the same
+model, weights and per-step distance), stepped here one action at a time so every frame is kept.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ def spearman(x, y) -> float:
 
 @torch.no_grad()
 def _real_rollouts(policy: Policy, env_cfg: EnvConfig, tasks: torch.Tensor, inits: torch.Tensor, horizon: int,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   seed: int, max_steps: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sampled episodes from (task, init) of the env's train bank: actions (B, horizon, D), frames after each of
     the first ``horizon`` actions (B, horizon, V, 3, H, W) uint8, success (B,)."""
     B = tasks.numel()
-    env = make_env(env_cfg, num_envs=B, init_bank="train", image_size=policy.config.image_size, seed=seed)
+    limit = {"max_episode_steps": max_steps} if max_steps else {}
+    env = make_env(env_cfg, num_envs=B, init_bank="train", image_size=policy.config.image_size, seed=seed, **limit)
     gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     obs = env.reset(tasks, inits)
     acts, frames = [], []
@@ -85,11 +88,33 @@ def _real_rollouts(policy: Policy, env_cfg: EnvConfig, tasks: torch.Tensor, init
     return torch.stack(acts, 1), torch.stack(frames, 1), success
 
 
+def _imagine_step(env: WorldModelEnv, action: torch.Tensor, gt_action: torch.Tensor, gt_frames: list) -> torch.Tensor:
+    """One imagined step of every env with the policy's and the ground truth's action; returns the policy's
+    frames (B, V, 3, H, W) in [0, 1] and appends the ground truth's to ``gt_frames``."""
+    wm, dev = env.wm, env.device
+    env.z, env.s = wm.step(env.z, env.s, action.to(dev))
+    env.z_gt, env.s_gt = wm.step(env.z_gt, env.s_gt, gt_action.to(dev))
+    env.gt += 1
+    env.elapsed += 1
+    gt_frames.append(wm.decode(env.z_gt).cpu())
+    return wm.decode(env.z).cpu()
+
+
+def _distances(model, a: torch.Tensor, b: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the horizon of MAE and of the perceptual distance between frames a, b (N, T, V, 3, H, W)."""
+    n, T = a.shape[:2]
+    fa, fb = a.flatten(0, 1), b.flatten(0, 1)
+    perc = torch.cat([model.perceptual_distance(fa[j:j + 256].to(device), fb[j:j + 256].to(device)).cpu()
+                      for j in range(0, fa.shape[0], 256)])
+    return mae(fa, fb).view(n, T).mean(1), perc.view(n, T).mean(1)
+
+
 @torch.no_grad()
 def reward_agreement(policy: Policy, wm_env: WorldModelEnv, *, demos: int = 100, samples: int = 4, horizon: int = 16,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, max_steps: int | None = None) -> dict[str, Any]:
     """Spearman agreement of the verified reward with true success, over ``demos`` demonstrations (spread over
-    the tasks) x ``samples`` sampled policy rollouts each (see the module docstring)."""
+    the tasks) x ``samples`` sampled policy rollouts each (see the module docstring); the real episodes run to
+    the env's time limit (or ``max_steps``)."""
     policy.eval()
     ds = wm_env.ds
     n_eps = ds.num_episodes
@@ -100,40 +125,42 @@ def reward_agreement(policy: Policy, wm_env: WorldModelEnv, *, demos: int = 100,
     inits = torch.tensor([int(m.get("init_id", 0)) for m in meta])
     ev = wm_env.spec.evaluate_in or {}
     env_cfg = EnvConfig.from_mapping(dict(ev))
-    actions, real_frames, success = _real_rollouts(policy, env_cfg, tasks, inits, horizon, seed)
+    actions, real_frames, success = _real_rollouts(policy, env_cfg, tasks, inits, horizon, seed, max_steps)
     first = ds.episode_start[eps]
-    wm, oracle = torch.zeros(eps.numel()), torch.zeros(eps.numel())
-    w_mae, w_perc = wm_env.weights
-    B = wm_env.num_envs
-    model = wm_env.wm
+    # per rollout: the world-model and oracle distances, their MAE and perceptual parts kept apart
+    parts = {k: torch.zeros(eps.numel()) for k in ("wm_mae", "wm_perc", "oracle_mae", "oracle_perc")}
+    B, model = wm_env.num_envs, wm_env.wm
     for i in range(0, eps.numel(), B):
         idx = torch.arange(i, min(i + B, eps.numel()))
-        rows = torch.arange(idx.numel())
-        frames = torch.cat([first[idx], first[idx][-1:].expand(B - idx.numel())])  # pad to the env's size
+        n = idx.numel()
+        frames = torch.cat([first[idx], first[idx][-1:].expand(B - n)])  # pad to the env's size
+        acts = torch.cat([actions[idx], actions[idx][-1:].expand(B - n, -1, -1)])
         wm_env.reset_to_frames(frames)
-        acts = torch.cat([actions[idx], actions[idx][-1:].expand(B - idx.numel(), -1, -1)])
-        total = torch.zeros(B)
-        live = torch.ones(B, dtype=torch.bool)
-        for h in range(horizon):
-            res = wm_env.step_chunk(acts[:, h:h + 1], active=live)
-            total += res.reward[:, 0]
-            live &= ~res.truncated
-        wm[idx] = total[rows] * wm_env.spec.max_episode_steps / horizon  # a per-step mean, as the env's return
-        # oracle: real frames vs recorded frames, the same distance
+        gt_frames, pol_frames = [], []
+        for h in range(horizon):  # past a demonstration's end its last recorded action repeats, as in the env
+            gt = wm_env.ds.actions[torch.minimum(wm_env.gt, wm_env.gt_end - 1)]
+            pol_frames.append(_imagine_step(wm_env, acts[:, h], gt, gt_frames))
+        a, b = torch.stack(pol_frames, 1)[:n], torch.stack(gt_frames, 1)[:n]
+        parts["wm_mae"][idx], parts["wm_perc"][idx] = _distances(model, a, b, wm_env.device)
+        # oracle: the rollout's real frames vs the demonstration's recorded frames
         last = first[idx] + torch.tensor([int(ds.episodes[int(e)]["length"]) - 1 for e in eps[idx]])
         rec = torch.minimum(first[idx][:, None] + 1 + torch.arange(horizon)[None], last[:, None])
-        a = real_frames[idx].flatten(0, 1).float() / 255
-        b = ds.images[rec].flatten(0, 1).float() / 255
-        d = w_mae * mae(a, b) + (w_perc * model.perceptual_distance(a.to(wm_env.device), b.to(wm_env.device)).cpu()
-                                 if w_perc else 0.0)
-        oracle[idx] = -d.view(idx.numel(), horizon).mean(1)
+        parts["oracle_mae"][idx], parts["oracle_perc"][idx] = _distances(
+            model, real_frames[idx].float() / 255, ds.images[rec].float() / 255, wm_env.device)
+    w_mae, w_perc = wm_env.weights
+    wm = -(w_mae * parts["wm_mae"] + w_perc * parts["wm_perc"])
+    oracle = -(w_mae * parts["oracle_mae"] + w_perc * parts["oracle_perc"])
     s = success.float().numpy()
     out = {"rollouts": int(eps.numel()), "demos": int(len(pick)), "samples": samples, "horizon": horizon,
-           "success_rate": float(s.mean()),
+           "success_rate": float(s.mean()), "weights": {"mae": w_mae, "perceptual": w_perc},
            "spearman_wm_success": spearman(wm.numpy(), s), "spearman_oracle_success": spearman(oracle.numpy(), s),
-           "spearman_wm_oracle": spearman(wm.numpy(), oracle.numpy())}
-    within = [spearman(wm[j:j + samples].numpy(), oracle[j:j + samples].numpy())
-              for j in range(0, eps.numel(), samples)]
-    within = [w for w in within if not math.isnan(w)]
-    out["spearman_wm_oracle_within_group"] = float(np.mean(within)) if within else float("nan")
+           "spearman_wm_oracle": spearman(wm.numpy(), oracle.numpy()),
+           "spearman_wm_mae_only_success": spearman(-parts["wm_mae"].numpy(), s),
+           "spearman_wm_perceptual_only_success": spearman(-parts["wm_perc"].numpy(), s),
+           "spearman_oracle_mae_only_success": spearman(-parts["oracle_mae"].numpy(), s)}
+    for name, r in (("wm_oracle", oracle), ("wm_success", torch.as_tensor(s))):
+        within = [spearman(wm[j:j + samples].numpy(), r[j:j + samples].numpy()) for j in range(0, eps.numel(), samples)]
+        within = [w for w in within if not math.isnan(w)]
+        out[f"spearman_{name}_within_group"] = float(np.mean(within)) if within else float("nan")
+        out[f"groups_{name}_within"] = len(within)
     return out
