@@ -212,8 +212,9 @@ def table(done: dict, seeds: list[int], conditions: list[str], a: argparse.Names
                       f"{r['spearman_wm_success']:.3f}, oracle (real frames) reward ~ success "
                       f"{r['spearman_oracle_success']:.3f}, world-model ~ oracle {r['spearman_wm_oracle']:.3f} "
                       f"(within a demonstration's group of {r['samples']}: {r['spearman_wm_oracle_within_group']:.3f}; "
-                      f"world-model reward ~ success within a group: {r['spearman_wm_success_within_group']:.3f} over the "
-                      f"{r['groups_wm_success_within']} groups with mixed outcomes). The reward's parts alone ~ success: "
+                      f"world-model reward ~ success within a group: {r['spearman_wm_success_within_group']:.3f} over "
+                      f"the {r['groups_wm_success_within']} groups with mixed outcomes). The reward's parts alone ~ "
+                      "success: "
                       f"MAE {r['spearman_wm_mae_only_success']:.3f}, perceptual "
                       f"{r['spearman_wm_perceptual_only_success']:.3f} (oracle MAE alone "
                       f"{r['spearman_oracle_mae_only_success']:.3f})."]
