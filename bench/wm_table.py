@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from reinforge import fsutil
 from reinforge.config import load_config
 from reinforge.envs import EnvConfig, make_env
 from reinforge.eval import evaluate
@@ -102,6 +103,8 @@ def main() -> int:
     p.add_argument("--conditions", default=",".join(c or "nominal" for c in CONDITIONS))
     p.add_argument("--wm-config", default="tabletop_wm_grpo_flow", help="the world-model RL config")
     p.add_argument("--agreement-demos", type=int, default=100, help="demonstrations scored for reward agreement")
+    p.add_argument("--reevaluate", default="", help="conditions to evaluate again for rows already in results.jsonl "
+                                                    "(after a change to the evaluation or the policy's inference)")
     p.add_argument("--out", default="runs/wmrl")
     a = p.parse_args()
     out = Path(a.out)
@@ -145,6 +148,13 @@ def main() -> int:
                 "wm_rl": (t_short + t_wm + t_wmrl, 0, imagined), "sim_ppo": (t_short + t_ppo, sim_steps, 0)}
         policies = {"sft_short": short, "sft_long": run / "sft_long" / "policy", "wm_rl": run / "wm_rl" / "policy",
                     "sim_ppo": run / "sim_ppo" / "policy"}
+        for cond in filter(None, a.reevaluate.split(",")):
+            for row in ROWS:
+                if (row, seed) in done:
+                    say(f"re-evaluating {row} seed {seed} under {cond}")
+                    done[(row, seed)]["success"][cond] = 100 * success(
+                        policies[row], a.suite, "" if cond == "nominal" else cond, a.episodes_per_task)
+            fsutil.write_text_atomic(results_file, "".join(json.dumps(r) + "\n" for r in done.values()))
         for row in ROWS:
             if (row, seed) in done:
                 continue

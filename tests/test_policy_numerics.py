@@ -83,3 +83,33 @@ def test_token_bins_and_log_probs():
     assert torch.allclose(ent, ref.entropy(), atol=1e-5)
     # chunk log-prob is the sum of the token log-probs
     assert torch.allclose(lp.sum((1, 2)), ref.log_prob(tokens).sum((1, 2)), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["token", "flow"])
+def test_state_dims_that_never_varied_are_ignored(kind):
+    """A state dimension constant in the data (std 0) is standardised to 0 whatever it reads later, so an unseen
+    value (a turned gripper) is not amplified by the 1e-3 std floor; the varying dims still count."""
+    from reinforge.policies import Normalizer, PolicyConfig, make_policy
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(kind=kind, image_size=(32, 32), d_model=32, heads=2, fusion_layers=1, channels=(16, 16),
+                       horizon=4, execute_steps=2, expert_layers=1, num_steps=3)
+    norm = Normalizer([-1.0] * 7, [1.0] * 7, [0.0, 0.0, 0.1, 3.14159, 0.0, 0.0, 0.02, -0.02],
+                      [0.1, 0.1, 0.05, 0.0, 0.0, 0.0, 0.02, 0.02])
+    policy = make_policy(cfg, norm).eval()
+    obs = {"image": torch.randint(0, 255, (2, 2, 3, 32, 32), dtype=torch.uint8), "instruction": ["a", "b"],
+           "task_id": torch.zeros(2, dtype=torch.int64), "state": torch.tensor(norm.state_mean).repeat(2, 1)}
+    turned = dict(obs, state=obs["state"].clone())
+    turned["state"][:, 4] = 0.39  # axis-angle y of a gripper turned 0.25 rad: 390 std away under the floor
+    _, _, s = policy.prepare(turned)
+    assert torch.equal(s[:, 3:6], torch.zeros(2, 3))
+
+    def act(o):  # the flow policy's greedy chain starts from noise: the same noise for every call
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return policy.act(o).actions
+
+    assert torch.equal(act(obs), act(turned))
+    moved = dict(obs, state=obs["state"].clone())
+    moved["state"][:, 0] += 0.2  # a dim that varied in the data still changes the action
+    assert not torch.equal(act(obs), act(moved))

@@ -8,7 +8,8 @@ Every policy is an ``nn.Module`` with the contract of DESIGN.md:
 
 Actions are normalised per dimension to [-1, 1] with the dataset's q01/q99 statistics (OpenVLA's choice);
 dimensions that never vary in the data (e.g. roll and pitch in the tabletop world) are masked out of
-every loss and log-prob and decoded to their constant value. The state is standardised with mean/std.
+every loss and log-prob and decoded to their constant value. The state is standardised with mean/std; state
+dimensions that never vary in the data are standardised to 0 (ignored), whatever value they later read.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ class Policy(nn.Module):
         self.register_buffer("action_dim_mask", (high - low) > 1e-6)
         self.register_buffer("state_mean", torch.tensor(norm.state_mean))
         self.register_buffer("state_std", torch.tensor(norm.state_std).clamp(min=1e-3))
+        # state dims that never vary in the data carry no information: standardised to 0 whatever they read, so an
+        # unseen value (e.g. a turned gripper when every demonstration kept it straight) is not amplified 1000x
+        self.register_buffer("state_dim_mask", torch.tensor(norm.state_std) > 1e-6, persistent=False)
         self.backbone = Backbone(d_model=c.d_model, heads=c.heads, fusion_layers=c.fusion_layers,
                                  lang_layers=c.lang_layers, vocab_size=c.vocab_size, max_words=c.max_words,
                                  channels=c.channels, num_views=c.num_views, image_size=c.image_size,
@@ -144,6 +148,10 @@ class Policy(nn.Module):
         span = (self.action_high - self.action_low).clamp(min=1e-6)
         x = 2 * (actions - self.action_low) / span - 1
         return torch.where(self.action_dim_mask, x.clamp(-1, 1), torch.zeros_like(x))
+
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        x = (state.to(self.state_mean.device).float() - self.state_mean) / self.state_std
+        return torch.where(self.state_dim_mask, x, torch.zeros_like(x))
 
     def unnormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
         a = (x.clamp(-1, 1) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
@@ -164,15 +172,14 @@ class Policy(nn.Module):
             feats = obs[OBS_IMAGE_FEATURES]
             if feats.dim() != 3 or feats.shape[-1] != c.d_model:
                 raise ValueError(f"image features must be (B, N, {c.d_model}), got {tuple(feats.shape)}")
-            return feats.to(dev), list(texts), (state.to(dev).float() - self.state_mean) / self.state_std
+            return feats.to(dev), list(texts), self.normalize_state(state)
         images = obs[OBS_IMAGE]
         if images.dim() != 5 or tuple(images.shape[1:]) != (c.num_views, 3, *c.image_size):
             raise ValueError(f"policy expects images of shape (B, {c.num_views}, 3, {c.image_size[0]}, "
                              f"{c.image_size[1]}), got {tuple(images.shape)}; match the env's image_size and views")
         if state.shape[-1] != c.state_dim:
             raise ValueError(f"policy expects a {c.state_dim}-dim state, got {state.shape[-1]}")
-        state = (state.to(dev).float() - self.state_mean) / self.state_std
-        return images.to(dev), list(texts), state
+        return images.to(dev), list(texts), self.normalize_state(state)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
