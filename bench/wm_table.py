@@ -205,9 +205,10 @@ def table(done: dict, seeds: list[int], conditions: list[str], a: argparse.Names
 
     names = [c or "nominal" for c in conditions]
     head = "| row | " + " | ".join(names) + " | sim steps (RL) | imagined steps | train min |"
+    spread = (f"{len(seeds)} seeds: mean +- std over training seeds of the SFT and RL stages, the same demonstrations "
+              "and world model; a cell with fewer seeds says so" if len(seeds) > 1 else "1 seed")
     lines = [f"Greedy success (%) on `{a.suite}`, {a.episodes_per_task} episodes per task and condition "
-             f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: mean +- std over training seeds, the same "
-             f"demonstrations and world model); {a.demos} demos per task "
+             f"({spread}); {a.demos} demos per task "
              f"({notes['demo_steps'] / 1e3:.0f}k simulator steps, shared by every row)", "", head,
              "|" + "---|" * (len(names) + 4)]
     for row in ROWS:
