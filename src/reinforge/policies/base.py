@@ -25,7 +25,7 @@ from torch import nn
 
 from reinforge.config import ConfigError, check, from_dict
 from reinforge.fsutil import atomic_dir, write_guard
-from reinforge.policies.backbone import Backbone, ValueHead
+from reinforge.policies.backbone import Backbone, ValueHead, masked_mean
 from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
 
 CONFIG_NAME = "config.json"
@@ -193,6 +193,14 @@ class Policy(nn.Module):
     def predict_value(self, obs: Observation) -> torch.Tensor | None:
         """V(obs) (B,) from the value head, or None without one."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def pooled_features(self, obs: Observation) -> torch.Tensor:
+        """(B, d_model) the backbone's fused tokens of ``obs`` averaged (images, instruction, state): the
+        policy's summary of its input, for monitors (OOD detection, progress) trained on top of it."""
+        images, texts, state = self.prepare(obs)
+        x, pad = self.backbone(images, texts, state)
+        return masked_mean(x, pad)
 
     def value(self, pooled: torch.Tensor) -> torch.Tensor | None:
         return self.value_head(pooled) if self.value_head is not None else None

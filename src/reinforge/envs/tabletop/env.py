@@ -69,7 +69,8 @@ class TabletopEnv(VecEnv):
                  image_size: int | tuple[int, int] = 64, render: bool = True,
                  render_backend: Backend = "auto",
                  max_episode_steps: int | None = None, init_bank: InitBank = "eval",
-                 device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim", perturb: str = ""):
+                 device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim", perturb: str = "",
+                 end_on_success: bool = True):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
@@ -91,6 +92,7 @@ class TabletopEnv(VecEnv):
         if init_bank not in INIT_BANKS:
             raise ValueError(f"unknown init_bank {init_bank!r}; use one of {list(INIT_BANKS)}")
         self.init_bank = init_bank
+        self.end_on_success = bool(end_on_success)
         if perturb and perturb not in PERTURBATIONS:
             raise ValueError(f"unknown perturbation {perturb!r}; use '' (none) or one of {list(PERTURBATIONS)}")
         s = self.suite
@@ -100,7 +102,8 @@ class TabletopEnv(VecEnv):
             camera_names=CAMERA_NAMES if render else (), image_size=self.image_size, num_init_states=NUM_INIT_STATES,
             init_banks=INIT_BANKS, splits=("train", "heldout") if s.name in HELDOUT_SUITES else ("train",),
             snapshot=True, expert=True,
-            variant={**({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {})})
+            variant={**({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {}),
+                     **({} if end_on_success else {"end_on_success": False})})
         self._rng = np.random.default_rng(seed)
         dev = self.device
         bank = INIT_BANKS.index(init_bank)
@@ -260,6 +263,8 @@ class TabletopEnv(VecEnv):
             self.state.assign(new, alive)
             self.elapsed = self.elapsed + alive.long()
         success = self.success()
+        if not self.end_on_success:  # the episode runs to its time limit whatever happens
+            return success, torch.zeros_like(success), self.elapsed >= self.max_episode_steps
         truncated = (self.elapsed >= self.max_episode_steps) & ~success
         return success, success.clone(), truncated
 

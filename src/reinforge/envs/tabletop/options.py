@@ -20,6 +20,9 @@ class TabletopOptions:
     # goal (its receptacle), robot (initial end-effector pose) or combined (all three); level minor/major:
     # objects shift 0.03/0.06 m in the plane; the end effector moves 0.03/0.06 m and its yaw turns 0.25/0.5 rad
     perturb: Perturbation = ""
+    # False: reaching the goal does not end the episode (it runs to max_episode_steps; ``success`` still reports
+    # the goal each step): the policy must stop on its own, as a real robot with no success oracle must
+    end_on_success: bool = True
 
     def __post_init__(self) -> None:
         check(self.render_backend in ("auto", "numba", "torch"), "env.render_backend", self.render_backend,
