@@ -66,6 +66,8 @@ class EnvSpec:
     - ``expert``: ``make_expert()`` gives a scripted policy for demonstrations.
     - ``evaluate_in``: for a learned simulator (a world model), the env section (``EnvConfig`` mapping) of the
       real env it imitates: policies trained in it are evaluated there (``None``: evaluated in this env).
+    - ``embodiment``: the registered embodiment (robot layout and its unified-space slots) the env's actions and
+      states follow; ``""`` for an env with an unregistered layout.
     - ``variant``: the env options that change the world itself rather than how it is simulated (e.g. the
       built-in world's ``{"domain": "real"}``); datasets record it so that a policy is evaluated where its
       data came from.
@@ -88,6 +90,7 @@ class EnvSpec:
     expert: bool = False
     variant: dict[str, Any] = field(default_factory=dict)
     evaluate_in: dict[str, Any] | None = None
+    embodiment: str = ""  # the robot's registered name (``reinforge.envs.embodiment``), "" when unregistered
 
     @property
     def num_tasks(self) -> int:
@@ -147,7 +150,13 @@ class EnvSpec:
         """The layout as stored in datasets and checkpoints."""
         return {"env": self.env, "suite": self.suite, "action_names": list(self.action_names),
                 "state_names": list(self.state_names), "camera_names": list(self.camera_names),
-                "control_hz": self.control_hz, **({"variant": dict(self.variant)} if self.variant else {})}
+                "control_hz": self.control_hz, **({"variant": dict(self.variant)} if self.variant else {}),
+                **(self._embodiment_layout() if self.embodiment else {})}
+
+    def _embodiment_layout(self) -> dict[str, Any]:
+        from reinforge.envs.embodiment import get_embodiment
+
+        return get_embodiment(self.embodiment).describe()
 
 
 @dataclass

@@ -1,17 +1,18 @@
 """``TabletopEnv``: the built-in batched tabletop manipulation world as a ``VecEnv``.
 
-Actions follow LIBERO: 7 floats in [-1, 1], end-effector deltas (x, y, z, roll, pitch, yaw) scaled by a
-maximum speed per step, then the gripper command (-1 open, +1 close). Roll and pitch are ignored by this
-world. Control runs at 20 Hz. Observations: two 3x H x W uint8 camera views (agentview, wrist), an 8-dim
-LIBERO-layout proprio state (end-effector position, axis-angle orientation, two finger positions), the
-instruction and the task id. Rewards are sparse: 1 on the step the task succeeds, which ends the episode.
+With the default robot (``embodiment="franka"``) actions follow LIBERO: 7 floats in [-1, 1], end-effector
+deltas (x, y, z, roll, pitch, yaw) scaled by a maximum speed per step, then the gripper command (-1 open, +1
+close). Roll and pitch are ignored by this world. Control runs at 20 Hz. Observations: two 3x H x W uint8 camera
+views (agentview, wrist), an 8-dim LIBERO-layout proprio state (end-effector position, axis-angle orientation,
+two finger positions), the instruction and the task id. Other robots (``scara``: joint-space, ``widowx``: a
+position-controlled gripper) have their own action and state layouts (``robots.py``). Rewards are sparse: 1 on
+the step the task succeeds, which ends the episode.
 
 The env never resets itself: reset finished envs with ``reset(..., mask=done)``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 
 import numpy as np
@@ -22,6 +23,7 @@ from reinforge.envs.tabletop.domain import get_domain
 from reinforge.envs.tabletop.perturb import PERTURBATIONS, perturbed_init
 from reinforge.envs.tabletop.predicates import task_success
 from reinforge.envs.tabletop.render import Backend, Renderer
+from reinforge.envs.tabletop.robots import TabletopRobot, make_robot
 from reinforge.envs.tabletop.tasks import (
     HELDOUT_SUITES,
     INIT_BANKS,
@@ -34,7 +36,7 @@ from reinforge.envs.tabletop.tasks import (
 from reinforge.envs.tabletop.world import Scene, WorldState, step_world
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
 
-ACTION_DIM = 7
+ACTION_DIM = 7  # the default robot's (franka) layout
 STATE_DIM = 8
 CONTROL_HZ = 20
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
@@ -42,6 +44,7 @@ STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y"
                "finger_left", "finger_right")
 CAMERA_NAMES = ("agentview", "wrist")
 NEUTRAL_ACTION = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])  # stay, gripper open
+DEFAULT_ROBOT = "franka"
 
 
 def _as_index_tensor(x, n: int, name: str, device) -> torch.Tensor:
@@ -55,11 +58,9 @@ def _as_index_tensor(x, n: int, name: str, device) -> torch.Tensor:
 
 
 def proprio_state(state: WorldState) -> torch.Tensor:
-    """(B, 8) LIBERO-layout proprio: eef xyz, axis-angle of a downward gripper with yaw, finger qpos."""
-    half = 0.5 * state.grip_yaw
-    aa = torch.stack([math.pi * torch.cos(half), math.pi * torch.sin(half), torch.zeros_like(half)], -1)
-    finger = 0.04 * state.grip_open
-    return torch.cat([state.grip_pos, aa, finger[:, None], -finger[:, None]], -1)
+    """(B, 8) LIBERO-layout proprio of the default robot: eef xyz, axis-angle of a downward gripper with yaw,
+    finger qpos."""
+    return TabletopRobot().proprio(state)
 
 
 class TabletopEnv(VecEnv):
@@ -70,7 +71,7 @@ class TabletopEnv(VecEnv):
                  render_backend: Backend = "auto",
                  max_episode_steps: int | None = None, init_bank: InitBank = "eval",
                  device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim", perturb: str = "",
-                 end_on_success: bool = True):
+                 end_on_success: bool = True, embodiment: str = DEFAULT_ROBOT):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
@@ -93,17 +94,19 @@ class TabletopEnv(VecEnv):
             raise ValueError(f"unknown init_bank {init_bank!r}; use one of {list(INIT_BANKS)}")
         self.init_bank = init_bank
         self.end_on_success = bool(end_on_success)
+        self.robot = make_robot(embodiment)
+        emb = self.robot.embodiment
         if perturb and perturb not in PERTURBATIONS:
             raise ValueError(f"unknown perturbation {perturb!r}; use '' (none) or one of {list(PERTURBATIONS)}")
         s = self.suite
         self.spec = EnvSpec(
             env="tabletop", suite=s.name, split=s.split, tasks=tuple(Task(t.name, t.instruction) for t in s.tasks),
-            max_episode_steps=limit, control_hz=CONTROL_HZ, action_names=ACTION_NAMES, state_names=STATE_NAMES,
+            max_episode_steps=limit, control_hz=CONTROL_HZ, action_names=emb.action_names, state_names=emb.state_names,
             camera_names=CAMERA_NAMES if render else (), image_size=self.image_size, num_init_states=NUM_INIT_STATES,
             init_banks=INIT_BANKS, splits=("train", "heldout") if s.name in HELDOUT_SUITES else ("train",),
-            snapshot=True, expert=True,
-            variant={**({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {}),
-                     **({} if end_on_success else {"end_on_success": False})})
+            snapshot=True, expert=True, embodiment=emb.name,
+            variant={**({"embodiment": emb.name} if emb.name != DEFAULT_ROBOT else {}), **{**({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {}),
+                     **({} if end_on_success else {"end_on_success": False})}})
         self._rng = np.random.default_rng(seed)
         dev = self.device
         bank = INIT_BANKS.index(init_bank)
@@ -120,7 +123,7 @@ class TabletopEnv(VecEnv):
         self.init_id = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.int64, device=dev)
         # commands waiting to be executed (latency): (B, latency_steps, 7), oldest first
-        self._pending = torch.zeros(self.num_envs, d.latency_steps, ACTION_DIM, device=dev)
+        self._pending = torch.zeros(self.num_envs, d.latency_steps, self.action_dim, device=dev)
         self.scene: Scene | None = None
         self.state: WorldState | None = None
         self._goal = None
@@ -159,7 +162,7 @@ class TabletopEnv(VecEnv):
         self.task_id = torch.where(m, task, self.task_id)
         self.init_id = torch.where(m, init, self.init_id)
         self.elapsed = torch.where(m, 0, self.elapsed)
-        self._pending[m] = NEUTRAL_ACTION.to(self._pending.device)  # "stay, gripper open"
+        self._pending[m] = self.robot.neutral_action().to(self._pending.device)  # "stay, gripper open"
         self._rebuild(m)
         return self._observe()
 
@@ -197,7 +200,7 @@ class TabletopEnv(VecEnv):
             raise TypeError(f"actions must be a torch.Tensor or numpy array, got {type(actions).__name__}")
         if tuple(actions.shape) != shape:
             raise ValueError(f"actions must have shape {shape} (num_envs={self.num_envs}, action_dim="
-                             f"{self.action_dim}: dx, dy, dz, droll, dpitch, dyaw, gripper), got "
+                             f"{self.action_dim}: {', '.join(self.spec.action_names)}), got "
                              f"{tuple(actions.shape)}")
         actions = actions.to(device=self.device, dtype=torch.float32)
         bad = ~torch.isfinite(actions)
@@ -221,7 +224,7 @@ class TabletopEnv(VecEnv):
         if isinstance(actions, torch.Tensor) and actions.dim() == 3:
             H = actions.shape[1]
         else:
-            raise ValueError("step_chunk expects actions of shape (num_envs, H, 7)")
+            raise ValueError(f"step_chunk expects actions of shape (num_envs, H, {self.action_dim})")
         a = self._check_actions(actions, (self.num_envs, H, self.action_dim))
         B, dev = self.num_envs, self.device
         reward = torch.zeros(B, H, device=dev)
@@ -251,11 +254,13 @@ class TabletopEnv(VecEnv):
             keep = torch.ones(self.num_envs, dtype=torch.bool, device=a.device) if alive is None else alive
             a = torch.where(keep[:, None], queued[:, 0], a)
             self._pending = torch.where(keep[:, None, None], queued[:, 1:], self._pending)
+        a, grip_goal = self.robot.world_action(a, self.state)
         if d.action_gain != 1.0:
             a = a.clone()
             a[:, :3] *= d.action_gain
             a[:, 5] *= d.action_gain
-        new = step_world(self.scene, self.state, a, grasp_tolerance=d.grasp_tolerance)
+        new = step_world(self.scene, self.state, a, grasp_tolerance=d.grasp_tolerance,
+                         gripper_rate=self.robot.gripper_rate, grip_goal=grip_goal)
         if alive is None:
             self.state = new
             self.elapsed = self.elapsed + 1
@@ -286,7 +291,7 @@ class TabletopEnv(VecEnv):
 
     def _observe(self) -> Observation:
         obs: Observation = {
-            OBS_STATE: proprio_state(self.state),
+            OBS_STATE: self.robot.proprio(self.state),
             OBS_INSTRUCTION: self.instructions,
             OBS_TASK_ID: self.task_id.clone(),
         }

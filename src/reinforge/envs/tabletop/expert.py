@@ -62,8 +62,8 @@ class ScriptedExpert:
 
     def act(self, obs: Observation | None = None, *, mode: str = "greedy", temperature: float = 1.0
             ) -> PolicyOutput:
-        """One action per env as a chunk of length 1: actions (B, 1, 7); ``replay["clean_action"]`` (B, 7) is the
-        noise-free action in the same state (the DART-style label)."""
+        """One action per env as a chunk of length 1: actions (B, 1, D) in the robot's layout;
+        ``replay["clean_action"]`` (B, D) is the noise-free action in the same state (the DART-style label)."""
         action = self.action()
         return PolicyOutput(actions=action[:, None, :], replay={"clean_action": self.clean_action.clone()})
 
@@ -109,13 +109,14 @@ class ScriptedExpert:
         act = torch.zeros(s.grip_pos.shape[0], 7, device=s.grip_pos.device)
         act[:, :3] = ((target - s.grip_pos) / (MAX_STEP * APPROACH_SCALE)).clamp(-1, 1)
         act[:, 6] = torch.where(close, 1.0, -1.0)
-        self.clean_action = act.clamp(-1, 1)  # the label DART-style recording stores
-        act = act.clone()
+        robot = env.robot  # the world command, in the robot's own action layout
+        self.clean_action = robot.native_action(act, s)  # the label DART-style recording stores
         if self.noise > 0:  # less noise near contact, as a careful demonstrator slows down there
             precise = torch.where(is_pp, prec_pp, torch.where(is_dr, prec_dr, prec_pu))
             scale = self.noise * torch.where(precise, 0.3, 1.0)[:, None]
+            act = act.clone()
             act[:, :3] += scale * torch.randn(act[:, :3].shape, generator=self.gen, device=act.device)
-        return act.clamp(-1, 1)
+        return robot.native_action(act, s)
 
     def _set_phase(self, cond: torch.Tensor, phase: int | torch.Tensor) -> None:
         """Move envs where ``cond`` holds to ``phase``; only envs running the current skill (``_active``)."""

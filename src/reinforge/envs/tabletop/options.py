@@ -23,9 +23,15 @@ class TabletopOptions:
     # False: reaching the goal does not end the episode (it runs to max_episode_steps; ``success`` still reports
     # the goal each step): the policy must stop on its own, as a real robot with no success oracle must
     end_on_success: bool = True
+    # the robot (robots.py; layouts in `reinforge embodiments`): franka (cartesian, LIBERO's 7-dim layout),
+    # scara (joint-space, 5-dim), widowx (cartesian, position-controlled gripper, 5-dim)
+    embodiment: str = "franka"
 
     def __post_init__(self) -> None:
         check(self.render_backend in ("auto", "numba", "torch"), "env.render_backend", self.render_backend,
               "must be auto|numba|torch")
         check(self.perturb in ("", *PERTURBATIONS), "env.perturb", self.perturb,
               f"must be empty (none) or one of {list(PERTURBATIONS)}")
+        from reinforge.envs.tabletop.robots import ROBOTS
+
+        check(self.embodiment in ROBOTS, "env.embodiment", self.embodiment, f"must be one of {sorted(ROBOTS)}")

@@ -149,10 +149,12 @@ def _bounds(ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(WORKSPACE_HI, dtype=ref.dtype, device=ref.device))
 
 
-def step_world(scene: Scene, state: WorldState, actions: torch.Tensor, *, grasp_tolerance: float = 1.0
-               ) -> WorldState:
-    """Advance every env by one control step. ``actions`` (B, 7) already validated and clipped;
-    ``grasp_tolerance`` scales how far from an object's centre a closing gripper still grasps it."""
+def step_world(scene: Scene, state: WorldState, actions: torch.Tensor, *, grasp_tolerance: float = 1.0,
+               gripper_rate: float = GRIPPER_RATE, grip_goal: torch.Tensor | None = None) -> WorldState:
+    """Advance every env by one control step. ``actions`` (B, 7) already validated; ``grasp_tolerance`` scales how
+    far from an object's centre a closing gripper still grasps it. The fingers move toward ``grip_goal`` (B,) (an
+    opening in [0, 1]) or, without one, close on a positive command and open otherwise, by at most
+    ``gripper_rate`` per step."""
     s = state.clone()
     B = actions.shape[0]
     ar = torch.arange(B, device=actions.device)
@@ -201,8 +203,8 @@ def step_world(scene: Scene, state: WorldState, actions: torch.Tensor, *, grasp_
 
     # gripper fingers; grasp when they close past half-way, release when they open past half-way
     prev = s.grip_open
-    close_cmd = actions[:, 6] > 0
-    s.grip_open = torch.clamp(prev + torch.where(close_cmd, -GRIPPER_RATE, GRIPPER_RATE), 0.0, 1.0)
+    goal = torch.where(actions[:, 6] > 0, 0.0, 1.0) if grip_goal is None else grip_goal.clamp(0.0, 1.0)
+    s.grip_open = prev + torch.clamp(goal - prev, -gripper_rate, gripper_rate)
     closing = (prev >= 0.5) & (s.grip_open < 0.5) & ~has
     opening = (prev < 0.5) & (s.grip_open >= 0.5) & has
     if bool(opening.any()):
