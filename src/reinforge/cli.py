@@ -1,4 +1,4 @@
-"""The ``reinforge`` command: quickstart, demos, sft, train, eval, wm, bench, suites, envs.
+"""The ``reinforge`` command: quickstart, demos, sft, train, eval, wm, bench, suites, envs, embodiments.
 
 The CLI parses and prints; the work happens in library functions. Every command reaches environments through
 the registry: ``--env NAME`` (default ``tabletop``), ``--suite``, ``--env-device`` and ``--env-opt KEY=VALUE``
@@ -200,6 +200,27 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embodiments(args: argparse.Namespace) -> int:
+    """Every registered embodiment, one per line, then each one's native layout and its unified-space slots."""
+    from reinforge.envs.embodiment import UNIFIED_DIM, registered_embodiments, slot_name
+
+    embs = registered_embodiments()
+    if args.json:
+        print(json.dumps({n: {**e.describe(), "action_names": list(e.action_names), "state_names": list(e.state_names),
+                              "description": e.description} for n, e in embs.items()}))
+        return 0
+    for name, e in embs.items():
+        print(f"{name}  {e.control_mode}  action_dim={e.action_dim}  state_dim={e.state_dim}")
+    for name, e in embs.items():
+        print(f"\n{name} ({e.control_mode}): {e.description}")
+        for kind, names in (("action", e.action_names), ("state", e.state_names)):
+            for k, (dim, slot) in enumerate(zip(names, e.slots(kind))):
+                print(f"  {kind}[{k}] {dim:<18} -> unified[{slot:2d}] {slot_name(slot)}")
+    print(f"\nunified space: {UNIFIED_DIM} slots (Green-VLA layout); a policy with policy.action_space=unified trains on "
+          "several embodiments at once")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Expert demos -> one-demo SFT -> RL -> greedy evaluation before/after, next to a 50-demo SFT policy."""
     from reinforge.train.quickstart import QUICKSTART_CONFIGS, QuickstartOptions, run_quickstart
@@ -256,7 +277,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     write_text_atomic(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     n_params = sum(p.numel() for p in trainer.policy.parameters())
     fp = trainer._fingerprint()
-    console.print(f"SFT {cfg.policy.kind} policy ({n_params / 1e6:.2f} M params) on {fp['episodes']} "
+    console.print(f"SFT {trainer.policy.config.kind} policy ({n_params / 1e6:.2f} M params) on {fp['episodes']} "
                   f"episodes / {fp['frames']} frames for {cfg.steps} steps -> {cfg.out}")
     trainer.run(progress=not args.quiet)
     from reinforge.train.logging import read_metrics
@@ -461,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_flags(s, "a suite, a comma list, or 'all' (default)")
     s.set_defaults(fn=cmd_suites, suite_default="all")
 
+    em = sub.add_parser("embodiments", help="list the embodiments: native action/state layouts and unified slots")
+    em.add_argument("--json", action="store_true", help="print JSON")
+    em.set_defaults(fn=cmd_embodiments)
     v = sub.add_parser("envs", help="list the registered environments")
     v.set_defaults(fn=cmd_envs)
 

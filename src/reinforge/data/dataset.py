@@ -211,6 +211,9 @@ class DemoDataset:
     frame_index: torch.Tensor
     task_index: torch.Tensor
     episode_start: torch.Tensor
+    # (F,) int64 position of each frame's embodiment in a policy's table, once converted to the unified action
+    # space (``reinforge.data.unified``); None for a dataset in its native layout
+    embodiment_id: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:

@@ -22,8 +22,11 @@ def sample_batch(ds: DemoDataset, batch_size: int, horizon: int, gen: torch.Gene
     """``batch_size`` random frames of ``ds`` with their action chunks."""
     frames = torch.randint(0, ds.num_frames, (batch_size,), generator=gen)
     actions, is_pad = ds.action_chunk(frames, horizon, labels=labels)
-    return {OBS_IMAGE: augment_images(ds.images[frames], augment, gen), OBS_STATE: ds.states[frames],
-            OBS_INSTRUCTION: [ds.instruction(int(f)) for f in frames], "actions": actions, "is_pad": is_pad}
+    batch = {OBS_IMAGE: augment_images(ds.images[frames], augment, gen), OBS_STATE: ds.states[frames],
+             OBS_INSTRUCTION: [ds.instruction(int(f)) for f in frames], "actions": actions, "is_pad": is_pad}
+    if ds.embodiment_id is not None:  # unified action space: which embodiment each row is
+        batch["embodiment_id"] = ds.embodiment_id[frames]
+    return batch
 
 
 def shares(batch_size: int, weights: Sequence[float]) -> list[int]:
@@ -68,7 +71,12 @@ class MixtureSampler:
                 for k in parts[0]}
 
     def stats(self) -> dict[str, dict[str, list[float]]]:
-        """Normalisation statistics: the dataset's own, or those of all frames of a mixture pooled."""
+        """Normalisation statistics: the dataset's own, or those of all frames of a mixture pooled (in the unified
+        action space: per slot, over the frames of the embodiments that fill it)."""
+        if self.datasets[0].embodiment_id is not None:
+            from reinforge.data.unified import unified_stats
+
+            return unified_stats(self.datasets)
         if len(self.datasets) == 1:
             return dict(self.datasets[0].stats)
         cat = lambda attr: torch.cat([getattr(ds, attr) for ds in self.datasets])  # noqa: E731

@@ -46,9 +46,7 @@ def load_actor(spec: str, *, seed: int = 0, device: str | torch.device = "cpu") 
     policy = load_pretrained(path).to(resolve_device(device)).eval()
 
     def bind(env: VecEnv) -> Actor:
-        pc = policy.config
-        env.spec.check_policy(action_dim=pc.action_dim, state_dim=pc.state_dim, num_views=pc.num_views,
-                              image_size=pc.image_size)
+        policy.bind_env(env.spec)
         return policy
 
     bind.policy = policy  # the loaded policy, e.g. to read its image size

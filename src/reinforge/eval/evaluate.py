@@ -65,6 +65,8 @@ def _run_batch(actor_fn: ActorFactory, env: VecEnv, tasks: list[int], inits: lis
     pad = B - n
     obs = env.reset(tasks + tasks[:1] * pad, inits + inits[:1] * pad)
     actor = actor_fn(env)
+    if hasattr(actor, "bind_env"):  # a policy: fit it to the env (dims; the embodiment of a unified-space policy)
+        actor.bind_env(env.spec)
     done = torch.arange(B) >= n
     success = torch.zeros(B, dtype=torch.bool)
     failed = torch.zeros(B, dtype=torch.bool)

@@ -10,6 +10,14 @@ Actions are normalised per dimension to [-1, 1] with the dataset's q01/q99 stati
 dimensions that never vary in the data (e.g. roll and pitch in the tabletop world) are masked out of
 every loss and log-prob and decoded to their constant value. The state is standardised with mean/std; state
 dimensions that never vary in the data are standardised to 0 (ignored), whatever value they later read.
+
+``action_space: unified`` (Green-VLA, arXiv 2602.00919) makes one policy for several embodiments: its actions and
+states are the 64 semantic slots of ``reinforge.envs.embodiment``. Native states are scattered into the slots,
+the prompt starts with the embodiment's tag (``[joint] [scara] put the bowl on the plate``), losses and
+log-probs count only the slots the embodiment fills (``unified_mask``; without it, every slot any embodiment
+fills counts, with zeros where this one has none: the zero-padded baseline), and ``act`` returns the native
+actions of the embodiment it acts as (``bind_env`` sets it from the env's spec). Training batches from several
+embodiments carry ``embodiment_id`` (B,) (positions in ``config.embodiments``).
 """
 
 from __future__ import annotations
@@ -66,10 +74,27 @@ class PolicyConfig:
     noise_min: float = 0.08  # Flow-Noise sigma bounds
     noise_max: float = 0.16
     time_beta: bool = True  # t ~ Beta(1.5, 1) for the flow-matching loss (pi0), else uniform
+    # native: the env's own action/state layout; unified: the 64-slot space shared by several embodiments
+    action_space: Literal["native", "unified"] = "native"
+    unified_mask: bool = True  # unified: mask losses to the embodiment's slots (false: zero-padded, no mask)
+    embodiments: tuple[str, ...] = ()  # unified: the embodiments it knows (embodiment ids are positions here)
+    embodiment: str = ""  # unified: the embodiment it acts as until bound to an env ("" = the first)
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)
         self.channels = tuple(self.channels)
+        self.embodiments = tuple(self.embodiments)
+        check(self.action_space in ("native", "unified"), "action_space", self.action_space, "must be native|unified")
+        if self.action_space == "unified":  # the dims and the table may come from the data (SFT fills them in)
+            from reinforge.envs.embodiment import get_embodiment
+
+            for name in self.embodiments:
+                try:
+                    get_embodiment(name)
+                except ValueError as e:
+                    raise ConfigError(f"config field 'embodiments': {e}") from None
+            check(not self.embodiment or not self.embodiments or self.embodiment in self.embodiments, "embodiment",
+                  self.embodiment, f"must be one of embodiments {list(self.embodiments)}")
         check(self.kind in ("token", "flow"), "kind", self.kind, "must be 'token' or 'flow'")
         check(self.horizon >= 1, "horizon", self.horizon, "must be >= 1")
         check(1 <= self.execute_steps <= self.horizon, "execute_steps", self.execute_steps,
@@ -141,6 +166,61 @@ class Policy(nn.Module):
                                  channels=c.channels, num_views=c.num_views, image_size=c.image_size,
                                  state_dim=c.state_dim, dropout=c.dropout)
         self.value_head = ValueHead(c.d_model, c.value_hidden, c.detach_value_input) if c.value_head else None
+        if self.unified:
+            from reinforge.envs.embodiment import UNIFIED_DIM, get_embodiment
+
+            if (c.action_dim, c.state_dim) != (UNIFIED_DIM, UNIFIED_DIM) or not c.embodiments:
+                raise ConfigError(f"a unified-space policy needs action_dim = state_dim = {UNIFIED_DIM} and at least one "
+                                  f"embodiment, got {c.action_dim} / {c.state_dim} and {list(c.embodiments)}")
+            self._embodiments = [get_embodiment(n) for n in c.embodiments]
+            self.register_buffer("emb_action_mask", torch.stack([e.slot_mask("action") for e in self._embodiments]),
+                                 persistent=False)
+            self.register_buffer("emb_state_mask", torch.stack([e.slot_mask("state") for e in self._embodiments]),
+                                 persistent=False)
+            self.acting = c.embodiments.index(c.embodiment) if c.embodiment else 0
+
+    # ---------------------------------------------------------------- embodiments
+
+    @property
+    def unified(self) -> bool:
+        return self.config.action_space == "unified"
+
+    def bind_env(self, spec: Any) -> None:
+        """Fit the policy to an env (an ``EnvSpec``): a unified-space policy acts as the env's embodiment (an error
+        when it does not know it); a native one must match the env's dims. Errors name what differs."""
+        c = self.config
+        if not self.unified:
+            spec.check_policy(action_dim=c.action_dim, state_dim=c.state_dim, num_views=c.num_views,
+                              image_size=c.image_size)
+            return
+        if spec.embodiment not in c.embodiments:
+            raise ValueError(f"this unified-space policy knows the embodiments {list(c.embodiments)}, the env "
+                             f"{spec.env!r} is {spec.embodiment or 'of an unregistered embodiment'!r}: fine-tune it "
+                             "on that embodiment's demonstrations (R1) first")
+        self.acting = c.embodiments.index(spec.embodiment)
+        e = self._embodiments[self.acting]
+        spec.check_policy(action_dim=e.action_dim, state_dim=e.state_dim, num_views=c.num_views,
+                          image_size=c.image_size)
+
+    def embodiment_ids(self, obs: Observation, batch: int) -> torch.Tensor:
+        """(B,) the embodiment of each row: ``obs["embodiment_id"]``, else the one the policy acts as."""
+        ids = obs.get("embodiment_id")
+        dev = self.action_low.device
+        return ids.to(dev) if ids is not None else torch.full((batch,), self.acting, dtype=torch.int64, device=dev)
+
+    def dim_mask(self, obs: Observation | None = None) -> torch.Tensor:
+        """The action dims that count in losses and log-probs: (D,), or (B, D) for a batch of mixed
+        embodiments (``obs["embodiment_id"]``)."""
+        m = self.action_dim_mask
+        if not self.unified or not self.config.unified_mask:
+            return m
+        if obs is not None and "embodiment_id" in obs:
+            return self.emb_action_mask[obs["embodiment_id"].to(m.device)] & m
+        return self.emb_action_mask[self.acting] & m
+
+    def to_native(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions (..., D) of the policy's space -> those of the embodiment it acts as."""
+        return self._embodiments[self.acting].from_unified(actions, "action") if self.unified else actions
 
     # ---------------------------------------------------------------- normalisation
 
@@ -157,29 +237,54 @@ class Policy(nn.Module):
         a = (x.clamp(-1, 1) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
         return torch.where(self.action_dim_mask, a, self.action_low.expand_as(a))
 
-    def entry_mask(self) -> torch.Tensor:
-        """(H, D) bool: the entries that count in log-probs: executed steps x real action dims."""
+    def entry_mask(self, obs: Observation | None = None) -> torch.Tensor:
+        """(H, D) bool: the entries that count in log-probs: executed steps x real action dims ((B, H, D) for a
+        batch of mixed embodiments)."""
         steps = torch.arange(self.config.horizon, device=self.action_low.device) < self.config.execute_steps
-        return steps[:, None] & self.action_dim_mask[None, :]
+        dims = self.dim_mask(obs)
+        return steps[:, None] & dims[None, :] if dims.dim() == 1 else steps[None, :, None] & dims[:, None, :]
+
+    def loss_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, H, D) bool: the entries of a training batch that count: unpadded steps x real action dims."""
+        dims = self.dim_mask(batch)
+        dims = dims[None, None, :] if dims.dim() == 1 else dims[:, None, :]
+        return ~batch["is_pad"].to(dims.device)[..., None] & dims
 
     def prepare(self, obs: Observation) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """Check and move observations: images (B, V, 3, H, W) (or cached vision tokens (B, N, d) when the
         observation carries ``OBS_IMAGE_FEATURES``), instructions, standardised state."""
-        state, texts = obs[OBS_STATE], obs[OBS_INSTRUCTION]
+        state, texts = obs[OBS_STATE], list(obs[OBS_INSTRUCTION])
         c = self.config
         dev = self.action_low.device
+        if self.unified:
+            texts, state = self._unify(obs, texts, state)
         if OBS_IMAGE_FEATURES in obs:
             feats = obs[OBS_IMAGE_FEATURES]
             if feats.dim() != 3 or feats.shape[-1] != c.d_model:
                 raise ValueError(f"image features must be (B, N, {c.d_model}), got {tuple(feats.shape)}")
-            return feats.to(dev), list(texts), self.normalize_state(state)
+            return feats.to(dev), texts, self._state_input(obs, state)
         images = obs[OBS_IMAGE]
         if images.dim() != 5 or tuple(images.shape[1:]) != (c.num_views, 3, *c.image_size):
             raise ValueError(f"policy expects images of shape (B, {c.num_views}, 3, {c.image_size[0]}, "
                              f"{c.image_size[1]}), got {tuple(images.shape)}; match the env's image_size and views")
         if state.shape[-1] != c.state_dim:
             raise ValueError(f"policy expects a {c.state_dim}-dim state, got {state.shape[-1]}")
-        return images.to(dev), list(texts), self.normalize_state(state)
+        return images.to(dev), texts, self._state_input(obs, state)
+
+    def _unify(self, obs: Observation, texts: list[str], state: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Prompt tags and the unified state: native states (of the embodiment the policy acts as) are scattered."""
+        ids = self.embodiment_ids(obs, len(texts))
+        if state.shape[-1] != self.config.state_dim:
+            state = self._embodiments[self.acting].to_unified(state.float(), "state")
+        tags = [self._embodiments[i].prompt_tag for i in ids.tolist()]
+        return [f"{tag} {t}" for tag, t in zip(tags, texts)], state
+
+    def _state_input(self, obs: Observation, state: torch.Tensor) -> torch.Tensor:
+        x = self.normalize_state(state)
+        if self.unified and self.config.unified_mask:  # slots the embodiment does not fill read 0
+            keep = self.emb_state_mask[self.embodiment_ids(obs, x.shape[0])]
+            x = torch.where(keep, x, torch.zeros_like(x))
+        return x
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -146,7 +146,7 @@ class FlowPolicy(Policy):
         eps = torch.randn_like(a)
         x_t = t[:, None, None] * eps + (1 - t[:, None, None]) * a
         v, _ = self.expert(x_t, t, prefix, pad)
-        mask = (~is_pad)[..., None] & self.action_dim_mask
+        mask = self.loss_mask(batch)  # unpadded steps x the dims (unified: the embodiment's slots) that count
         err = masked((v - (eps - a)) ** 2, mask).sum() / mask.sum().clamp(min=1)
         return err, {"sft/loss": float(err.detach())}
 
@@ -174,7 +174,7 @@ class FlowPolicy(Policy):
 
         x = randn(B, c.horizon, c.action_dim)
         chain = [x]
-        mask = self.entry_mask()
+        mask = self.entry_mask(obs)
         log_prob = torch.zeros(B, device=dev)
         k_star = torch.randint(0, K, (B,), generator=generator, device=dev) if generator is not None else \
             torch.randint(0, K, (B,), device=dev)
@@ -201,7 +201,7 @@ class FlowPolicy(Policy):
             chain.append(x)
         if mode == "sample" and sampler == "noise":
             log_prob = log_prob / (K + 1)
-        actions = self.unnormalize_actions(x)[:, : c.execute_steps]
+        actions = self.to_native(self.unnormalize_actions(x)[:, : c.execute_steps])
         if mode == "greedy":
             return PolicyOutput(actions=actions, log_prob=None, value=value, replay={})
         replay = {"chain": torch.stack(chain, 1), "k_star": k_star,
@@ -217,13 +217,14 @@ class FlowPolicy(Policy):
         sampler = int(replay["sampler"][0])
         if not bool((replay["sampler"] == sampler).all()):
             raise ValueError("a replay batch mixes Flow-SDE and Flow-Noise chains; evaluate them separately")
+        mask = self.entry_mask(obs)
         if sampler == SAMPLER_IDS["sde"]:
-            lp, ent = self._sde_log_prob(prefix, pad, chain, replay["k_star"].to(prefix.device))
+            lp, ent = self._sde_log_prob(prefix, pad, chain, replay["k_star"].to(prefix.device), mask)
         else:
-            lp, ent = self._noise_log_prob(prefix, pad, chain)
+            lp, ent = self._noise_log_prob(prefix, pad, chain, mask)
         return lp, ent, value
 
-    def _sde_log_prob(self, prefix, pad, chain, k_star):
+    def _sde_log_prob(self, prefix, pad, chain, k_star, mask):
         c = self.config
         B = chain.shape[0]
         grid = self._grid(prefix.device)
@@ -235,11 +236,10 @@ class FlowPolicy(Policy):
         v, _ = self.expert(x, t, prefix, pad)
         mean, std = flow_sde_step(x, v, t[:, None, None], delta, sigma)
         std = std.expand_as(mean)
-        mask = self.entry_mask()
         lp = masked(gaussian_log_prob(x_next, mean, std), mask).sum((1, 2))
         return lp, masked(gaussian_entropy(std), mask).sum((1, 2))
 
-    def _noise_log_prob(self, prefix, pad, chain):
+    def _noise_log_prob(self, prefix, pad, chain, mask):
         c = self.config
         B, K = chain.shape[0], c.num_steps
         grid = self._grid(prefix.device)
@@ -251,10 +251,10 @@ class FlowPolicy(Policy):
         v, h = self.expert(xs, t, mem, mem_pad)
         mean = ode_step(xs, v, delta)
         std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
-        mask = self.entry_mask()
-        steps = masked(gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std), mask).sum((1, 2)).view(B, K)
+        step_mask = mask.repeat_interleave(K, 0) if mask.dim() == 3 else mask
+        steps = masked(gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std), step_mask).sum((1, 2)).view(B, K)
         x0 = chain[:, 0]
         first = masked(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask).sum((1, 2))
         lp = (first + steps.sum(1)) / (K + 1)
-        ent = masked(gaussian_entropy(std), mask).sum((1, 2)).view(B, K).mean(1)
+        ent = masked(gaussian_entropy(std), step_mask).sum((1, 2)).view(B, K).mean(1)
         return lp, ent

@@ -74,16 +74,16 @@ class TokenPolicy(Policy):
         """Cross-entropy of the demo's action tokens; padded steps and constant dims are masked out."""
         logits, _ = self.features(batch)
         target = bin_tokens(self.normalize_actions(batch["actions"].to(logits.device)), self.config.num_bins)
-        mask = ~batch["is_pad"].to(logits.device)[..., None] & self.action_dim_mask
+        mask = self.loss_mask(batch)  # unpadded steps x the dims (unified: the embodiment's slots) that count
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)
         loss = masked(ce, mask).sum() / mask.sum().clamp(min=1)
         with torch.no_grad():
             acc = ((logits.argmax(-1) == target) & mask).sum() / mask.sum().clamp(min=1)
         return loss, {"sft/loss": float(loss.detach()), "sft/token_accuracy": float(acc)}
 
-    def _reduce(self, per_token: torch.Tensor, logprob: LogProb) -> torch.Tensor:
+    def _reduce(self, per_token: torch.Tensor, logprob: LogProb, obs: Observation) -> torch.Tensor:
         self.check_logprob(logprob)
-        mask = self.entry_mask()
+        mask = self.entry_mask(obs)
         if logprob == "token":
             return masked(per_token, mask)
         return masked(per_token, mask).sum((1, 2))
@@ -104,8 +104,8 @@ class TokenPolicy(Policy):
             tokens = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).view(probs.shape[:-1])
         temp = torch.full((tokens.shape[0],), float(temperature), device=tokens.device)
         lp, _ = token_log_probs(logits, tokens, temp)
-        actions = self.unnormalize_actions(bin_centers(tokens, self.config.num_bins))
-        return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=self._reduce(lp, logprob),
+        actions = self.to_native(self.unnormalize_actions(bin_centers(tokens, self.config.num_bins)))
+        return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=self._reduce(lp, logprob, obs),
                             value=value, replay={"tokens": tokens, "temperature": temp})
 
     def evaluate(self, obs: Observation, replay: dict[str, torch.Tensor], *, logprob: LogProb = "chunk"
@@ -113,6 +113,5 @@ class TokenPolicy(Policy):
         """Log-prob (chunk: (B,), token: (B, H, D)), entropy (B,) and value of the replayed tokens."""
         logits, value = self.features(obs)
         lp, ent = token_log_probs(logits, replay["tokens"].to(logits.device), replay["temperature"].to(logits.device))
-        mask = self.entry_mask()
-        entropy = masked(ent, mask).sum((1, 2))
-        return self._reduce(lp, logprob), entropy, value
+        entropy = masked(ent, self.entry_mask(obs)).sum((1, 2))
+        return self._reduce(lp, logprob, obs), entropy, value

@@ -115,9 +115,7 @@ class RolloutCollector:
         spec = env.spec
         if env.num_envs != cfg.envs:
             raise ValueError(f"the rollout config asks for {cfg.envs} envs but the env holds {env.num_envs}")
-        pc = policy.config
-        spec.check_policy(action_dim=pc.action_dim, state_dim=pc.state_dim, num_views=pc.num_views,
-                          image_size=pc.image_size)
+        policy.bind_env(spec)  # dims must match (a unified-space policy acts as the env's embodiment)
         n = spec.num_tasks
         self.tasks = list(cfg.tasks) or list(range(n))
         bad = [t for t in self.tasks if not 0 <= t < n]

@@ -68,6 +68,9 @@ class SFTConfig:
     # a dataset folder, or several mixed in every batch by data_weights (e.g. sim + real demonstrations)
     data: str | list[str] = ""
     data_weights: tuple[float, ...] = ()  # shares of each batch per dataset (normalised); () = equal
+    # a policy folder to start from (e.g. Green-VLA's R1 from the R0 multi-embodiment policy): its architecture,
+    # embodiment table and normalisation are kept; "" = a fresh policy from the `policy` section
+    init: str = ""
     out: str = "runs/sft"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -127,10 +130,12 @@ class SFTTrainer:
         check_precision(cfg.precision, self.device)
         self.datasets = [DemoDataset.load(p, expect_image_size=cfg.policy.image_size) for p in paths]
         self.ds = self.datasets[0]  # the first dataset names the env SFT evaluates in
+        pc, self.init_normalizer = self._policy_config()
+        if pc.action_space == "unified":  # every dataset in the 64 slots, each frame tagged with its embodiment
+            from reinforge.data.unified import to_unified
+
+            self.datasets = [to_unified(d, pc.embodiments) for d in self.datasets]
         self.sampler = MixtureSampler(self.datasets, cfg.data_weights or None)
-        # the embodiment (action / state dims, cameras) is the data's
-        pc = replace(cfg.policy, action_dim=self.ds.action_dim, state_dim=self.ds.state_dim,
-                     num_views=self.ds.num_views)
         rec = self.ds.info.get("reinforge", {})
         self.env = None
         if cfg.env.suite or rec.get("suite"):
@@ -163,15 +168,55 @@ class SFTTrainer:
                 self.saved_step = self.step
                 log.info("resumed from %s at step %d", ckpt, self.step)
             else:
-                stats = self.sampler.stats()
-                if cfg.use_expert_labels and "expert_action" in stats:
-                    stats["action"] = stats["expert_action"]
-                self.policy = make_policy(pc, Normalizer.from_stats(stats))
+                self.policy = self._fresh_policy(pc)
                 self.policy.to(self.device)
                 self._build_optimizer()
         except BaseException:
             self.close()
             raise
+
+    def _policy_config(self) -> tuple[PolicyConfig, Normalizer | None]:
+        """The policy's config: the data's embodiment (action / state dims, cameras) in the ``policy`` section's
+        architecture, or ``init``'s architecture, embodiment table and normalisation."""
+        from reinforge.data.unified import dataset_embodiment
+        from reinforge.envs.embodiment import UNIFIED_DIM
+        from reinforge.policies import read_config, read_normalizer
+
+        cfg, ds = self.cfg, self.ds
+        names = list(dict.fromkeys(dataset_embodiment(d) for d in self.datasets)) \
+            if cfg.policy.action_space == "unified" or cfg.init else []
+        if cfg.init:
+            pc = read_config(fsutil.settle(cfg.init))
+            if pc.action_space == "unified":
+                unknown = [n for n in names if n not in pc.embodiments]
+                check(not unknown, "data", cfg.data, f"holds embodiments {unknown} that the init policy {cfg.init} "
+                      f"does not know (it knows {list(pc.embodiments)})")
+                act = cfg.policy.embodiment or names[0]
+                return replace(pc, embodiment=act if act in pc.embodiments else pc.embodiment), \
+                    read_normalizer(cfg.init)
+            pc_data = (ds.action_dim, ds.state_dim, ds.num_views)
+            check(pc_data == (pc.action_dim, pc.state_dim, pc.num_views), "init", cfg.init,
+                  f"has (action dim, state dim, views) {(pc.action_dim, pc.state_dim, pc.num_views)}, the data "
+                  f"{pc_data}: start from a policy of this embodiment")
+            return pc, read_normalizer(cfg.init)
+        if cfg.policy.action_space == "unified":
+            table = tuple(cfg.policy.embodiments) or tuple(names)
+            return replace(cfg.policy, action_dim=UNIFIED_DIM, state_dim=UNIFIED_DIM, num_views=ds.num_views,
+                           embodiments=table, embodiment=cfg.policy.embodiment or names[0]), None
+        return replace(cfg.policy, action_dim=ds.action_dim, state_dim=ds.state_dim, num_views=ds.num_views), None
+
+    def _fresh_policy(self, pc: PolicyConfig) -> Policy:
+        """A new policy: ``init``'s weights, or random weights normalised by the data's statistics."""
+        if self.cfg.init:
+            from reinforge.policies import load_weights
+
+            policy = make_policy(pc, self.init_normalizer)
+            load_weights(policy, fsutil.settle(self.cfg.init))
+            return policy
+        stats = self.sampler.stats()
+        if self.cfg.use_expert_labels and "expert_action" in stats:
+            stats["action"] = stats["expert_action"]
+        return make_policy(pc, Normalizer.from_stats(stats))
 
     def _check_eval_env(self) -> None:
         """Fail now, not after training, on an eval env, suite or split that does not exist."""

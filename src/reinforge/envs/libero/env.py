@@ -193,7 +193,7 @@ class LiberoEnv(VecEnv):
             env="libero", suite=suite, split="train", tasks=tasks, max_episode_steps=limit, control_hz=CONTROL_HZ,
             action_names=ACTION_NAMES, state_names=STATE_NAMES, camera_names=opts.cameras,
             image_size=(int(h), int(w)), num_init_states=NUM_INIT_STATES, init_banks=("eval",), splits=("train",),
-            snapshot=False, expert=False)
+            snapshot=False, expert=False, embodiment="franka")
         B = self.num_envs
         self._rng = np.random.default_rng(seed)
         self._task = np.zeros(B, dtype=np.int64)

@@ -83,7 +83,8 @@ class MetaWorldEnv(VecEnv):
             tasks=tuple(Task(n, instruction(n)) for n in names), max_episode_steps=limit,
             control_hz=probe.control_hz, action_names=ACTION_NAMES, state_names=STATE_NAMES,
             camera_names=tuple(cameras) if render else (), image_size=(int(h), int(w)),
-            num_init_states=NUM_INIT_STATES, init_banks=INIT_BANKS, splits=("train",), snapshot=False, expert=True)
+            num_init_states=NUM_INIT_STATES, init_banks=INIT_BANKS, splits=("train",), snapshot=False, expert=True,
+            embodiment="sawyer")
         self._rng = np.random.default_rng(seed)
         B, V = self.num_envs, len(self.spec.camera_names)
         self._task = np.zeros(B, dtype=np.int64)
