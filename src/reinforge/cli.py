@@ -216,8 +216,8 @@ def cmd_embodiments(args: argparse.Namespace) -> int:
         for kind, names in (("action", e.action_names), ("state", e.state_names)):
             for k, (dim, slot) in enumerate(zip(names, e.slots(kind))):
                 print(f"  {kind}[{k}] {dim:<18} -> unified[{slot:2d}] {slot_name(slot)}")
-    print(f"\nunified space: {UNIFIED_DIM} slots (Green-VLA layout); a policy with policy.action_space=unified trains on "
-          "several embodiments at once")
+    print(f"\nunified space: {UNIFIED_DIM} slots (Green-VLA layout); a policy with policy.action_space=unified "
+          "trains on several embodiments at once")
     return 0
 
 
@@ -371,6 +371,111 @@ def cmd_wm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Green-VLA monitors: ``fit`` an OOD detector and a progress head on a policy's demos, ``eval`` with them."""
+    from reinforge.data import DemoDataset
+    from reinforge.device import resolve_device
+    from reinforge.monitor import OODConfig, ProgressConfig, evaluate_monitored, fit_monitors, load_monitors
+    from reinforge.policies import load_pretrained
+
+    policy = load_pretrained(args.policy).to(resolve_device(args.device)).eval()
+    if args.monitor_command == "fit":
+        ds = DemoDataset.load(args.data, expect_image_size=policy.config.image_size)
+        summary = fit_monitors(policy, ds, args.out, what=args.what, ood_config=OODConfig(quantile=args.quantile,
+                               seed=args.seed), progress_config=ProgressConfig(steps=args.steps, seed=args.seed))
+        console.print(f"monitors of {args.policy} fitted on {ds.num_episodes} episodes -> {args.out}")
+        print(json.dumps(summary))
+        return 0
+    progress, ood = load_monitors(args.monitors)
+    r = evaluate_monitored(policy, _env_config(args), progress=None if args.no_stop else progress, ood=ood,
+                           stop_threshold=args.stop_threshold, stop_patience=args.stop_patience,
+                           episodes_per_task=args.episodes_per_task, split=args.split, max_envs=args.max_envs,
+                           tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None,
+                           max_episode_steps=args.max_steps, show_progress=not args.json)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    t = Table(title=f"{r.env}/{r.suite}/{r.split} monitored ({', '.join(r.monitors) or 'no monitors'}): {args.policy}")
+    for col in ("metric", "value"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    rows = [("success", f"{100 * r.success_rate:.1f}%"), ("mean length", f"{r.mean_length:.1f}"),
+            ("stopped by the progress head", f"{100 * r.stop_rate:.1f}%"),
+            ("success at some chunk", f"{100 * r.ever_success_rate:.1f}%"),
+            ("undone successes", f"{100 * r.undone_success_rate:.1f}%"), ("episodes", str(r.num_episodes))]
+    if r.ood_flag_rate is not None:
+        rows += [("OOD-flagged episodes", f"{100 * r.ood_flag_rate:.1f}%"),
+                 ("OOD-flagged policy calls", f"{100 * r.ood_call_flag_rate:.1f}%")]
+    for row in rows:
+        t.add_row(*row)
+    Console().print(t)
+    return 0
+
+
+def cmd_dataqa(args: argparse.Namespace) -> int:
+    from reinforge.data.dataqa import (
+        COLUMNS,
+        dataqa_report,
+        filter_dataset,
+        format_cell,
+        load_dataqa_config,
+        rule_summary,
+        write_report,
+    )
+    from reinforge.train.quickstart import resolve_config
+
+    if args.align and not args.out:
+        raise ValueError("--align resamples the episodes of a filtered copy: pass --out DIR as well")
+    cfg = load_dataqa_config(resolve_config(args.config), list(args.overrides))
+    result = filter_dataset(args.data, args.out, cfg, align=args.align, overwrite=args.overwrite) if args.out \
+        else None
+    report = result.report if result else dataqa_report(args.data, cfg)
+    paths = write_report(report, args.report_dir) if args.report_dir else {}
+    s = report.summary
+    if args.json:
+        print(json.dumps({"dataset": report.root, "episodes": s["episodes"], "flagged": s["flagged"],
+                          "per_rule": s["per_rule"], "target_speed": s["target_speed"],
+                          "flags": {r["episode"]: r["flags"] for r in report.rows if r["flags"]},
+                          "out": str(result.path) if result else None, "kept": len(result.kept) if result else None,
+                          "resampled": result.resampled if result else None,
+                          "report": {k: str(v) for k, v in paths.items()}}))
+        return 0
+    t = Table(title=f"DataQA {report.root}: {s['flagged']} of {s['episodes']} episodes flagged")
+    for col in ("rule", "passes when", "flagged"):
+        t.add_column(col, justify="right" if col == "flagged" else "left")
+    for rule, text, n in rule_summary(report):
+        t.add_row(rule, escape(text), str(n))
+    Console().print(t)
+    flagged = [r for r in report.rows if r["flags"]]
+    if flagged:
+        ft = Table(title="flagged episodes" + (f" (first 40 of {len(flagged)})" if len(flagged) > 40 else ""))
+        for col in ("episode", "task", "length", "failed rules (score)"):
+            ft.add_column(col, justify="left" if col.startswith("failed") else "right")
+        for r in flagged[:40]:
+            why = [f"{rule} ({', '.join(f'{c} {format_cell(r[c])}' for c, x in COLUMNS.items() if x == rule)})"
+                   if rule != "failed" else rule for rule in r["flags"]]
+            ft.add_row(str(r["episode"]), str(r["task"]), str(r["length"]), "; ".join(why))
+        Console().print(ft)
+    if result:
+        console.print(f"wrote {len(result.kept)} of {s['episodes']} episodes to {result.path}"
+                      + (f" ({result.resampled} resampled to speed {result.target_speed:.4g})" if args.align else ""))
+    for v in paths.values():
+        console.print(f"[dim]report: {v}[/dim]")
+    return 0
+
+
+def cmd_corrupt(args: argparse.Namespace) -> int:
+    from reinforge.data import DemoDataset
+    from reinforge.data.corrupt import corrupt_dataset
+
+    path = corrupt_dataset(args.data, args.out, jitter=args.jitter, blur=args.blur, idle=args.idle, slow=args.slow,
+                           fast=args.fast, seed=args.seed, jitter_std=args.jitter_std, blur_sigma=args.blur_sigma,
+                           idle_length=args.idle_length, overwrite=args.overwrite)
+    counts = DemoDataset.load(path, success_only=False).info["reinforge"]["corruption"]["counts"]
+    console.print(f"wrote {sum(counts.values())} episodes to {path}: "
+                  + ", ".join(f"{n} {d}" for d, n in counts.items() if n))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reinforge", description="RL fine-tuning of Vision-Language-Action policies")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors")
@@ -477,6 +582,61 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--device", default="cpu", help=device_help)
     w.set_defaults(fn=cmd_wm)
     we.set_defaults(overrides=[])
+
+    dq = sub.add_parser("dataqa", help="score demonstrations (jitter, blur, idle, duration, speed, ...); with --out "
+                                       "write a filtered, optionally speed-aligned copy")
+    dq.add_argument("data", help="dataset folder written by `reinforge demos`")
+    dq.add_argument("--config", default="dataqa", help="thresholds: a YAML file (fields of DataQAConfig) or a "
+                                                       "shipped config name (default: the shipped dataqa.yaml)")
+    dq.add_argument("--out", default=None, help="write the episodes that pass into this new dataset")
+    dq.add_argument("--align", action="store_true", help="with --out: resample the kept episodes to one motion "
+                                                         "speed (too slow / fast ones are repaired, not dropped)")
+    dq.add_argument("--overwrite", action="store_true", help="replace an existing --out dataset")
+    dq.add_argument("--report-dir", default=None, help="write dataqa.json, dataqa.md and dataqa_hist.png here")
+    dq.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    dq.add_argument("overrides", nargs="*", help="threshold overrides, e.g. max_jitter=0.3 rules=[jitter,idle]")
+    dq.set_defaults(fn=cmd_dataqa)
+    co = sub.add_parser("corrupt", help="copy a dataset with injected defects (ground truth for DataQA experiments)")
+    co.add_argument("data", help="dataset folder written by `reinforge demos`")
+    co.add_argument("--out", required=True)
+    for name, what in (("jitter", "with Gaussian noise on the actions and labels"), ("blur", "with blurred frames"),
+                       ("idle", "with an inserted idle run"), ("slow", "recorded at 0.5x speed"),
+                       ("fast", "recorded at 2x speed")):
+        co.add_argument(f"--{name}", type=float, default=0.0, help=f"fraction of episodes {what}")
+    co.add_argument("--jitter-std", type=float, default=0.3, help="jitter noise std (action units)")
+    co.add_argument("--blur-sigma", type=float, default=1.0, help="blur std (pixels)")
+    co.add_argument("--idle-length", type=float, default=0.3, help="idle run, as a fraction of the episode length")
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--overwrite", action="store_true")
+    co.set_defaults(fn=cmd_corrupt)
+
+    mo = sub.add_parser("monitor", help="Green-VLA monitors: OOD detector and progress head (stop when done)")
+    mosub = mo.add_subparsers(dest="monitor_command", required=True)
+    mf = mosub.add_parser("fit", help="fit the OOD detector and / or the progress head of a policy on its demos")
+    mf.add_argument("--policy", required=True, help="a policy folder (the policy/ of an SFT or RL run)")
+    mf.add_argument("--data", required=True, help="the dataset the policy was trained on")
+    mf.add_argument("--out", required=True, help="monitor folder (ood/ and progress/ inside)")
+    mf.add_argument("--what", default="both", choices=("both", "ood", "progress"))
+    mf.add_argument("--steps", type=int, default=400, help="progress-head training steps")
+    mf.add_argument("--quantile", type=float, default=0.99, help="OOD threshold: this quantile of held-out scores")
+    mf.add_argument("--seed", type=int, default=0)
+    mf.add_argument("--device", default="cpu", help=device_help)
+    me = mosub.add_parser("eval", help="greedy evaluation (episodes go on past success) stopped by the progress "
+                                       "head, scored by the OOD detector")
+    me.add_argument("--policy", required=True, help="a policy folder")
+    me.add_argument("--monitors", required=True, help="the --out of `monitor fit`")
+    _add_env_flags(me)
+    me.add_argument("--split", default="train")
+    me.add_argument("--episodes-per-task", type=int, default=10)
+    me.add_argument("--tasks", default=None, help="comma-separated task ids or names (default: all)")
+    me.add_argument("--max-envs", type=int, default=100, help="envs stepped together per batch")
+    me.add_argument("--max-steps", type=int, default=None, help="episode time limit (default: the suite's)")
+    me.add_argument("--stop-threshold", type=float, default=0.9, help="stop when predicted progress >= this ...")
+    me.add_argument("--stop-patience", type=int, default=2, help="... on this many consecutive policy calls")
+    me.add_argument("--no-stop", action="store_true", help="ignore the progress head (episodes run to the limit)")
+    me.add_argument("--device", default="cpu", help=device_help)
+    me.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    mo.set_defaults(fn=cmd_monitor)
 
     s = sub.add_parser("suites", help="list an env's task suites and their instructions")
     _add_env_flags(s, "a suite, a comma list, or 'all' (default)")

@@ -2,10 +2,12 @@
 
 Both monitors (``ood.OODDetector``, ``progress.ProgressHead``) read the same feature vector per observation::
 
-    features = concat(policy.pooled_features(obs), policy.normalize_state(obs["state"]))    # (B, d_model + S)
+    features = concat(policy.pooled_features(obs), state_input)    # (B, d_model + S)
 
-the backbone's fused tokens averaged (images, instruction, state) followed by the standardised proprio state.
-The policy is never trained here: features are computed under ``torch.no_grad`` in eval mode.
+the backbone's fused tokens averaged (images, instruction, state) followed by the policy's own state input
+(``policy.prepare(obs)``: ``normalize_state(obs["state"])``, and for a unified-space policy the state scattered into
+its slots, with the slots the embodiment does not fill at 0). The policy is never trained here: features are
+computed under ``torch.no_grad`` in eval mode.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def policy_features(policy: Policy, obs: Observation) -> torch.Tensor:
     policy.eval()
     try:
         pooled = policy.pooled_features(obs).float()
-        state = policy.normalize_state(obs[OBS_STATE]).float()
+        state = policy.prepare(obs)[2].float()
     finally:
         policy.train(was_training)
     return torch.cat([pooled, state.to(pooled.device)], -1)
@@ -42,10 +44,13 @@ def policy_features(policy: Policy, obs: Observation) -> torch.Tensor:
 
 def dataset_observations(dataset: DemoDataset, frames: torch.Tensor) -> Observation:
     """Frames (N,) of a demonstration dataset as a policy input batch (images (N, V, 3, H, W) uint8, states
-    (N, S), instructions, the dataset's task indices)."""
-    return {OBS_IMAGE: dataset.images[frames], OBS_STATE: dataset.states[frames],
-            OBS_INSTRUCTION: [dataset.instruction(int(f)) for f in frames],
-            OBS_TASK_ID: dataset.task_index[frames]}
+    (N, S), instructions, the dataset's task indices, and ``embodiment_id`` (N,) for a unified dataset)."""
+    obs: Observation = {OBS_IMAGE: dataset.images[frames], OBS_STATE: dataset.states[frames],
+                        OBS_INSTRUCTION: [dataset.instruction(int(f)) for f in frames],
+                        OBS_TASK_ID: dataset.task_index[frames]}
+    if dataset.embodiment_id is not None:
+        obs["embodiment_id"] = dataset.embodiment_id[frames]
+    return obs
 
 
 def _batches(frames: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -91,8 +96,8 @@ def policy_fingerprint(policy: Policy) -> str:
     """A short hash of the weights and buffers the features depend on (the backbone and the state statistics):
     a monitor fitted on one policy is meaningless on another one with the same shapes."""
     h = hashlib.sha256()
-    tensors = [*policy.backbone.state_dict().items(), ("state_mean", policy.state_mean), ("state_std", policy.state_std)]
-    for name, t in tensors:
+    stats = [("state_mean", policy.state_mean), ("state_std", policy.state_std)]
+    for name, t in [*policy.backbone.state_dict().items(), *stats]:
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

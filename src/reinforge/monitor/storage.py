@@ -27,8 +27,8 @@ def write_monitor(path: str | Path, kind: str, tensors: dict[str, torch.Tensor],
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and read_manifest(dest) is None:
         raise UnsafeWriteError(f"refusing to replace {dest}: it is not a reinforge monitor folder; choose another "
                                "--out")
-    state = {k: v.detach().cpu().float().contiguous() for k, v in tensors.items()}
-    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise FloatingPointError(f"the {kind} holds NaN or inf ({', '.join(bad)}); not saving it")
     with atomic_dir(dest, kind, "with --out") as tmp:
@@ -56,9 +56,9 @@ def _read_meta(folder: Path, kind: str) -> dict[str, Any]:
     return meta
 
 
-def read_monitor(path: str | Path, kind: str, expect: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and meta of the monitor folder ``path`` of ``kind``. ``expect`` maps each required tensor
-    name to its number of dimensions; a missing, extra, misshapen or non-finite tensor is a ``ValueError``."""
+def read_monitor(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and meta of the monitor folder ``path`` of ``kind``; a missing, corrupt or foreign folder, or
+    a non-finite tensor, is a ``ValueError``. Check the tensors' shapes with ``check_tensors``."""
     folder = settle(path)
     if not folder.is_dir():
         raise ValueError(f"no {kind} at {folder}: {REFIT} (--out {folder})")
@@ -71,15 +71,20 @@ def read_monitor(path: str | Path, kind: str, expect: dict[str, int]) -> tuple[d
     except Exception as e:  # safetensors raises its own error type for truncated or foreign files
         raise ValueError(f"{f} is not a readable safetensors file ({type(e).__name__}: {e}); the {kind} is "
                          f"corrupt: {REFIT}") from None
-    missing, extra = sorted(set(expect) - set(tensors)), sorted(set(tensors) - set(expect))
-    wrong = sorted(k for k in set(expect) & set(tensors) if tensors[k].dim() != expect[k])
-    if missing or extra or wrong:
-        raise ValueError(f"{f} does not hold a {kind} (missing {missing}, unexpected {extra}, wrong rank {wrong}); "
-                         f"{REFIT}")
-    nonfinite = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+    nonfinite = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:
         raise ValueError(f"{f} holds NaN or inf ({', '.join(nonfinite)}); the {kind} is corrupt: {REFIT}")
     return tensors, meta
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expect: dict[str, tuple[int, ...]], folder: str | Path,
+                  kind: str) -> None:
+    """Refuse tensors whose names or shapes differ from ``expect`` (name -> shape), naming what differs."""
+    missing, extra = sorted(set(expect) - set(tensors)), sorted(set(tensors) - set(expect))
+    wrong = sorted(k for k in set(expect) & set(tensors) if tuple(tensors[k].shape) != tuple(expect[k]))
+    if missing or extra or wrong:
+        raise ValueError(f"{Path(folder) / TENSORS_NAME} does not fit its {META_NAME} (missing {missing}, "
+                         f"unexpected {extra}, wrong shape {wrong}); the {kind} is corrupt: {REFIT}")
 
 
 def meta_number(meta: dict[str, Any], key: str, folder: str | Path, *, integer: bool = False) -> float:

@@ -170,8 +170,8 @@ class Policy(nn.Module):
             from reinforge.envs.embodiment import UNIFIED_DIM, get_embodiment
 
             if (c.action_dim, c.state_dim) != (UNIFIED_DIM, UNIFIED_DIM) or not c.embodiments:
-                raise ConfigError(f"a unified-space policy needs action_dim = state_dim = {UNIFIED_DIM} and at least one "
-                                  f"embodiment, got {c.action_dim} / {c.state_dim} and {list(c.embodiments)}")
+                raise ConfigError(f"a unified-space policy needs action_dim = state_dim = {UNIFIED_DIM} and at least "
+                                  f"one embodiment, got {c.action_dim} / {c.state_dim} and {list(c.embodiments)}")
             self._embodiments = [get_embodiment(n) for n in c.embodiments]
             self.register_buffer("emb_action_mask", torch.stack([e.slot_mask("action") for e in self._embodiments]),
                                  persistent=False)

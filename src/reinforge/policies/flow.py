@@ -135,9 +135,10 @@ class FlowPolicy(Policy):
     def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow-matching loss mean ||v - (eps - a)||^2 over unpadded steps and real action dims."""
         prefix, pad, _ = self.encode(batch)
-        is_pad = batch["is_pad"].to(prefix.device)
-        # padded steps carry no information: zero them so they cannot leak into the other tokens' inputs
-        a = self.normalize_actions(batch["actions"].to(prefix.device)).masked_fill(is_pad[..., None], 0.0)
+        mask = self.loss_mask(batch)  # unpadded steps x the dims (unified: the embodiment's slots) that count
+        # padded steps and unfilled slots carry no information: zero them so they cannot leak into the inputs
+        a = self.normalize_actions(batch["actions"].to(prefix.device))
+        a = torch.where(mask, a, torch.zeros_like(a))
         B = a.shape[0]
         if self.config.time_beta:
             t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(a.device) * 0.999 + 0.001
@@ -146,7 +147,6 @@ class FlowPolicy(Policy):
         eps = torch.randn_like(a)
         x_t = t[:, None, None] * eps + (1 - t[:, None, None]) * a
         v, _ = self.expert(x_t, t, prefix, pad)
-        mask = self.loss_mask(batch)  # unpadded steps x the dims (unified: the embodiment's slots) that count
         err = masked((v - (eps - a)) ** 2, mask).sum() / mask.sum().clamp(min=1)
         return err, {"sft/loss": float(err.detach())}
 

@@ -105,8 +105,9 @@ class TabletopEnv(VecEnv):
             camera_names=CAMERA_NAMES if render else (), image_size=self.image_size, num_init_states=NUM_INIT_STATES,
             init_banks=INIT_BANKS, splits=("train", "heldout") if s.name in HELDOUT_SUITES else ("train",),
             snapshot=True, expert=True, embodiment=emb.name,
-            variant={**({"embodiment": emb.name} if emb.name != DEFAULT_ROBOT else {}), **{**({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {}),
-                     **({} if end_on_success else {"end_on_success": False})}})
+            variant={**({"embodiment": emb.name} if emb.name != DEFAULT_ROBOT else {}),
+                     **({"domain": d.name} if d.name != "sim" else {}), **({"perturb": perturb} if perturb else {}),
+                     **({} if end_on_success else {"end_on_success": False})})
         self._rng = np.random.default_rng(seed)
         dev = self.device
         bank = INIT_BANKS.index(init_bank)
