@@ -200,6 +200,29 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stages(args: argparse.Namespace) -> int:
+    """Green-VLA's stages R0 -> R1 -> R2 (and the R1-alone baseline) from one config, resumable."""
+    from reinforge.config import load_config, to_dict
+    from reinforge.train.quickstart import resolve_config
+    from reinforge.train.stages import StagedPipeline, StagesConfig, results_table
+
+    import yaml
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config:  # no config file, only overrides
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(StagesConfig, resolve_config(config) if config else None, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    results = StagedPipeline(cfg, say=lambda m: console.print(escape(m)), progress=not args.quiet).run()
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print("\n".join(results_table(results, cfg.target, cfg.suite)))
+    return 0
+
+
 def cmd_embodiments(args: argparse.Namespace) -> int:
     """Every registered embodiment, one per line, then each one's native layout and its unified-space slots."""
     from reinforge.envs.embodiment import UNIFIED_DIM, registered_embodiments, slot_name
@@ -642,6 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_flags(s, "a suite, a comma list, or 'all' (default)")
     s.set_defaults(fn=cmd_suites, suite_default="all")
 
+    st = sub.add_parser("stages", help="Green-VLA's staged training: R0 multi-embodiment pretraining -> R1 target SFT "
+                                       "-> R2 RL, and the R1-alone baseline (resumable)")
+    st.add_argument("config", nargs="?", default=None, help="a stages config (default: the built-in defaults), e.g. "
+                                                             "tabletop_stages_flow")
+    st.add_argument("overrides", nargs="*", help="dotted overrides, e.g. target=scara r0_steps=1000 seed=1")
+    st.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    st.add_argument("--json", action="store_true", help="print the results as JSON")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(fn=cmd_stages)
     em = sub.add_parser("embodiments", help="list the embodiments: native action/state layouts and unified slots")
     em.add_argument("--json", action="store_true", help="print JSON")
     em.set_defaults(fn=cmd_embodiments)

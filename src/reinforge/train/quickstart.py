@@ -86,18 +86,19 @@ class QuickstartResult:
     markdown: list[str]
 
 
-def record_or_reuse_demos(env: EnvConfig, out: Path, per_task: int, say: Callable[[str], None]) -> Path:
+def record_or_reuse_demos(env: EnvConfig, out: Path, per_task: int, say: Callable[[str], None],
+                          image_size: int = 64) -> Path:
     """Record (or reuse a complete earlier recording of) ``per_task`` expert demos per task."""
     from reinforge.data import DatasetError, DemoDataset
     from reinforge.data.record import record_demos
 
     try:
-        ds = DemoDataset.load(out, success_only=False)
+        ds = DemoDataset.load(out, success_only=False, expect_image_size=(image_size, image_size))
         if ds.num_episodes == per_task * len({int(t) for t in ds.task_index.tolist()}):
             return out
     except (DatasetError, ValueError, FileNotFoundError):
         pass
-    path = record_demos(env, out, per_task=per_task, overwrite=True)
+    path = record_demos(env, out, per_task=per_task, overwrite=True, image_size=image_size)
     say(f"recorded {per_task} expert demo(s) per task of {env.suite} -> {path}")
     return path
 
