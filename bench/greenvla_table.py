@@ -50,8 +50,8 @@ def main() -> int:
     out = Path(a.out)
     seeds = [int(s) for s in a.seeds.split(",")]
     results = {s: run(out / f"seed{s}", s, a.overrides) for s in seeds}
-    padded = None if a.no_ablation else run(out / f"padded_seed{seeds[0]}", seeds[0],
-                                            [*a.overrides, "stages=[r0,r1]", "sft_overrides=[policy.unified_mask=false]"])
+    ablation = [*a.overrides, "stages=[r0,r1]", "sft_overrides=[policy.unified_mask=false]"]
+    padded = None if a.no_ablation else run(out / f"padded_seed{seeds[0]}", seeds[0], ablation)
     cfg = load_config(StagesConfig, resolve_config("tabletop_stages_flow"), a.overrides)
     rows = [f"| stage ({cfg.target}, {cfg.suite}; {cfg.episodes_per_task} greedy episodes per task) | success, "
             f"seeds {a.seeds} | mean length |", "|---|---|---|"]

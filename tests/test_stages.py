@@ -50,7 +50,7 @@ def test_stages_run_r0_r1_r2_and_the_baseline_then_resume_without_retraining(dem
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("target=ur5", "must be a robot of the built-in world"),
+    ("target=ur5", "must be a registered embodiment"),
     ("stages=[r3]", "must be a subset of"),
     ("demos={franka: 2}", "must include the target embodiment"),
 ])

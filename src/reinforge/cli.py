@@ -202,11 +202,11 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 def cmd_stages(args: argparse.Namespace) -> int:
     """Green-VLA's stages R0 -> R1 -> R2 (and the R1-alone baseline) from one config, resumable."""
+    import yaml
+
     from reinforge.config import load_config, to_dict
     from reinforge.train.quickstart import resolve_config
     from reinforge.train.stages import StagedPipeline, StagesConfig, results_table
-
-    import yaml
 
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config:  # no config file, only overrides

@@ -58,13 +58,14 @@ class StagesConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        from reinforge.envs.tabletop.robots import ROBOTS
+        from reinforge.envs.embodiment import registered_embodiments
 
+        robots = sorted(registered_embodiments())  # the env checks that it has the robot (env.embodiment)
         self.sft_overrides, self.rl_overrides, self.stages = (tuple(self.sft_overrides), tuple(self.rl_overrides),
                                                               tuple(self.stages))
-        check(self.target in ROBOTS, "target", self.target, f"must be a robot of the built-in world {sorted(ROBOTS)}")
-        bad = [k for k in self.demos if k not in ROBOTS]
-        check(not bad, "demos", self.demos, f"names robots {bad} the built-in world does not have {sorted(ROBOTS)}")
+        check(self.target in robots, "target", self.target, f"must be a registered embodiment {robots}")
+        bad = [k for k in self.demos if k not in robots]
+        check(not bad, "demos", self.demos, f"names embodiments {bad} that are not registered {robots}")
         check(self.target in self.demos, "demos", self.demos, f"must include the target embodiment {self.target!r}")
         check(all(isinstance(v, int) and v >= 1 for v in self.demos.values()), "demos", self.demos,
               "must give a number >= 1 of demonstrations per task for each embodiment")
