@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks and figures of one GPU machine, in one run: the CUDA tests, the fault-injection tests, RL /
-# policy throughput with the policy on CUDA (fp32, bf16; env on CPU or CUDA) and world-model throughput (training
-# step, imagined env steps/s), next to the same machine's CPU.
+# policy throughput with the policy on CUDA (fp32, bf16; env on CPU or CUDA), world-model throughput (training
+# step, imagined env steps/s) and renderer throughput (triton / torch on CUDA, numba on CPU), next to the same
+# machine's CPU.
 #
 # Usage, from the repository root on a machine whose python3 has torch (CUDA) and reinforge's dependencies:
 #   bash bench/gpu_check.sh [OUT_DIR]        # logs and one JSON line per benchmark in OUT_DIR (default gpu_out)
@@ -45,5 +46,18 @@ step wm_cuda 150 $PY bench/wm_throughput.py --device cuda --envs 256,1024,4096 -
 step wm_cpu 120 $PY bench/wm_throughput.py --device cpu --envs 64,256 --batch 16
 step policy_cuda 45 $R bench policy --device cuda --json
 step policy_cpu 45 $R bench policy --device cpu --json
+# Renderer (spatial suite, 2 views, 64x64): the triton backend's CUDA test (pixels vs numba at 1,024 envs), then
+# rendered env steps/s of triton and torch on CUDA and numba on this machine's CPU at 2,048 / 8,192 / 16,384 envs,
+# and the renderer alone (frames/s, no physics). About 2.5 minutes in all.
+ENVS="2048 8192 16384"
+TB="$PY bench/env_throughput.py --image-size 64"
+step test_render_gpu 75 $PY -m pytest -q -s -p no:cacheprovider -m gpu tests/test_render_triton.py
+step env_triton_cuda_8192 45 $R bench env --env-device cuda --render-backend triton --num-envs 8192 --image-size 64 \
+  --steps 20 --json
+step env_triton_cuda 45 $TB --env-device cuda --render-backend triton --num-envs 2048 16384 --steps 20
+step env_torch_cuda 60 $TB --env-device cuda --render-backend torch --num-envs $ENVS --steps 3
+step env_numba_cpu 45 $TB --env-device cpu --render-backend numba --num-envs $ENVS --steps 5
+step render_only_cuda 40 $TB --render-only --env-device cuda --render-backend triton torch --num-envs 8192 --steps 10
+
 grep -h '^{' "$OUT/all.log" > "$OUT/figures.jsonl"
 echo "figures:"; cat "$OUT/figures.jsonl"

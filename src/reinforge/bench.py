@@ -15,15 +15,22 @@ from reinforge.envs import EnvConfig, VecEnv, make_env
 from reinforge.envs.base import env_options_class
 
 
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _steps_per_s(env: VecEnv, steps: int, seed: int, warmup: int = 5) -> float:
     gen = torch.Generator().manual_seed(seed)
     actions = torch.rand(steps + warmup, env.num_envs, env.action_dim, generator=gen) * 2 - 1
     env.reset(torch.arange(env.num_envs) % env.spec.num_tasks, seed=seed)
     for i in range(warmup):  # warm-up (compiles the renderer on first use, starts workers)
         env.step(actions[i].to(env.device))
+    _sync(env.device)
     t0 = time.perf_counter()
     for i in range(steps):
         env.step(actions[warmup + i].to(env.device))
+    _sync(env.device)  # CUDA work is asynchronous: time it to its end
     dt = time.perf_counter() - t0
     return env.num_envs * steps / dt
 
@@ -46,8 +53,8 @@ def bench_env(env: EnvConfig | None = None, num_envs: int = 256, image_size: int
     with make_env(cfg, num_envs=num_envs, image_size=image_size) as sim:
         with_render = _steps_per_s(sim, steps, seed)
         spec = sim.spec
-    row: dict[str, Any] = {"env": env.name, "suite": env.suite, "num_envs": num_envs, "image_size": image_size,
-                           "views": spec.num_views, "steps_per_s": round(with_render, 1),
+    row: dict[str, Any] = {"env": env.name, "suite": env.suite, "env_device": env.device, "num_envs": num_envs,
+                           "image_size": image_size, "views": spec.num_views, "steps_per_s": round(with_render, 1),
                            "ms_per_step": round(1000 * num_envs / with_render, 3)}
     if _has_option(env, "render"):
         with make_env(dataclasses.replace(cfg, options={**opts, "render": False}), num_envs=num_envs) as sim:

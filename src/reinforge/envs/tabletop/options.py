@@ -12,7 +12,8 @@ from reinforge.envs.tabletop.perturb import PERTURBATIONS, Perturbation
 @dataclass
 class TabletopOptions:
     render: bool = True  # render camera images (off: state-only, for benchmarks)
-    render_backend: Literal["auto", "numba", "torch"] = "auto"  # numba on CPU; torch runs on any device
+    # auto: numba on CPU, triton on CUDA (when installed, else torch); torch runs on any device
+    render_backend: Literal["auto", "numba", "torch", "triton"] = "auto"
     # "real": the documented visual + dynamics shift (domain.py); "real-<component>" one part of it alone
     domain: Literal["sim", "real", "real-camera", "real-colour", "real-noise", "real-gain", "real-latency",
                     "real-grasp"] = "sim"
@@ -28,8 +29,8 @@ class TabletopOptions:
     embodiment: str = "franka"
 
     def __post_init__(self) -> None:
-        check(self.render_backend in ("auto", "numba", "torch"), "env.render_backend", self.render_backend,
-              "must be auto|numba|torch")
+        check(self.render_backend in ("auto", "numba", "torch", "triton"), "env.render_backend", self.render_backend,
+              "must be auto|numba|torch|triton")
         check(self.perturb in ("", *PERTURBATIONS), "env.perturb", self.perturb,
               f"must be empty (none) or one of {list(PERTURBATIONS)}")
         from reinforge.envs.tabletop.robots import ROBOTS

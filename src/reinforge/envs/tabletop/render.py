@@ -6,11 +6,13 @@ faces are flat-shaded by orientation, open containers show a dark interior, and 
 a shadow on the table, so that positions, heights, identities (colour and shape) and the grasp state are
 all visible.
 
-Two backends compute the same images:
+Three backends compute the same images:
 
 - ``numba``: a compiled kernel, parallel over (env, view), that only visits the pixels inside each
   primitive's projected bounding box and copies a cached background for the fixed camera. The fast path
   on CPU.
+- ``triton``: a fused GPU kernel (``_render_triton.py``), one program per tile of pixels that loops over the
+  primitives in registers, with numba's arithmetic (the same pixels). The fast path on CUDA; needs triton.
 - ``torch``: dense tensor code (every pixel against every primitive). Runs on any device (CUDA too).
 
 View 0 is the fixed third-person "agentview" camera, view 1 the wrist camera that moves with the gripper.
@@ -18,8 +20,10 @@ View 0 is the fixed third-person "agentview" camera, view 1 the wrist camera tha
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -66,7 +70,8 @@ from reinforge.envs.tabletop.world import FINGER_LEN, HANDLE_OUT, Scene, WorldSt
 log = logging.getLogger(__name__)
 
 
-Backend = Literal["auto", "numba", "torch"]
+Backend = Literal["auto", "numba", "torch", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "numba", "torch", "triton")
 
 
 # ---------------------------------------------------------------- primitives and cameras
@@ -174,6 +179,35 @@ def _numba_kernel():
     return _NUMBA_KERNEL
 
 
+_TRITON_MODULE = "reinforge.envs.tabletop._render_triton"
+
+
+def _triton_module() -> ModuleType:
+    """The triton backend (imports triton on first use). Looked up in sys.modules on every call, not cached
+    here, so that tests can swap in a copy imported under ``TRITON_INTERPRET=1``."""
+    try:
+        return importlib.import_module(_TRITON_MODULE)
+    except ImportError as e:
+        raise ImportError(f"render backend 'triton' needs triton ({e}); pip install triton (CUDA builds of torch "
+                          "ship it), or use render_backend='torch'") from e
+
+
+_TRITON_OK: bool | None = None
+
+
+def _triton_importable() -> bool:
+    """Whether the triton backend imports (checked once; 'auto' on CUDA falls back to torch when not)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            _triton_module()
+            _TRITON_OK = True
+        except ImportError as e:
+            log.warning("%s; rendering on CUDA falls back to the slower torch backend", e)
+            _TRITON_OK = False
+    return _TRITON_OK
+
+
 class Renderer:
     """Renders (B, V, 3, H, W) uint8 images of the tabletop world with the chosen backend."""
 
@@ -181,29 +215,38 @@ class Renderer:
                  camera_offsets: dict | None = None):
         if height < 8 or width < 8:
             raise ValueError(f"image size must be at least 8x8, got {height}x{width}")
-        if backend not in ("auto", "numba", "torch"):
-            raise ValueError(f"unknown render backend {backend!r}; use 'auto', 'numba' or 'torch'")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown render backend {backend!r}; use one of {list(BACKENDS)}")
         self.height, self.width, self.backend = height, width, backend
         self.camera_offsets = dict(camera_offsets or {})  # keyword arguments of build_cameras
         self._background: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _use_numba(self, device: torch.device) -> bool:
-        if self.backend == "torch" or device.type != "cpu":
-            if self.backend == "numba":
-                raise ValueError("the numba render backend needs CPU tensors; use backend='torch' on "
+    def _select(self, device: torch.device) -> Literal["numba", "torch", "triton"]:
+        """The backend that renders tensors on ``device``: 'auto' is numba on CPU, triton on CUDA (torch where
+        either is missing, and on other devices)."""
+        if self.backend == "auto":
+            if device.type == "cpu":
+                return "numba" if _numba_kernel() is not None else "torch"
+            return "triton" if device.type == "cuda" and _triton_importable() else "torch"
+        if self.backend == "numba":
+            if device.type != "cpu":
+                raise ValueError("the numba render backend needs CPU tensors; use backend='torch' or 'triton' on "
                                  f"{device.type}")
-            return False
-        if _numba_kernel() is None:
-            if self.backend == "numba":
+            if _numba_kernel() is None:
                 raise ImportError("render backend 'numba' needs numba: pip install numba")
-            return False
-        return True
+        if self.backend == "triton" and device.type != "cuda" and not _triton_module().interpreted:
+            raise ValueError(f"the triton render backend needs CUDA tensors, got {device.type} (on CPU: "
+                             "backend='numba'; TRITON_INTERPRET=1 runs it in Triton's slow interpreter)")
+        return self.backend
 
     def render(self, scene: Scene, state: WorldState) -> torch.Tensor:
         prims = build_primitives(scene, state)
         cams = build_cameras(state, self.width / self.height, **self.camera_offsets)
-        if self._use_numba(prims.device):
+        backend = self._select(prims.device)
+        if backend == "numba":
             return self._render_numba(prims, cams)
+        if backend == "triton":
+            return _triton_module().render(prims, cams, self.height, self.width)
         return render_torch(prims, cams, self.height, self.width)
 
     def _render_numba(self, prims: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
