@@ -39,10 +39,11 @@ def collector(policy, cfg, suite="spatial", logprob="chunk", **kw):
     return RolloutCollector(env, policy, cfg, seed=0, logprob=logprob, **kw)
 
 
-def collect(policy, cache, mode="episodic", max_episode_steps=8, logprob="chunk", **kw):
+def collect(policy, cache, mode="episodic", max_episode_steps=8, logprob="chunk", cache_prefix=False, **kw):
     cfg = RolloutConfig(mode=mode, num_groups=2, group_size=3, num_envs=4, chunks_per_rollout=5,
                         max_episode_steps=max_episode_steps, **kw)
-    return collector(policy, cfg, cache_features=cache, need_values=True, logprob=logprob).collect()
+    return collector(policy, cfg, cache_features=cache, cache_prefix=cache_prefix, need_values=True,
+                     logprob=logprob).collect()
 
 
 def test_episodic_rollout_masks_groups_and_shapes():
@@ -91,12 +92,20 @@ def test_truncated_episodes_bootstrap_from_the_value_of_their_final_observation(
 
 
 @pytest.mark.parametrize("kind,sampler", [("token", "sde"), ("flow", "sde"), ("flow", "noise")])
-@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("cache", [False, True, "prefix"])
 def test_stored_log_probs_are_recomputed_exactly(kind, sampler, cache):
-    """ratio = 1 before any update, with images or with the cached frozen-vision tokens."""
+    """ratio = 1 before any update, with images, the cached frozen-vision tokens or (flow policies, frozen
+    backbone) the cached fused prefix."""
     policy = tiny_policy(kind, flow_sampler=sampler)
-    b = collect(policy, cache)
-    assert ("image_features" in b.obs) == cache and ("image" in b.obs) != cache
+    if cache == "prefix" and kind == "token":
+        with pytest.raises(ValueError, match="cannot run from cached backbone tokens"):
+            collect(policy, False, cache_prefix=True)
+        return
+    b = collect(policy, bool(cache), cache_prefix=cache == "prefix")
+    assert ("image_features" in b.obs) == (cache is True) and ("image" in b.obs) == (cache is False)
+    assert ("prefix" in b.obs) == (cache == "prefix")
+    if cache == "prefix":  # padded to one length: instructions of any length stack
+        assert b.obs["prefix"].shape[2] == policy.prefix_len and b.obs["prefix_pad"].dtype == torch.bool
     rows, steps = b.valid.nonzero(as_tuple=True)
     with torch.no_grad():
         lp, ent, value = policy.evaluate(b.sample_obs(rows, steps), {k: v[rows, steps] for k, v in b.replay.items()})

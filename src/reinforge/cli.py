@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         r = evaluate(actor, _env_config(args, suite), split=args.split, episodes_per_task=args.episodes_per_task,
                      max_envs=args.max_envs, image_size=image_size, video_dir=args.video,
                      videos_per_task=args.videos_per_task, video_format=args.video_format, progress=not args.json,
-                     tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None)
+                     tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None, seed=args.seed)
         results.append((args.policy, r))
     if args.json:
         out = [r.to_dict() for _, r in results]
@@ -250,8 +250,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     opts = QuickstartOptions(env=_env_config(args), policy=args.policy, algo=args.algo, out=args.out or "",
                              config=args.config or "", iterations=args.iterations, sft_steps=args.sft_steps,
-                             sft50_steps=args.sft50_steps, episodes_per_task=args.episodes_per_task,
-                             device=args.device, overrides=list(args.overrides))
+                             sft50_steps=args.sft50_steps if args.reference else 0,
+                             episodes_per_task=args.episodes_per_task, device=args.device,
+                             overrides=list(args.overrides))
     name = args.config or QUICKSTART_CONFIGS.get((args.algo, args.policy), "?")
     console.print(f"[bold]reinforge quickstart[/bold]: {opts.env.name}/{opts.env.suite}, {args.policy} policy, "
                   f"{args.algo.upper()} ({name}) -> {opts.out_dir}")
@@ -552,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "worker processes, e.g. 1,2)")
     b.add_argument("--image-size", type=int, default=64)
     b.add_argument("--steps", type=int, default=50)
-    b.add_argument("--render-backend", default=None, choices=("auto", "numba", "torch"),
+    b.add_argument("--render-backend", default=None, choices=("auto", "numba", "torch", "triton"),
                    help="tabletop env benchmark: renderer (same as --env-opt render_backend=...)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_bench)
@@ -681,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_envs)
 
     q = sub.add_parser(
-        "quickstart", help="the main job: expert demos -> 1-demo SFT -> RL -> evaluation, next to 50-demo SFT")
+        "quickstart", help="the main job: expert demos -> 1-demo SFT -> RL -> evaluation (--reference: next to "
+                           "50-demo SFT)")
     _add_env_flags(q)
     q.add_argument("--out", default=None, help="default: runs/quickstart/SUITE_ALGO_POLICY")
     q.add_argument("--policy", default="flow", choices=("token", "flow"))
@@ -689,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", default=None, help="RL config (default: the shipped one for --algo/--policy)")
     q.add_argument("--iterations", type=int, default=None, help="RL iterations (default: the config's)")
     q.add_argument("--sft-steps", type=int, default=600, help="SFT steps on the single demo per task")
-    q.add_argument("--sft50-steps", type=int, default=1500, help="SFT steps of the 50-demo baseline (0 = skip)")
+    q.add_argument("--reference", action="store_true",
+                   help="also fine-tune and evaluate a 50-demo SFT policy for reference (adds ~9 minutes on 2 cores)")
+    q.add_argument("--sft50-steps", type=int, default=1500, help="SFT steps of the 50-demo reference")
     q.add_argument("--episodes-per-task", type=int, default=50, help="greedy episodes per task before/after")
     q.add_argument("--device", default="cpu", help=device_help)
     q.add_argument("overrides", nargs="*", help="dotted RL config overrides, e.g. optim.lr=1e-4")

@@ -9,6 +9,9 @@ An observation is a plain dict of batched tensors (leading dim B = number of env
 
 Optionally ``OBS_IMAGE_FEATURES`` float32 (B, N, d): the frozen vision encoder's tokens, computed once during a
 rollout so that RL updates with a frozen vision encoder skip it (policies use them instead of ``OBS_IMAGE``).
+Or ``OBS_PREFIX`` float32 (B, T, d) with ``OBS_PREFIX_PAD`` bool (B, T): a frozen backbone's fused tokens (images,
+instruction and state), padded to a fixed length, for policies whose action head reads only those
+(``Policy.cacheable_prefix``); an update with the backbone frozen then runs the action head alone.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ OBS_STATE = "state"
 OBS_INSTRUCTION = "instruction"
 OBS_TASK_ID = "task_id"
 OBS_IMAGE_FEATURES = "image_features"
+OBS_PREFIX = "prefix"
+OBS_PREFIX_PAD = "prefix_pad"
 
 Observation = dict[str, Any]
 

@@ -2,8 +2,10 @@
 
 Episode ``k`` of task ``t`` starts from fixed evaluation initial state ``k`` (mod the bank size; for envs
 with random resets, from reset seed ``k``), so two evaluations with the same ``episodes_per_task`` see exactly
-the same scenes. Policies act greedily. One env of ``min(max_envs, episodes)`` slots is built and reused
-batch after batch; slots past the last episode stay idle.
+the same scenes. Policies act greedily; the global torch RNG is seeded with ``seed`` for the evaluation (and
+restored after it), so a policy whose greedy action still draws random numbers (a flow policy's initial
+noise) is evaluated reproducibly and the caller's random stream is left untouched. One env of
+``min(max_envs, episodes)`` slots is built and reused batch after batch; slots past the last episode stay idle.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
 def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", episodes_per_task: int = 10,
              max_envs: int = 500, image_size: int | tuple[int, int] | None = None,
              video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
-             tasks: list[int | str] | None = None, progress: bool = False) -> EvalResult:
+             tasks: list[int | str] | None = None, progress: bool = False, seed: int = 0) -> EvalResult:
     """Run ``episodes_per_task`` greedy episodes of every task of ``env``'s suite (or of ``tasks``) on the
     ``split`` and report success rates. ``actor_fn(env)`` gives the actor for a freshly reset env.
     ``image_size`` (the policy's) wins over ``env.image_size``."""
@@ -132,6 +134,10 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     t0 = time.perf_counter()
     bar = ProgressBar(f"eval {spec.suite}/{split}", len(slots), enabled=progress)
     sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank="eval", **kw)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    rng = torch.random.fork_rng(devices=cuda)
+    rng.__enter__()
+    torch.manual_seed(seed)
     try:
         for start in range(0, len(slots), sim.num_envs):
             batch = slots[start:start + sim.num_envs]
@@ -147,6 +153,7 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
                 path = Path(video_dir) / f"{spec.suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
                 videos.append(str(write_video(fr, path, fps=int(round(spec.control_hz)))))
     finally:
+        rng.__exit__(None, None, None)
         sim.close()
         bar.close()
     if bool(failed.any()):

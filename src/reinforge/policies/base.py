@@ -28,13 +28,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from reinforge.config import ConfigError, check, from_dict
 from reinforge.fsutil import atomic_dir, write_guard
 from reinforge.policies.backbone import Backbone, ValueHead, masked_mean
-from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION, OBS_STATE, Observation, PolicyOutput
+from reinforge.types import (
+    OBS_IMAGE,
+    OBS_IMAGE_FEATURES,
+    OBS_INSTRUCTION,
+    OBS_PREFIX,
+    OBS_PREFIX_PAD,
+    OBS_STATE,
+    Observation,
+    PolicyOutput,
+)
 
 CONFIG_NAME = "config.json"
 LogProb = Literal["chunk", "token"]
@@ -292,6 +302,35 @@ class Policy(nn.Module):
         encoder they can stand in for the images (``OBS_IMAGE_FEATURES``)."""
         return self.backbone.vision(images.to(self.action_low.device))
 
+    # whether the action head reads the backbone's fused tokens only, so that with a frozen backbone a rollout can
+    # store them (``OBS_PREFIX``) and the update skip the backbone (a token policy fuses its action tokens in it)
+    cacheable_prefix: bool = False
+
+    @property
+    def prefix_len(self) -> int:
+        """The fixed length of a cached prefix: every image token, ``max_words`` words and the state token."""
+        c = self.config
+        return self.backbone.vision.num_tokens_per_view * c.num_views + c.max_words + 1
+
+    @torch.no_grad()
+    def encode_prefix(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's fused tokens (B, prefix_len, d) and padding mask (B, prefix_len) of ``obs``, padded to
+        ``prefix_len`` so that prefixes of different instructions stack (padded tokens are masked out)."""
+        images, texts, state = self.prepare(obs)
+        x, pad = self.backbone(images, texts, state)
+        extra = self.prefix_len - x.shape[1]
+        if extra < 0:
+            raise ValueError(f"a fused prefix of {x.shape[1]} tokens exceeds prefix_len {self.prefix_len}")
+        return F.pad(x, (0, 0, 0, extra)), F.pad(pad, (0, extra), value=True)
+
+    def fused(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's fused tokens and padding mask of ``obs``: the cached ones when it carries them."""
+        if OBS_PREFIX in obs:
+            dev = self.action_low.device
+            return obs[OBS_PREFIX].to(dev), obs[OBS_PREFIX_PAD].to(dev)
+        images, texts, state = self.prepare(obs)
+        return self.backbone(images, texts, state)
+
     def vision_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.vision.parameters())
 
@@ -303,9 +342,7 @@ class Policy(nn.Module):
     def pooled_features(self, obs: Observation) -> torch.Tensor:
         """(B, d_model) the backbone's fused tokens of ``obs`` averaged (images, instruction, state): the
         policy's summary of its input, for monitors (OOD detection, progress) trained on top of it."""
-        images, texts, state = self.prepare(obs)
-        x, pad = self.backbone(images, texts, state)
-        return masked_mean(x, pad)
+        return masked_mean(*self.fused(obs))
 
     def value(self, pooled: torch.Tensor) -> torch.Tensor | None:
         return self.value_head(pooled) if self.value_head is not None else None

@@ -120,9 +120,10 @@ class FlowPolicy(Policy):
         c = config
         self.expert = ActionExpert(c.d_model, c.heads, c.expert_layers, c.horizon, c.action_dim, c.dropout)
 
+    cacheable_prefix = True  # the action expert cross-attends to the fused tokens only
+
     def encode(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        images, texts, state = self.prepare(obs)
-        prefix, pad = self.backbone(images, texts, state)
+        prefix, pad = self.fused(obs)
         return prefix, pad, self.value(masked_mean(prefix, pad))
 
     @torch.no_grad()

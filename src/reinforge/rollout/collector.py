@@ -11,7 +11,8 @@ Two modes:
   rollout's last state and every truncated episode's final state get a value for bootstrapping.
 
 With ``cache_features`` the frozen vision encoder runs once per observation here and the batch stores its
-tokens instead of images, so updates skip it.
+tokens instead of images, so updates skip it. With ``cache_prefix`` (a frozen backbone, a policy with
+``cacheable_prefix``) the batch stores the backbone's fused tokens instead, so updates run the action head alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from reinforge.device import module_device
 from reinforge.envs import VecEnv
 from reinforge.policies import Policy
 from reinforge.policies.base import LogProb
-from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_STATE, OBS_TASK_ID, Observation, RolloutBatch
+from reinforge.types import (
+    OBS_IMAGE,
+    OBS_IMAGE_FEATURES,
+    OBS_PREFIX,
+    OBS_PREFIX_PAD,
+    OBS_STATE,
+    OBS_TASK_ID,
+    Observation,
+    RolloutBatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +117,13 @@ class RolloutCollector:
     ``RolloutBatch`` es. The env may live on another device than the policy (observations are moved)."""
 
     def __init__(self, env: VecEnv, policy: Policy, cfg: RolloutConfig, *, cache_features: bool = False,
-                 need_values: bool = False, seed: int = 0, logprob: LogProb = "chunk"):
+                 cache_prefix: bool = False, need_values: bool = False, seed: int = 0, logprob: LogProb = "chunk"):
         self.cfg, self.policy, self.env = cfg, policy, env
         policy.check_logprob(logprob)
         self.logprob = logprob  # the level the learner recomputes log-probs at (its ``logprob``)
-        self.cache_features, self.need_values = cache_features, need_values
+        if cache_prefix and not policy.cacheable_prefix:
+            raise ValueError(f"a {policy.config.kind} policy cannot run from cached backbone tokens (cache_prefix)")
+        self.cache_features, self.cache_prefix, self.need_values = cache_features, cache_prefix, need_values
         spec = env.spec
         if env.num_envs != cfg.envs:
             raise ValueError(f"the rollout config asks for {cfg.envs} envs but the env holds {env.num_envs}")
@@ -171,7 +183,10 @@ class RolloutCollector:
 
     def _policy_input(self, obs: Observation, rows: torch.Tensor) -> Observation:
         sub = select_obs(obs, rows.to(obs[OBS_TASK_ID].device))
-        if self.cache_features:
+        if self.cache_prefix:
+            sub[OBS_PREFIX], sub[OBS_PREFIX_PAD] = self.policy.encode_prefix(sub)
+            sub.pop(OBS_IMAGE)
+        elif self.cache_features:
             sub[OBS_IMAGE_FEATURES] = self.policy.encode_images(sub.pop(OBS_IMAGE))
         return sub
 
@@ -182,8 +197,10 @@ class RolloutCollector:
         if not bool(torch.isfinite(out.actions).all()):
             raise FloatingPointError("the policy produced NaN/inf actions during the rollout; the weights have "
                                      "diverged (lower the learning rate or resume from an earlier checkpoint)")
-        visual = OBS_IMAGE_FEATURES if self.cache_features else OBS_IMAGE
-        buf.put(visual, t, rows, sub[visual])
+        visual = (OBS_PREFIX, OBS_PREFIX_PAD) if self.cache_prefix else (
+            (OBS_IMAGE_FEATURES,) if self.cache_features else (OBS_IMAGE,))
+        for key in visual:
+            buf.put(key, t, rows, sub[key])
         buf.put(OBS_STATE, t, rows, sub[OBS_STATE])
         buf.put(OBS_TASK_ID, t, rows, sub[OBS_TASK_ID])
         for k, v in out.replay.items():
@@ -274,7 +291,8 @@ class RolloutCollector:
             cont[:, -1] = False  # the rollout's last step keeps its bootstrap value V(s_T)
             nxt = torch.cat([value[:, 1:], torch.zeros_like(value[:, :1])], 1)
             nv = torch.where(cont, nxt, nv)
-        obs = {k: buf.get(k, T) for k in (OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_STATE, OBS_TASK_ID) if k in buf.data}
+        obs = {k: buf.get(k, T) for k in (OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_PREFIX, OBS_PREFIX_PAD, OBS_STATE,
+                                          OBS_TASK_ID) if k in buf.data}
         replay = {k.split(".", 1)[1]: v[:, :T] for k, v in buf.data.items() if k.startswith("replay.")}
         return RolloutBatch(
             obs=obs, instructions=self.instructions, replay=replay, log_prob=buf.get("log_prob", T), value=value,

@@ -64,7 +64,7 @@ class QuickstartOptions:
     config: str = ""  # RL config (default: the shipped one for algo/policy)
     iterations: int | None = None
     sft_steps: int = 600
-    sft50_steps: int = 1500  # 0 = skip the 50-demo reference
+    sft50_steps: int = 0  # SFT steps of the 50-demo reference (0 = no reference; the CLI's --reference: 1500)
     episodes_per_task: int = 50
     device: str = "cpu"
     overrides: list[str] = field(default_factory=list)

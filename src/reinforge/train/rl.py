@@ -54,6 +54,7 @@ class RLEvalConfig:
     episodes_per_task: int = 10  # periodic evaluations
     final_episodes_per_task: int = 50  # before RL and after RL
     heldout: bool = True  # also evaluate the held-out split (suites that have one)
+    periodic_heldout: bool = True  # ... at the periodic evaluations too (false: only before and after RL)
     videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
     tasks: tuple[int, ...] = ()  # evaluate these task ids only (default: every task of the suite)
     max_envs: int = 500  # envs stepped together in an evaluation (real simulators hold one process/scene each)
@@ -180,6 +181,7 @@ class RLTrainer:
         env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed))
         self.collector = RolloutCollector(env, self.policy, cfg.rollout,
                                           cache_features=cfg.freeze_vision or cfg.freeze_backbone,
+                                          cache_prefix=cfg.freeze_backbone and self.policy.cacheable_prefix,
                                           need_values=cfg.algo == "ppo", seed=cfg.seed, logprob=self.algo.logprob)
         self.eval_env, self.eval_spec = self._eval_env(env.spec)
         if self.algo.anchor is not None:
@@ -342,14 +344,14 @@ class RLTrainer:
         probe.close()
         return env, spec
 
-    def evaluate(self, episodes_per_task: int) -> dict[str, float]:
+    def evaluate(self, episodes_per_task: int, heldout: bool = True) -> dict[str, float]:
         from reinforge.eval import evaluate
 
         self.policy.eval()
         c, out = self.cfg, {}
         spec = self.eval_spec
         points = [(self.eval_env, split, "" if split == "train" else f"_{split}")
-                  for split in ["train"] + (list(spec.heldout_splits) if c.eval.heldout else [])]
+                  for split in ["train"] + (list(spec.heldout_splits) if c.eval.heldout and heldout else [])]
         if self.cotrain_env is not None:
             tag, env = self.cotrain_env
             points.append((env, "train", f"_{tag}"))
@@ -357,7 +359,7 @@ class RLTrainer:
             with autocast(self.device, c.precision):
                 r = evaluate(lambda e: self.policy, env, split=split, episodes_per_task=episodes_per_task,
                              image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None,
-                             max_envs=c.eval.max_envs)
+                             max_envs=c.eval.max_envs, seed=c.seed)
             key = f"eval/{c.suite}{suffix}"
             out[f"{key}/success_rate"] = r.success_rate
             out[f"{key}/mean_length"] = r.mean_length
@@ -388,8 +390,8 @@ class RLTrainer:
                          image_size=self.policy.config.image_size, video_dir=folder, video_format="mp4")
         return r.videos
 
-    def _eval_point(self, logger: MetricLogger, episodes: int) -> dict[str, float]:
-        m = self.evaluate(episodes)
+    def _eval_point(self, logger: MetricLogger, episodes: int, heldout: bool = True) -> dict[str, float]:
+        m = self.evaluate(episodes, heldout)
         m.update({"iteration": float(self.iteration), "env_steps": float(self.env_steps),
                   "train_min": self.train_s / 60, "episodes_per_task": float(episodes)})
         self.history.append(m)
@@ -427,7 +429,8 @@ class RLTrainer:
                 bar.update(self.iteration, rollout=f"{m['rollout/success_rate']:.2f}")
                 last = self.iteration == c.iterations
                 if c.eval.every and self.iteration % c.eval.every == 0 and not last:
-                    bar.update(self.iteration, eval=f"{self._eval_point(logger, c.eval.episodes_per_task)[key]:.2f}")
+                    point = self._eval_point(logger, c.eval.episodes_per_task, c.eval.periodic_heldout)
+                    bar.update(self.iteration, eval=f"{point[key]:.2f}")
                 if self.iteration % c.checkpoint_every == 0 or last:
                     self.save()
         finally:
