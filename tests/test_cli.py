@@ -73,10 +73,13 @@ def test_quickstart_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, capsys):
             "ppo.critic_warmup=0", "eval.episodes_per_task=1", "eval.heldout=false", "eval.videos=0"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"sft1", "rl"} and "eval/spatial/success_rate" in summary["rl"]
+    assert set(summary) == {"sft1", "rl", "minutes"} and "eval/spatial/success_rate" in summary["rl"]
+    t = summary["minutes"]  # where the time went: the phases add up to the total
+    assert t["total"] > 0 and abs(t["demos"] + t["sft"] + t["rl"] - t["total"]) < 0.05
     assert "| spatial |" in (out / "summary.md").read_text()
     assert (out / "demos_1" / "meta" / "info.json").is_file() and (out / "rl" / "report" / "summary.md").is_file()
-    assert "PPO" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "PPO" in printed.out and "wall-clock minutes: demos" in printed.err.replace("\n", " ")
     # the same folder for a token policy: refused, nothing overwritten
     assert main(["quickstart", "--out", str(out), "--policy", "token", "--algo", "grpo", "--iterations", "1"]) == 2
     assert "holds a flow policy, not a token one" in capsys.readouterr().err

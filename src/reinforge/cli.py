@@ -266,6 +266,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     for line in body:
         table.add_row(*[c.strip() for c in line.strip("|").split("|")])
     Console().print(table)
+    from reinforge.train.quickstart import format_timing
+
+    console.print(f"wall-clock minutes: {format_timing(res.minutes)}")
     console.print(f"summary: {res.out / 'summary.md'}; report with curves and videos: {res.report}")
     return 0
 

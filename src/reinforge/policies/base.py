@@ -327,7 +327,9 @@ class Policy(nn.Module):
         """The backbone's fused tokens and padding mask of ``obs``: the cached ones when it carries them."""
         if OBS_PREFIX in obs:
             dev = self.action_low.device
-            return obs[OBS_PREFIX].to(dev), obs[OBS_PREFIX_PAD].to(dev)
+            prefix, pad = obs[OBS_PREFIX].to(dev), obs[OBS_PREFIX_PAD].to(dev)
+            keep = ~pad.all(0)  # tokens padded in every row change nothing: drop them (attention gets cheaper)
+            return (prefix, pad) if bool(keep.all()) else (prefix[:, keep], pad[:, keep])
         images, texts, state = self.prepare(obs)
         return self.backbone(images, texts, state)
 

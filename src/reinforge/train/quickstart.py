@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class QuickstartResult:
     history: list[dict[str, float]]
     report: Path
     markdown: list[str]
+    minutes: dict[str, float] = field(default_factory=dict)  # wall-clock minutes per phase (time_breakdown)
 
 
 def record_or_reuse_demos(env: EnvConfig, out: Path, per_task: int, say: Callable[[str], None],
@@ -137,8 +139,18 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
         raise ValueError(f"no quickstart recipe for algo={algo!r} policy={kind!r}; known: {sorted(QUICKSTART_CONFIGS)}")
     out = opts.out_dir
     name = opts.config or QUICKSTART_CONFIGS[(algo, kind)]
-    sft1 = sft_or_reuse(record_or_reuse_demos(env, out / "demos_1", 1, say), kind, opts.sft_steps,
-                        out / "sft_1demo", opts.device, say)
+    clock = [time.perf_counter()]
+    minutes: dict[str, float] = {}
+
+    def lap(phase: str) -> None:  # wall minutes of each phase of this invocation
+        now = time.perf_counter()
+        minutes[phase] = minutes.get(phase, 0.0) + (now - clock[0]) / 60
+        clock[0] = now
+
+    demos1 = record_or_reuse_demos(env, out / "demos_1", 1, say)
+    lap("demos")
+    sft1 = sft_or_reuse(demos1, kind, opts.sft_steps, out / "sft_1demo", opts.device, say)
+    lap("sft")
     env_overrides = [f"env.{k}={json.dumps(v) if not isinstance(v, str) else v}"
                      for k, v in (("name", env.name), ("suite", env.suite), ("device", env.device))]
     env_overrides += [f"env.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in env.options.items()]
@@ -153,6 +165,7 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
         trainer.run()
         hist = trainer.history
         splits = ("train", *trainer.collector.env.spec.heldout_splits)
+    lap("rl")
     rows: dict[str, dict[str, float]] = {"sft1": hist[0], "rl": hist[-1]}
     if opts.sft50_steps > 0:
         sft50 = sft_or_reuse(record_or_reuse_demos(env, out / "demos_50", 50, say), kind, opts.sft50_steps,
@@ -165,6 +178,7 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
             r = evaluate(lambda e: policy, env, split=split, episodes_per_task=opts.episodes_per_task,
                          image_size=policy.config.image_size, progress=True)
             rows["sft50"][key] = r.success_rate
+        lap("reference")
     cols = ["suite", "SFT (1 demo)", "+ RL", "SFT (50 demos)"]
     md = ["| " + " | ".join(cols) + " |", "|---|---|---|---|"]
     for label, key in _success_keys(env.suite, splits):
@@ -174,10 +188,41 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
                            for r in ("sft1", "rl", "sft50")]
         md.append("| " + " | ".join(cells) + " |")
     report = write_report(out / "rl", hist, suite=env.suite, algo=algo, policy_kind=kind)
-    minutes = hist[-1]["train_min"]
+    timing = time_breakdown(minutes, hist, out / "rl" / "metrics.jsonl")
     write_text_atomic(out / "summary.md", f"# reinforge quickstart: {env.suite}, {kind} policy, {algo.upper()}\n\n"
                                     + "\n".join(md) + f"\n\nRL: {int(hist[-1]['iteration'])} iterations, "
-                                    f"{minutes:.1f} training minutes. Curves and videos: rl/report/\n")
+                                    f"{hist[-1]['train_min']:.1f} training minutes. Curves and videos: rl/report/\n\n"
+                                    f"Wall-clock minutes of this run: {format_timing(timing)}\n")
     summary: dict[str, Any] = {k: {m: v for m, v in r.items() if m.endswith("success_rate")} for k, r in rows.items()}
+    summary["minutes"] = timing
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    return QuickstartResult(out=out, rows=rows, history=hist, report=report, markdown=md)
+    return QuickstartResult(out=out, rows=rows, history=hist, report=report, markdown=md, minutes=timing)
+
+
+def time_breakdown(minutes: dict[str, float], history: list[dict[str, float]], metrics: Path) -> dict[str, float]:
+    """Where the wall clock went: the phases of this invocation, and inside RL the rollouts, the updates and the
+    evaluations (before, periodic, after) of the run (a resumed run: its iterations since the start)."""
+    from reinforge.train.logging import read_metrics
+
+    rows = read_metrics(metrics) if metrics.is_file() else []
+    evals = [h.get("eval_s", 0.0) / 60 for h in history]
+    out = {k: round(v, 2) for k, v in minutes.items()}
+    out.update({"rl_rollouts": sum(r.get("time/rollout_s", 0.0) for r in rows) / 60,
+                "rl_updates": sum(r.get("time/update_s", 0.0) for r in rows) / 60,
+                "eval_before": evals[0] if evals else 0.0, "eval_after": evals[-1] if len(evals) > 1 else 0.0,
+                "eval_periodic": sum(evals[1:-1])})
+    out["total"] = sum(minutes.values())
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def format_timing(t: dict[str, float]) -> str:
+    """One line: ``demos 0.1, SFT 2.2, RL 11.5 (evaluation before 1.5, rollouts 4.0, ...); total 14.0``."""
+    inner = (("eval_before", "evaluation before"), ("rl_rollouts", "rollouts"), ("rl_updates", "updates"),
+             ("eval_periodic", "periodic evaluations"), ("eval_after", "evaluation after"))
+    rl = ", ".join(f"{label} {t[k]:.1f}" for k, label in inner if t.get(k))
+    parts = [f"{label} {t[k]:.1f}" for k, label in (("demos", "demos"), ("sft", "SFT")) if k in t]
+    if "rl" in t:
+        parts.append(f"RL {t['rl']:.1f}" + (f" ({rl})" if rl else ""))
+    if t.get("reference"):
+        parts.append(f"50-demo reference {t['reference']:.1f}")
+    return ", ".join(parts) + f"; total {t.get('total', 0.0):.1f}"

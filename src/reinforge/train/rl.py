@@ -391,9 +391,11 @@ class RLTrainer:
         return r.videos
 
     def _eval_point(self, logger: MetricLogger, episodes: int, heldout: bool = True) -> dict[str, float]:
+        t0 = time.perf_counter()
         m = self.evaluate(episodes, heldout)
         m.update({"iteration": float(self.iteration), "env_steps": float(self.env_steps),
-                  "train_min": self.train_s / 60, "episodes_per_task": float(episodes)})
+                  "train_min": self.train_s / 60, "episodes_per_task": float(episodes),
+                  "eval_s": time.perf_counter() - t0})
         self.history.append(m)
         logger.log(self.iteration, {k: v for k, v in m.items() if k.startswith("eval/")})
         return m
