@@ -251,7 +251,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     opts = QuickstartOptions(env=_env_config(args), policy=args.policy, algo=args.algo, out=args.out or "",
                              config=args.config or "", iterations=args.iterations, sft_steps=args.sft_steps,
                              sft50_steps=args.sft50_steps if args.reference else 0,
-                             episodes_per_task=args.episodes_per_task, device=args.device,
+                             episodes_per_task=args.episodes_per_task, device=args.device, seed=args.seed,
                              overrides=list(args.overrides))
     name = args.config or QUICKSTART_CONFIGS.get((args.algo, args.policy), "?")
     console.print(f"[bold]reinforge quickstart[/bold]: {opts.env.name}/{opts.env.suite}, {args.policy} policy, "
@@ -699,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sft50-steps", type=int, default=1500, help="SFT steps of the 50-demo reference")
     q.add_argument("--episodes-per-task", type=int, default=50, help="greedy episodes per task before/after")
     q.add_argument("--device", default="cpu", help=device_help)
+    q.add_argument("--seed", type=int, default=0, help="seed of SFT and RL (runs/quickstart/..._seedN for N > 0)")
     q.add_argument("overrides", nargs="*", help="dotted RL config overrides, e.g. optim.lr=1e-4")
     q.set_defaults(fn=cmd_quickstart)
     return p

@@ -68,6 +68,7 @@ class QuickstartOptions:
     sft50_steps: int = 0  # SFT steps of the 50-demo reference (0 = no reference; the CLI's --reference: 1500)
     episodes_per_task: int = 50
     device: str = "cpu"
+    seed: int = 0  # SFT and RL (the demos are the expert's, the evaluation states fixed)
     overrides: list[str] = field(default_factory=list)
 
     @property
@@ -75,7 +76,8 @@ class QuickstartOptions:
         if self.out:
             return Path(self.out)
         prefix = "" if self.env.name == "tabletop" else f"{self.env.name}_"
-        return Path(f"runs/quickstart/{prefix}{self.env.suite}_{self.algo}_{self.policy}")
+        suffix = f"_seed{self.seed}" if self.seed else ""
+        return Path(f"runs/quickstart/{prefix}{self.env.suite}_{self.algo}_{self.policy}{suffix}")
 
 
 @dataclass
@@ -105,7 +107,8 @@ def record_or_reuse_demos(env: EnvConfig, out: Path, per_task: int, say: Callabl
     return path
 
 
-def sft_or_reuse(data: Path, kind: str, steps: int, out: Path, device: str, say: Callable[[str], None]) -> Path:
+def sft_or_reuse(data: Path, kind: str, steps: int, out: Path, device: str, say: Callable[[str], None],
+                 seed: int = 0) -> Path:
     """SFT (resuming a killed run, skipping a finished one); returns the policy folder."""
     from reinforge.train.sft import SFTConfig, SFTTrainer
 
@@ -116,7 +119,8 @@ def sft_or_reuse(data: Path, kind: str, steps: int, out: Path, device: str, say:
                              "or delete that folder")
         return out / "policy"
     cfg = load_config(SFTConfig, CONFIG_DIR / f"tabletop_sft_{kind}.yaml",
-                      [f"data={data}", f"out={out}", f"steps={steps}", "eval_episodes_per_task=1", f"device={device}"])
+                      [f"data={data}", f"out={out}", f"steps={steps}", "eval_episodes_per_task=1", f"device={device}",
+                       f"seed={seed}"])
     say(f"SFT {kind} policy on {data.name} for {steps} steps -> {out}")
     SFTTrainer(cfg).run(progress=True)
     return out / "policy"
@@ -149,12 +153,12 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
 
     demos1 = record_or_reuse_demos(env, out / "demos_1", 1, say)
     lap("demos")
-    sft1 = sft_or_reuse(demos1, kind, opts.sft_steps, out / "sft_1demo", opts.device, say)
+    sft1 = sft_or_reuse(demos1, kind, opts.sft_steps, out / "sft_1demo", opts.device, say, opts.seed)
     lap("sft")
     env_overrides = [f"env.{k}={json.dumps(v) if not isinstance(v, str) else v}"
                      for k, v in (("name", env.name), ("suite", env.suite), ("device", env.device))]
     env_overrides += [f"env.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in env.options.items()]
-    overrides = [f"init={sft1}", f"out={out / 'rl'}", *env_overrides, f"device={opts.device}",
+    overrides = [f"init={sft1}", f"out={out / 'rl'}", *env_overrides, f"device={opts.device}", f"seed={opts.seed}",
                  f"eval.final_episodes_per_task={opts.episodes_per_task}", *opts.overrides]
     if opts.iterations is not None:
         overrides.append(f"iterations={opts.iterations}")
@@ -169,7 +173,7 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
     rows: dict[str, dict[str, float]] = {"sft1": hist[0], "rl": hist[-1]}
     if opts.sft50_steps > 0:
         sft50 = sft_or_reuse(record_or_reuse_demos(env, out / "demos_50", 50, say), kind, opts.sft50_steps,
-                             out / "sft_50demo", opts.device, say)
+                             out / "sft_50demo", opts.device, say, opts.seed)
         from reinforge.device import resolve_device
 
         policy = load_pretrained(sft50).to(resolve_device(opts.device)).eval()
