@@ -183,13 +183,13 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
                          image_size=policy.config.image_size, progress=True)
             rows["sft50"][key] = r.success_rate
         lap("reference")
-    cols = ["suite", "SFT (1 demo)", "+ RL", "SFT (50 demos)"]
-    md = ["| " + " | ".join(cols) + " |", "|---|---|---|---|"]
+    runs = ("sft1", "rl", "sft50") if "sft50" in rows else ("sft1", "rl")
+    cols = ["suite", "SFT (1 demo)", "+ RL", "SFT (50 demos)"][: len(runs) + 1]
+    md = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for label, key in _success_keys(env.suite, splits):
         if key not in rows["rl"]:
             continue
-        cells = [label] + [f"{100 * rows[r][key]:.1f}%" if key in rows.get(r, {}) else "-"
-                           for r in ("sft1", "rl", "sft50")]
+        cells = [label] + [f"{100 * rows[r][key]:.1f}%" if key in rows.get(r, {}) else "-" for r in runs]
         md.append("| " + " | ".join(cells) + " |")
     report = write_report(out / "rl", hist, suite=env.suite, algo=algo, policy_kind=kind)
     timing = time_breakdown(minutes, hist, out / "rl" / "metrics.jsonl")
