@@ -5,6 +5,7 @@ fixed initial states of every task. Prints one JSON line per run and a final sum
 
 Usage: python bench/sft_calibration.py [--suite spatial] [--out runs/sft_calibration] [--steps-1 600]
        [--steps-50 4000] [--only 1|50]
+(--suite: a current suite, or an earlier version such as object_v1 / long_v1)
 (spatial, both dataset sizes: about 25 minutes on a 2-core CPU)
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from reinforge.config import load_config
 from reinforge.data.record import record_demos
+from reinforge.envs.tabletop.tasks import LEGACY_SUITES, SUITE_NAMES
 from reinforge.train.logging import read_metrics
 from reinforge.train.sft import SFTConfig, SFTTrainer
 
@@ -34,7 +36,7 @@ def run(data: Path, kind: str, steps: int, out: Path, episodes: int, suite: str)
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--suite", default="spatial", choices=("spatial", "object", "goal", "long"))
+    p.add_argument("--suite", default="spatial", choices=SUITE_NAMES + LEGACY_SUITES)
     p.add_argument("--out", default="runs/sft_calibration")
     p.add_argument("--steps-1", type=int, default=600)
     p.add_argument("--steps-50", type=int, default=4000)

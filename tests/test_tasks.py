@@ -1,15 +1,30 @@
-"""Task suites: structure, reproducible initial states, held-out splits kept apart from training."""
+"""Task suites: structure, reproducible initial states, held-out splits kept apart from training, earlier
+versions that still rebuild bit for bit."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from reinforge.envs import make_env, registered_envs
 from reinforge.envs.tabletop.catalog import CATEGORIES
-from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, NUM_INIT_STATES, SUITE_NAMES, get_suite
+from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, LEGACY_SUITES, NUM_INIT_STATES, SUITE_NAMES, get_suite
+
+ALL_SUITES = SUITE_NAMES + LEGACY_SUITES
+# Suite.fingerprint() per (suite, split). object_v1 and long_v1 carry the values "object" and "long" had before
+# they were redefined: the earlier versions rebuild bit for bit. A changed entry means a changed suite: give
+# the new definition a new name (keep the old one in LEGACY_SUITES) instead of editing the value here.
+FINGERPRINTS = {
+    ("spatial", "train"): "ffdee0217ee17ced", ("spatial", "heldout"): "5737ab34e65f163d",
+    ("object", "train"): "90dbd3ce550d2aca", ("object", "heldout"): "c281510149a88269",
+    ("goal", "train"): "24667fa420ca11fb", ("goal", "heldout"): "82436612f4ef5d4a",
+    ("long", "train"): "49966ca5816a849f",
+    ("object_v1", "train"): "c173c180e2d99747", ("object_v1", "heldout"): "6957fd5f6bd1c992",
+    ("long_v1", "train"): "628fce2d8a455713",
+}
 
 
-@pytest.mark.parametrize("name", SUITE_NAMES)
+@pytest.mark.parametrize("name", ALL_SUITES)
 def test_suite_shapes_and_instructions(name):
     s = get_suite(name)
     assert s.num_tasks == 10 and len(set(s.instructions)) == 10
@@ -17,7 +32,7 @@ def test_suite_shapes_and_instructions(name):
     assert s.goal_mask.any(1).all()
 
 
-@pytest.mark.parametrize("name", SUITE_NAMES)
+@pytest.mark.parametrize("name", ALL_SUITES)
 def test_initial_states_have_no_overlap_and_differ_per_bank(name):
     s = get_suite(name)
     half = torch.tensor([c.half for c in CATEGORIES])[s.category]  # (T, N, 2)
@@ -44,7 +59,7 @@ def test_heldout_splits_are_new():
     targets = {(ob_ho.category[t, 0].item(), tuple(ob_ho.rgb[t, 0].tolist())) for t in range(10)}
     assert not (targets & train_objs), "held-out targets are unseen category/colour combinations"
     assert not set(get_suite("goal", "heldout").instructions) & set(get_suite("goal").instructions)
-    assert set(HELDOUT_SUITES) == {"spatial", "object", "goal"}
+    assert set(HELDOUT_SUITES) == {"spatial", "object", "goal", "object_v1"}
 
 
 def test_task_lookup_errors():
@@ -54,3 +69,41 @@ def test_task_lookup_errors():
         s.task_index("nope")
     with pytest.raises(ValueError, match="unknown split"):
         get_suite("spatial", "test")
+
+
+def test_suite_definitions_are_pinned():
+    """Seeded by names (zlib.crc32), never by process state: every build on every machine gives these tables."""
+    get_suite.cache_clear()
+    assert {key: get_suite(*key).fingerprint() for key in FINGERPRINTS} == FINGERPRINTS
+    assert set(FINGERPRINTS) == {(n, "train") for n in ALL_SUITES} | {(n, "heldout") for n in HELDOUT_SUITES}
+
+
+def test_versioned_suites_run_by_name_and_all_means_the_current_ones():
+    assert registered_envs()["tabletop"] == SUITE_NAMES  # `--suite all`
+    env = make_env("tabletop", suite="object_v1", num_envs=2, split="heldout", render=False)
+    assert env.spec.suite == "object_v1" and env.spec.splits == ("train", "heldout")
+    assert make_env("tabletop", suite="long_v1", num_envs=1, render=False).spec.max_episode_steps == 320
+    with pytest.raises(ValueError, match="no held-out split"):
+        get_suite("long_v1", "heldout")
+    with pytest.raises(ValueError, match=r"earlier versions: \['object_v1', 'long_v1'\]"):
+        get_suite("object_v2")
+
+
+def test_object_scenes_are_templates_with_the_target_in_varying_slots():
+    """LIBERO-Object: every initial state of a task is its template plus jitter; the target's slot varies."""
+    for split in ("train", "heldout"):
+        s = get_suite("object", split)
+        xy = s.init_pos[..., :2]  # (K, T, I, N, 2)
+        spread = (xy - xy[:, :, :1]).abs().amax(dim=(0, 2, 3, 4))  # (T,) vs the first state of the eval bank
+        assert (spread <= 2 * max(t.jitter for t in s.tasks) + 1e-6).all(), spread
+        target_slots = {s.tasks[t].layout["target"] for t in range(s.num_tasks)}
+        assert len(target_slots) >= 5, target_slots
+    v1 = get_suite("object_v1").init_pos[..., :2]
+    assert (v1 - v1[:, :, :1]).abs().amax() > 0.2, "object_v1 keeps its random layouts"
+
+
+def test_long_tasks_have_two_subgoals_in_small_scenes():
+    for name in ("long", "long_v1"):
+        s = get_suite(name)
+        assert s.goal_mask.sum(1).tolist() == [2] * s.num_tasks
+    assert get_suite("long").active.sum(1).max() <= 5 < get_suite("long_v1").active.sum(1).min()

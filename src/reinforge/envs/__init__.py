@@ -20,10 +20,11 @@ from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
 from reinforge.envs.metaworld.options import MetaWorldOptions
 from reinforge.envs.tabletop.env import TabletopEnv
 from reinforge.envs.tabletop.options import TabletopOptions
+from reinforge.envs.tabletop.tasks import SUITE_NAMES
 from reinforge.worldmodel.options import WorldModelOptions
 
-register_env("tabletop", TabletopEnv, options=TabletopOptions,
-             suites=("spatial", "object", "goal", "long"))
+# the current suites (`--suite all`); earlier versions (LEGACY_SUITES: object_v1, long_v1) run by name
+register_env("tabletop", TabletopEnv, options=TabletopOptions, suites=SUITE_NAMES)
 register_env("libero", "reinforge.envs.libero.env:LiberoEnv", options=LiberoOptions, suites=LIBERO_SUITES,
              extra="libero")
 register_env("worldmodel", "reinforge.worldmodel.env:WorldModelEnv", options=WorldModelOptions,

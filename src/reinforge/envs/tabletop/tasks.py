@@ -7,10 +7,17 @@ same ``(task, init_id)`` always gives the same scene on every machine.
 
 Held-out splits test generalisation and are never used for training: unseen layouts (``spatial``),
 unseen object/colour combinations (``object``) and unseen goal combinations (``goal``).
+
+Suites are versioned: when a definition changes, the old one stays buildable under ``<name>_v<k>`` so
+that published results can be reproduced (``LEGACY_SUITES``; they keep the seeds of their old name and
+rebuild bit for bit). ``object_v1`` placed every object at random per initial state and ``long_v1`` shared
+one 9-object scene between all tasks; one demonstration per task taught a policy almost nothing on either
+(~0% success), so ``object`` and ``long`` now follow LIBERO more closely (see their builders).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,7 +31,8 @@ from reinforge.envs.tabletop.catalog import CATEGORY_INDEX, category, color
 NUM_INIT_STATES = 50
 INIT_BANKS = ("eval", "train")  # fixed evaluation states; a disjoint bank for demonstrations
 InitBank = Literal["eval", "train"]
-SUITE_NAMES = ("spatial", "object", "goal", "long")
+SUITE_NAMES = ("spatial", "object", "goal", "long")  # the current suites (what `--suite all` runs)
+LEGACY_SUITES = ("object_v1", "long_v1")  # earlier definitions, buildable by name to reproduce old results
 SPLITS = ("train", "heldout")
 Split = Literal["train", "heldout"]
 
@@ -99,6 +107,16 @@ class Suite:
     @property
     def instructions(self) -> list[str]:
         return [t.instruction for t in self.tasks]
+
+    def fingerprint(self) -> str:
+        """16 hex digits of a SHA-256 over the scene tables, initial states, goals and instructions: the same on
+        every machine for the same definition (tests pin it, so a changed suite must get a new version name)."""
+        h = hashlib.sha256()
+        for key in ("category", "rgb", "active", "init_pos", "init_support", "init_inside", "init_gripper",
+                    "goal_terms", "goal_mask", "goal_regions"):
+            h.update(getattr(self, key).contiguous().numpy().tobytes())
+        h.update("\n".join(self.instructions).encode())
+        return h.hexdigest()[:16]
 
     def task_index(self, name_or_id: str | int) -> int:
         if isinstance(name_or_id, int):
@@ -177,19 +195,50 @@ _OBJECT_HELDOUT = [("cube", "blue"), ("mug", "red"), ("bottle", "yellow"), ("can
                    ("can", "red")]
 
 
-def _object_tasks(split: Split) -> list[TaskSpec]:
+def _object_scene(split: Split, i: int, target: tuple[str, str]) -> dict[str, ObjectSpec]:
+    """Task ``i``'s objects: the target, the basket and four training objects other than the target as
+    distractors, fixed per task (the same draw in ``object_v1`` and ``object``)."""
+    pool = [o for o in _OBJECT_TRAIN if o != target]
+    rng = np.random.default_rng(zlib.crc32(f"object/{split}/{i}".encode()))
+    objects = {"target": ObjectSpec(*target), "basket": ObjectSpec("basket", "wicker", "basket")}
+    for j in rng.choice(len(pool), size=4, replace=False):
+        objects[f"distractor_{len(objects) - 2}"] = ObjectSpec(*pool[j])
+    return objects
+
+
+def _object_v1_tasks(split: Split) -> list[TaskSpec]:
+    """``object_v1``: the target and the distractors anywhere on the table, drawn anew per initial state."""
     targets = _OBJECT_TRAIN if split == "train" else _OBJECT_HELDOUT
     tasks = []
-    for i, (cat, col) in enumerate(targets):
-        # distractors: four training objects other than the target, fixed per task
-        pool = [o for o in _OBJECT_TRAIN if o != (cat, col)]
-        rng = np.random.default_rng(zlib.crc32(f"object/{split}/{i}".encode()))
-        picks = [pool[j] for j in rng.choice(len(pool), size=4, replace=False)]
-        objects = {"target": ObjectSpec(cat, col), "basket": ObjectSpec("basket", "wicker", "basket")}
-        layout: dict[str, Pos | str] = {"target": "random", "basket": (0.15, 0.11)}
-        for j, (dc, dcol) in enumerate(picks):
-            objects[f"distractor_{j}"] = ObjectSpec(dc, dcol)
-            layout[f"distractor_{j}"] = "random"
+    for i, target in enumerate(targets):
+        objects = _object_scene(split, i, target)
+        layout: dict[str, Pos | str] = {k: "random" for k in objects}
+        layout["basket"] = (0.15, 0.11)
+        tasks.append(TaskSpec(
+            name=f"object_{i}", instruction=f"pick up the {objects['target'].text} and place it in the basket",
+            objects=objects, layout=layout, goals=(("in", "target", "basket"),)))
+    return tasks
+
+
+# object templates: the basket at the back right and five object slots around it; odd tasks use the mirror image
+_OBJECT_BASKET: Pos = (0.15, 0.11)
+_OBJECT_SLOTS: tuple[Pos, ...] = ((-0.18, 0.12), (-0.04, 0.14), (-0.17, -0.06), (-0.02, -0.03), (0.14, -0.09))
+
+
+def _object_tasks(split: Split) -> list[TaskSpec]:
+    """``object``, as LIBERO-Object: every task has its own fixed scene (its five objects in the slots of a
+    template, a per-task assignment, with the usual jitter) and names the target. The held-out tasks use the
+    same templates with targets of unseen category/colour combinations, in slots of their own."""
+    targets = _OBJECT_TRAIN if split == "train" else _OBJECT_HELDOUT
+    tasks = []
+    for i, target in enumerate(targets):
+        objects = _object_scene(split, i, target)
+        movable = [k for k in objects if k != "basket"]
+        slots = np.random.default_rng(zlib.crc32(f"object/{split}/{i}/slots".encode())).permutation(len(movable))
+        layout: dict[str, Pos | str] = {"basket": _OBJECT_BASKET}
+        layout.update({k: _OBJECT_SLOTS[j] for k, j in zip(movable, slots)})
+        if i % 2:
+            layout = _mirror(layout)
         tasks.append(TaskSpec(
             name=f"object_{i}", instruction=f"pick up the {objects['target'].text} and place it in the basket",
             objects=objects, layout=layout, goals=(("in", "target", "basket"),)))
@@ -245,7 +294,7 @@ def _goal_tasks(split: Split) -> list[TaskSpec]:
             for i, (text, terms) in enumerate(goals)]
 
 
-def _long_scene() -> tuple[dict[str, ObjectSpec], dict[str, Pos | str]]:
+def _long_v1_scene() -> tuple[dict[str, ObjectSpec], dict[str, Pos | str]]:
     objects = {
         "cabinet": ObjectSpec("cabinet", "wood", "cabinet"),
         "drawer": ObjectSpec("drawer", "wood", "drawer"),
@@ -263,7 +312,7 @@ def _long_scene() -> tuple[dict[str, ObjectSpec], dict[str, Pos | str]]:
     return objects, layout
 
 
-_LONG_TASKS = [
+_LONG_V1_TASKS = [
     ("open the drawer and put the black bowl in it", (("open", "drawer", ""), ("in", "bowl", "drawer"))),
     ("put the red cube and the yellow can in the basket", (("in", "cube", "basket"), ("in", "can", "basket"))),
     ("put the black bowl on the plate and the blue mug in the basket",
@@ -283,17 +332,72 @@ _LONG_TASKS = [
 ]
 
 
-def _long_tasks(split: Split) -> list[TaskSpec]:
-    if split == "heldout":
-        raise ValueError("suite 'long' has no held-out split; held-out splits exist for spatial, object, goal")
-    objects, layout = _long_scene()
+def _long_v1_tasks(split: Split) -> list[TaskSpec]:
+    """``long_v1``: every task in the same 9-object scene."""
+    objects, layout = _long_v1_scene()
     return [TaskSpec(name=f"long_{i}", instruction=text, objects=objects, layout=layout, goals=terms)
-            for i, (text, terms) in enumerate(_LONG_TASKS)]
+            for i, (text, terms) in enumerate(_LONG_V1_TASKS)]
 
 
-_BUILDERS = {"spatial": _spatial_tasks, "object": _object_tasks, "goal": _goal_tasks, "long": _long_tasks}
-MAX_EPISODE_STEPS = {"spatial": 160, "object": 160, "goal": 160, "long": 320}
-HELDOUT_SUITES = ("spatial", "object", "goal")
+_LONG_OBJECTS = {
+    "cabinet": ObjectSpec("cabinet", "wood", "cabinet"),
+    "drawer": ObjectSpec("drawer", "wood", "drawer"),
+    "basket": ObjectSpec("basket", "wicker", "basket"),
+    "plate": ObjectSpec("plate", "white", "plate"),
+    "left_plate": ObjectSpec("plate", "white", "left plate"),
+    "right_plate": ObjectSpec("plate", "white", "right plate"),
+    "bowl": ObjectSpec("bowl", "black", "black bowl"),
+    "cube": ObjectSpec("cube", "red", "red cube"),
+    "can": ObjectSpec("can", "yellow", "yellow can"),
+    "mug": ObjectSpec("mug", "blue", "blue mug"),
+    "red_mug": ObjectSpec("mug", "red", "red mug"),
+    "bottle": ObjectSpec("bottle", "green", "green bottle"),
+    "cheese": ObjectSpec("cheese box", "yellow", "cheese box"),
+}
+# (instruction, goals, layout, drawer opening at the start); the scene is the layout's objects
+_LONG_TASKS: list[tuple[str, tuple[tuple[str, str, str], ...], dict[str, Pos | str], float]] = [
+    ("put both the red cube and the yellow can in the basket", (("in", "cube", "basket"), ("in", "can", "basket")),
+     dict(basket=(0.12, 0.1), cube=(-0.04, 0.06), can=(-0.02, -0.08), mug=(-0.18, 0.02)), 0.0),
+    ("open the drawer and put the black bowl in it", (("open", "drawer", ""), ("in", "bowl", "drawer")),
+     dict(cabinet=(-0.12, 0.15), drawer="in:cabinet", bowl=(0.1, -0.04), plate=(0.14, 0.14)), 0.0),
+    ("put the black bowl in the drawer and close it", (("in", "bowl", "drawer"), ("closed", "drawer", "")),
+     dict(cabinet=(-0.12, 0.15), drawer="in:cabinet", bowl=(0.1, -0.04), cube=(0.14, 0.14)), 0.1),
+    ("put the blue mug on the left plate and the red mug on the right plate",
+     (("on", "mug", "left_plate"), ("on", "red_mug", "right_plate")),
+     dict(left_plate=(-0.14, 0.12), right_plate=(0.14, 0.12), mug=(-0.06, -0.08), red_mug=(0.08, -0.08)), 0.0),
+    ("put the red cube on the plate and the green bottle in the basket",
+     (("on", "cube", "plate"), ("in", "bottle", "basket")),
+     dict(plate=(-0.13, 0.1), basket=(0.13, 0.1), cube=(-0.1, -0.08), bottle=(0.06, -0.06), can=(0.2, -0.12)), 0.0),
+    ("put the blue mug on the plate and push the cheese box to the right of the table",
+     (("on", "mug", "plate"), ("region", "cheese", "right")),
+     dict(plate=(-0.08, 0.1), mug=(-0.17, -0.06), cheese=(0.04, -0.06), bottle=(0.14, 0.14)), 0.0),
+    ("open the drawer and put the red cube in it", (("open", "drawer", ""), ("in", "cube", "drawer")),
+     dict(cabinet=(0.12, 0.15), drawer="in:cabinet", cube=(-0.1, -0.02), bowl=(-0.14, 0.14)), 0.0),
+    ("put the black bowl in the basket and the green bottle on the plate",
+     (("in", "bowl", "basket"), ("on", "bottle", "plate")),
+     dict(basket=(-0.13, 0.1), plate=(0.13, 0.1), bowl=(-0.06, -0.06), bottle=(0.14, -0.1), cube=(0.02, 0.14)),
+     0.0),
+    ("put the blue mug in the black bowl and the red cube on the plate",
+     (("in", "mug", "bowl"), ("on", "cube", "plate")),
+     dict(bowl=(-0.12, 0.08), plate=(0.12, 0.1), mug=(-0.06, -0.09), cube=(0.06, -0.06)), 0.0),
+    ("close the drawer and put the yellow can in the basket", (("closed", "drawer", ""), ("in", "can", "basket")),
+     dict(cabinet=(-0.12, 0.15), drawer="in:cabinet", basket=(0.14, 0.1), can=(0.06, -0.1)), 0.1),
+]
+
+
+def _long_tasks(split: Split) -> list[TaskSpec]:
+    """``long``, as LIBERO-10: two sub-goals per task, each task in a small fixed scene of its own (4-5 objects
+    with the usual jitter, short distances), so one demonstration shows a task's whole scene."""
+    return [TaskSpec(name=f"long_{i}", instruction=text, objects={k: _LONG_OBJECTS[k] for k in layout},
+                     layout=layout, goals=goals, drawer_open=drawer_open)
+            for i, (text, goals, layout, drawer_open) in enumerate(_LONG_TASKS)]
+
+
+_BUILDERS = {"spatial": _spatial_tasks, "object": _object_tasks, "goal": _goal_tasks, "long": _long_tasks,
+             "object_v1": _object_v1_tasks, "long_v1": _long_v1_tasks}
+MAX_EPISODE_STEPS = {"spatial": 160, "object": 160, "goal": 160, "long": 320, "object_v1": 160, "long_v1": 320}
+HELDOUT_SUITES = ("spatial", "object", "goal", "object_v1")
+_SEED_NAMES = {"object_v1": "object", "long_v1": "long"}  # the name a suite's initial states are seeded by
 
 
 # ---------------------------------------------------------------- initial states
@@ -364,12 +468,17 @@ def _goal_tensor(task: TaskSpec, keys: list[str], max_terms: int):
 
 @cache
 def get_suite(name: str, split: Split = "train") -> Suite:
-    """Build (once) the suite ``name`` (spatial | object | goal | long) for ``split`` (train | heldout)."""
+    """Build (once) the suite ``name`` (one of ``SUITE_NAMES`` or ``LEGACY_SUITES``) for ``split`` (train |
+    heldout)."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown suite {name!r}; known suites: {list(SUITE_NAMES)}")
+        raise ValueError(f"unknown suite {name!r}; known suites: {list(SUITE_NAMES)} (earlier versions: "
+                         f"{list(LEGACY_SUITES)})")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {list(SPLITS)}")
+    if split == "heldout" and name not in HELDOUT_SUITES:
+        raise ValueError(f"suite {name!r} has no held-out split; held-out splits exist for {list(HELDOUT_SUITES)}")
     tasks = _BUILDERS[name](split)
+    seed_name = _SEED_NAMES.get(name, name)
     n_slots = max(len(t.objects) for t in tasks)
     max_terms = max(len(t.goals) for t in tasks)
     T, I = len(tasks), NUM_INIT_STATES
@@ -394,7 +503,7 @@ def get_suite(name: str, split: Split = "train") -> Suite:
             active[t, i] = True
         for k, bank in enumerate(INIT_BANKS):
             for i in range(I):
-                rng = np.random.default_rng([zlib.crc32(f"{name}/{split}/{task.name}/{bank}".encode()), i])
+                rng = np.random.default_rng([zlib.crc32(f"{seed_name}/{split}/{task.name}/{bank}".encode()), i])
                 init_pos[k, t, i], init_support[k, t, i], init_inside[k, t, i], init_grip[k, t, i] = _sample_init(
                     task, rng, n_slots)
         goal_terms[t], goal_mask[t], goal_regions[t] = _goal_tensor(task, keys, max_terms)
