@@ -35,9 +35,9 @@ fixed initial states), ``_GAP`` clear of every other object, and short of the re
 (the task would be solved at reset); in tasks that open or fill a drawer, the path the drawer slides along
 must stay clear too (the world lets an opening drawer pass through objects). Where no direction does, the
 stack stays in place and ``PerturbedInit.unmoved`` marks the initial state (logged). That is rare (at most 2%
-of a bank's initial states) except for the cabinets of drawer tasks at ``major``: the goal and long scenes leave
-no room to move a cabinet 6 cm with its drawer's path clear, so it stays in goal_2 (object_major), long_0 and
-long_6 (goal_major) and long_9 (object_major); the tasks' other stacks still move.
+of a bank's initial states) except for the cabinets of drawer tasks at ``major``: the goal and long_v1 scenes
+leave no room to move a cabinet 6 cm with its drawer's path clear, so it stays in goal_2 (object_major), long_v1's
+long_0 and long_6 (goal_major) and long_9 (object_major); the tasks' other stacks still move.
 
 ``combined_<level>`` applies the draws of ``goal_<level>``, ``object_<level>`` and ``robot_<level>`` in that
 order (the larger receptacles first, as the fixed initial states place fixed objects first): its goal and
