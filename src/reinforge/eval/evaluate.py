@@ -135,27 +135,25 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     bar = ProgressBar(f"eval {spec.suite}/{split}", len(slots), enabled=progress)
     sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank="eval", **kw)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    rng = torch.random.fork_rng(devices=cuda)
-    rng.__enter__()
-    torch.manual_seed(seed)
-    try:
-        for start in range(0, len(slots), sim.num_envs):
-            batch = slots[start:start + sim.num_envs]
-            want = {b for b, (t, k) in enumerate(batch) if video_dir is not None and k < videos_per_task}
-            ok, n, bad, frames = _run_batch(actor_fn, sim, [t for t, _ in batch],
-                                            [spec.init_id(k) for _, k in batch], want, bar.advance)
-            success[start:start + len(batch)] = ok
-            length[start:start + len(batch)] = n
-            failed[start:start + len(batch)] = bad
-            for b, fr in frames.items():
-                t, k = batch[b]
-                tag = "success" if bool(ok[b]) else "failure"
-                path = Path(video_dir) / f"{spec.suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
-                videos.append(str(write_video(fr, path, fps=int(round(spec.control_hz)))))
-    finally:
-        rng.__exit__(None, None, None)
-        sim.close()
-        bar.close()
+    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's stream restored after
+        try:
+            torch.manual_seed(seed)
+            for start in range(0, len(slots), sim.num_envs):
+                batch = slots[start:start + sim.num_envs]
+                want = {b for b, (t, k) in enumerate(batch) if video_dir is not None and k < videos_per_task}
+                ok, n, bad, frames = _run_batch(actor_fn, sim, [t for t, _ in batch],
+                                                [spec.init_id(k) for _, k in batch], want, bar.advance)
+                success[start:start + len(batch)] = ok
+                length[start:start + len(batch)] = n
+                failed[start:start + len(batch)] = bad
+                for b, fr in frames.items():
+                    t, k = batch[b]
+                    tag = "success" if bool(ok[b]) else "failure"
+                    path = Path(video_dir) / f"{spec.suite}_{split}_task{t:02d}_ep{k:02d}_{tag}.{video_format}"
+                    videos.append(str(write_video(fr, path, fps=int(round(spec.control_hz)))))
+        finally:
+            sim.close()
+            bar.close()
     if bool(failed.any()):
         log.warning("%d of %d evaluation episodes were lost to simulator faults; they count as failures",
                     int(failed.sum()), len(slots))
