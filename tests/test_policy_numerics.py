@@ -113,3 +113,27 @@ def test_state_dims_that_never_varied_are_ignored(kind):
     moved = dict(obs, state=obs["state"].clone())
     moved["state"][:, 0] += 0.2  # a dim that varied in the data still changes the action
     assert not torch.equal(act(obs), act(moved))
+
+
+def test_expert_cached_cross_attention_matches_the_decoder():
+    """The denoising loop projects the memory's keys / values once (``project_memory``); the cached path must
+    give what ``nn.TransformerDecoder`` gives, padding included, and refuse training mode (no dropout)."""
+    from reinforge.policies.flow import ActionExpert
+
+    torch.manual_seed(0)
+    e = ActionExpert(d_model=32, heads=4, layers=2, horizon=6, action_dim=7, dropout=0.1).eval()
+    mem = torch.randn(5, 11, 32)
+    pad = torch.zeros(5, 11, dtype=torch.bool)
+    pad[:, 8:] = True
+    pad[2, 3:] = True
+    x, t = torch.randn(5, 6, 7), torch.rand(5)
+    with torch.no_grad():
+        v0, h0 = e(x, t, mem, pad)
+        v1, h1 = e(x, t, mem, pad, e.project_memory(mem))
+        # padded memory tokens are ignored: changing them changes nothing
+        mem2 = torch.where(pad[..., None], torch.randn_like(mem), mem)
+        v2, _ = e(x, t, mem2, pad, e.project_memory(mem2))
+    assert torch.allclose(v0, v1, atol=1e-6) and torch.allclose(h0, h1, atol=1e-6)
+    assert torch.allclose(v1, v2, atol=1e-6)
+    with pytest.raises(RuntimeError, match="inference"):
+        e.train()(x, t, mem, pad, e.project_memory(mem))

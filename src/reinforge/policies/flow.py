@@ -24,6 +24,7 @@ import math
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reinforge.policies.backbone import masked, masked_mean
@@ -104,12 +105,52 @@ class ActionExpert(nn.Module):
         # entropy and std gradients shape the exploration noise, not the velocity field
         self.d_model = d_model
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, H, D), t (N,), memory (N, T, d) -> velocity (N, H, D), hidden (N, H, d)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor,
+                memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, H, D), t (N,), memory (N, T, d) -> velocity (N, H, D), hidden (N, H, d). ``memory_kv``
+        (from ``project_memory``) reuses the cross-attention keys and values of ``memory`` across calls."""
         h = self.inp(x) + self.pos + self.time(_sinusoidal(t, self.d_model))[:, None]
-        h = self.norm(self.decoder(h, memory, memory_key_padding_mask=memory_pad))
+        if memory_kv is None:
+            h = self.decoder(h, memory, memory_key_padding_mask=memory_pad)
+        else:
+            h = self._decode_cached(h, memory_kv, memory_pad)
+        h = self.norm(h)
         return self.velocity(h), h
+
+    def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per decoder layer, the cross-attention keys and values (N, heads, T, d / heads) of ``memory``: the
+        denoising loop calls the expert K times on the same memory, so they are projected once."""
+        out = []
+        for layer in self.decoder.layers:
+            mha = layer.multihead_attn
+            d = mha.embed_dim
+            w, b = mha.in_proj_weight, mha.in_proj_bias
+            k = F.linear(memory, w[d: 2 * d], b[d: 2 * d])
+            v = F.linear(memory, w[2 * d:], b[2 * d:])
+            out.append((self._heads(k, mha.num_heads), self._heads(v, mha.num_heads)))
+        return out
+
+    @staticmethod
+    def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+        N, T, d = x.shape
+        return x.view(N, T, heads, d // heads).transpose(1, 2)
+
+    def _decode_cached(self, h: torch.Tensor, memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+                       memory_pad: torch.Tensor) -> torch.Tensor:
+        """The decoder (pre-norm layers, no dropout: inference only) with precomputed cross-attention K/V."""
+        if self.training:
+            raise RuntimeError("cached cross-attention is an inference path: call it in eval mode")
+        keep = ~memory_pad[:, None, None, :]  # (N, 1, 1, T): True = attend
+        for layer, (k, v) in zip(self.decoder.layers, memory_kv):
+            y = layer.norm1(h)
+            h = h + layer.self_attn(y, y, y, need_weights=False)[0]
+            mha = layer.multihead_attn
+            d, heads = mha.embed_dim, mha.num_heads
+            q = self._heads(F.linear(layer.norm2(h), mha.in_proj_weight[:d], mha.in_proj_bias[:d]), heads)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            h = h + mha.out_proj(a.transpose(1, 2).reshape(h.shape))
+            h = h + layer.linear2(layer.activation(layer.linear1(layer.norm3(h))))
+        return h
 
 
 class FlowPolicy(Policy):
@@ -182,9 +223,10 @@ class FlowPolicy(Policy):
         if mode == "sample" and sampler == "noise":
             log_prob = masked(gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)), mask).sum((1, 2))
         sig = sde_sigma(grid, c.noise_level)
+        kv = None if self.expert.training else self.expert.project_memory(prefix)
         for k in range(K):
             t, delta = grid[k].expand(B), grid[k] - grid[k + 1]
-            v, h = self.expert(x, t, prefix, pad)
+            v, h = self.expert(x, t, prefix, pad, kv)
             ode = ode_step(x, v, delta)
             if mode == "greedy":
                 x = ode
