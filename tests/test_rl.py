@@ -332,6 +332,21 @@ def test_dynamic_sampling_refills_the_batch_with_informative_groups(tiny_init, t
     assert len(set(batch.group.tolist())) == 2
 
 
+def test_time_limit_scale_shortens_training_episodes_only(tiny_init, tmp_path):
+    """rollout.time_limit_scale ends training episodes at a fraction of the suite's limit (spatial: 160 -> 100);
+    evaluation keeps the suite's limit; it cannot be combined with an absolute max_episode_steps."""
+    cfg = _tiny_rl(tiny_init, tmp_path, "rollout.max_episode_steps=0", "rollout.time_limit_scale=0.625")
+    with RLTrainer(cfg) as trainer:
+        assert trainer.collector.env.max_episode_steps == 100
+        assert trainer.eval_spec.max_episode_steps == 160
+    with pytest.raises(ConfigError, match="time_limit_scale.*cannot be combined"):
+        load_config(RLConfig, None, ["rollout.max_episode_steps=50", "rollout.time_limit_scale=0.5"])
+    with pytest.raises(ConfigError, match="time_limit_scale.*must be in"):
+        load_config(RLConfig, None, ["rollout.time_limit_scale=0"])
+    with pytest.raises(ValueError, match="suite_limit"):
+        rollout_env_kwargs(RolloutConfig(time_limit_scale=0.5), (64, 64), 0)
+
+
 def test_rl_config_errors(tiny_init):
     with pytest.raises(ConfigError, match="clip_hgh.*did you mean 'clip_high'"):
         load_config(RLConfig, None, ["grpo.clip_hgh=0.3"])

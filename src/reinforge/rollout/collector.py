@@ -57,6 +57,10 @@ class RolloutConfig:
     temperature: float = 1.6  # sampling temperature of the token policy (flow policies ignore it)
     init_bank: Literal["train", "eval"] = "train"  # initial states RL trains on (evaluation uses "eval")
     max_episode_steps: int = 0  # 0 = the suite's limit
+    # train episodes end (truncated, bootstrapped from the critic) at this fraction of the suite's time limit: the
+    # tail of a failing episode teaches little, and the steps it frees start new episodes; evaluation keeps the
+    # suite's limit. Relative, so one recipe fits suites of different lengths (spatial 160 -> 100 at 0.625).
+    time_limit_scale: float = 1.0
     tasks: tuple[int, ...] = ()  # train on these task ids only (default: every task of the suite)
     # "random": every new episode (group) draws its task; "per_env": env slot / group i always runs task
     # tasks[i mod n], only the initial state is drawn, so simulators whose scenes are tied to a task (LIBERO
@@ -73,6 +77,9 @@ class RolloutConfig:
         check(self.temperature > 0, "rollout.temperature", self.temperature, "must be > 0")
         check(self.init_bank in ("train", "eval"), "rollout.init_bank", self.init_bank, "must be 'train' or 'eval'")
         check(self.max_episode_steps >= 0, "rollout.max_episode_steps", self.max_episode_steps, "must be >= 0")
+        check(0 < self.time_limit_scale <= 1, "rollout.time_limit_scale", self.time_limit_scale, "must be in (0, 1]")
+        check(not (self.max_episode_steps and self.time_limit_scale < 1), "rollout.time_limit_scale",
+              self.time_limit_scale, "cannot be combined with rollout.max_episode_steps (set one of them)")
         check(self.task_assignment in ("random", "per_env"), "rollout.task_assignment", self.task_assignment,
               "must be 'random' or 'per_env'")
 
@@ -103,12 +110,18 @@ class _Buffer:
         return self.data[key][:, :T] if key in self.data else None
 
 
-def rollout_env_kwargs(cfg: RolloutConfig, image_size: tuple[int, int], seed: int) -> dict:
-    """``make_env`` keywords for the envs a collector with ``cfg`` steps (train split, its init bank)."""
+def rollout_env_kwargs(cfg: RolloutConfig, image_size: tuple[int, int], seed: int,
+                       suite_limit: int | None = None) -> dict:
+    """``make_env`` keywords for the envs a collector with ``cfg`` steps (train split, its init bank).
+    ``suite_limit``: the suite's own time limit, needed when ``cfg.time_limit_scale`` < 1."""
     kw = {"num_envs": cfg.envs, "split": "train", "init_bank": cfg.init_bank, "image_size": tuple(image_size),
           "seed": seed}
     if cfg.max_episode_steps:
         kw["max_episode_steps"] = cfg.max_episode_steps
+    elif cfg.time_limit_scale < 1:
+        if suite_limit is None:
+            raise ValueError("rollout.time_limit_scale < 1 needs the suite's time limit (suite_limit=)")
+        kw["max_episode_steps"] = max(1, round(suite_limit * cfg.time_limit_scale))
     return kw
 
 

@@ -178,7 +178,12 @@ class RLTrainer:
         self.cotrain_env: tuple[str, EnvConfig] | None = None
         if cfg.cotrain.enabled:
             self.algo.anchor = SFTAnchor(self.policy, cfg.cotrain, seed=cfg.seed)
-        env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed))
+        limit = None
+        if cfg.rollout.time_limit_scale < 1 and not cfg.rollout.max_episode_steps:
+            from reinforge.eval.evaluate import env_spec
+
+            limit = env_spec(cfg.env, image_size=self.policy.config.image_size).max_episode_steps
+        env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed, limit))
         self.collector = RolloutCollector(env, self.policy, cfg.rollout,
                                           cache_features=cfg.freeze_vision or cfg.freeze_backbone,
                                           cache_prefix=cfg.freeze_backbone and self.policy.cacheable_prefix,
@@ -335,6 +340,8 @@ class RLTrainer:
             env = c.eval.env
         elif train_spec.evaluate_in:
             env = EnvConfig.from_mapping({"device": c.env.device, **train_spec.evaluate_in})
+        elif c.rollout.max_episode_steps or c.rollout.time_limit_scale < 1:
+            env = c.env  # the training envs' shorter time limit is not the evaluation's
         else:
             return c.env, train_spec
         if env.suite != c.env.suite:
