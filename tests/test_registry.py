@@ -151,3 +151,21 @@ def test_device_settings_fail_clearly_without_cuda(tmp_path, capsys):
         resolve_device("cuda")
     assert main(["train", "tabletop_ppo_flow_sde", "init=x", "device=cuda", f"out={tmp_path}"]) == 2
     assert "device=cuda but this torch build sees no CUDA device" in capsys.readouterr().err
+
+
+def test_suite_lists_split_over_declared_and_by_name_suites():
+    """``--suite a,b`` is several suites when each is known (declared, or runnable by name like object_v1);
+    ``all`` is the declared ones only; anything else (a MetaWorld task list) stays one suite."""
+    import argparse
+
+    from reinforge.cli import _suites
+    from reinforge.envs import known_suites
+
+    def ns(env, suite):
+        return argparse.Namespace(env=env, suite=suite)
+
+    assert "object_v1" in known_suites("tabletop") and known_suites("nowhere") == ()
+    assert _suites(ns("tabletop", "object_v1,long_v1")) == ["object_v1", "long_v1"]
+    assert _suites(ns("tabletop", "spatial, goal")) == ["spatial", "goal"]
+    assert _suites(ns("tabletop", "all")) == ["spatial", "object", "goal", "long"]
+    assert _suites(ns("metaworld", "reach-v3,push-v3")) == ["reach-v3,push-v3"]

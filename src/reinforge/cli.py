@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reinforge import __version__
-from reinforge.envs import EnvConfig, registered_envs
+from reinforge.envs import EnvConfig, known_suites, registered_envs
 
 console = Console(stderr=True)
 DEFAULT_SUITES = {"tabletop": "spatial", "libero": "libero_spatial", "metaworld": "mt10"}
@@ -53,8 +53,10 @@ def _suites(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"env {args.env!r} declares no suite list; name one with --suite")
         return declared
     parts = [s.strip() for s in arg.split(",")]
-    # a comma list of declared suites is several suites; anything else (e.g. MetaWorld task lists) is one suite
-    return parts if len(parts) > 1 and all(p in declared for p in parts) else [arg]
+    # a comma list of known suites (declared or runnable by name, e.g. object_v1) is several suites; anything
+    # else (e.g. MetaWorld task lists) is one suite
+    known = known_suites(args.env)
+    return parts if len(parts) > 1 and all(p in known for p in parts) else [arg]
 
 
 def _add_env_flags(p: argparse.ArgumentParser, suite_help: str = "the suite (default: the env's first)") -> None:

@@ -12,6 +12,7 @@ from reinforge.envs.base import (
     EnvSpec,
     Task,
     VecEnv,
+    known_suites,
     make_env,
     register_env,
     registered_envs,
@@ -20,11 +21,11 @@ from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
 from reinforge.envs.metaworld.options import MetaWorldOptions
 from reinforge.envs.tabletop.env import TabletopEnv
 from reinforge.envs.tabletop.options import TabletopOptions
-from reinforge.envs.tabletop.tasks import SUITE_NAMES
+from reinforge.envs.tabletop.tasks import LEGACY_SUITES, SUITE_NAMES
 from reinforge.worldmodel.options import WorldModelOptions
 
 # the current suites (`--suite all`); earlier versions (LEGACY_SUITES: object_v1, long_v1) run by name
-register_env("tabletop", TabletopEnv, options=TabletopOptions, suites=SUITE_NAMES)
+register_env("tabletop", TabletopEnv, options=TabletopOptions, suites=SUITE_NAMES, other_suites=tuple(LEGACY_SUITES))
 register_env("libero", "reinforge.envs.libero.env:LiberoEnv", options=LiberoOptions, suites=LIBERO_SUITES,
              extra="libero")
 register_env("worldmodel", "reinforge.worldmodel.env:WorldModelEnv", options=WorldModelOptions,
@@ -32,5 +33,5 @@ register_env("worldmodel", "reinforge.worldmodel.env:WorldModelEnv", options=Wor
 register_env("metaworld", "reinforge.envs.metaworld.env:MetaWorldEnv", options=MetaWorldOptions,
              suites=("mt10", "mt50", "<task>-v3"), extra="metaworld")
 
-__all__ = ["ChunkResult", "EnvConfig", "EnvSpec", "Task", "TabletopEnv", "VecEnv", "make_env", "register_env",
-           "registered_envs"]
+__all__ = ["ChunkResult", "EnvConfig", "EnvSpec", "Task", "TabletopEnv", "VecEnv", "known_suites", "make_env",
+           "register_env", "registered_envs"]

@@ -312,6 +312,7 @@ class _Entry:
     options: type | None  # dataclass of the env's own options
     suites: tuple[str, ...]
     extra: str  # pip extra that provides its dependencies ("" = none)
+    other_suites: tuple[str, ...] = ()  # runnable by name, left out of "all" (e.g. earlier suite versions)
 
 
 _ENVS: dict[str, _Entry] = {}
@@ -319,19 +320,20 @@ _entry_points_loaded = False
 
 
 def register_env(name: str, factory: Callable[..., VecEnv] | str, *, options: type | None = None,
-                 suites: Sequence[str] = (), extra: str = "") -> None:
+                 suites: Sequence[str] = (), extra: str = "", other_suites: Sequence[str] = ()) -> None:
     """Register an environment; refuses to overwrite an existing name.
 
     ``factory``: a callable or a ``"module:attr"`` string imported lazily (heavy simulators are imported only
     when used). ``options``: a dataclass of the env's own config options (validated from the ``env`` config
     section). ``suites``: the suite names it knows (for listings; the factory validates). ``extra``: the pip
-    extra that installs its dependencies, named in the error when they are missing.
+    extra that installs its dependencies, named in the error when they are missing. ``other_suites``: suites
+    it also runs by name that ``--suite all`` leaves out (earlier versions kept for reproducibility).
     """
     if name in _ENVS:
         raise ValueError(f"environment {name!r} is already registered")
     if options is not None and not dataclasses.is_dataclass(options):
         raise TypeError(f"options of environment {name!r} must be a dataclass, got {options!r}")
-    _ENVS[name] = _Entry(factory, options, tuple(suites), extra)
+    _ENVS[name] = _Entry(factory, options, tuple(suites), extra, tuple(other_suites))
 
 
 def _load_entry_points() -> None:
@@ -355,6 +357,13 @@ def registered_envs() -> dict[str, tuple[str, ...]]:
     """Every registered env name with the suites it declares."""
     _load_entry_points()
     return {k: v.suites for k, v in sorted(_ENVS.items())}
+
+
+def known_suites(name: str) -> tuple[str, ...]:
+    """The suites ``name`` declares followed by the ones it runs only by name (``other_suites``); () if unknown."""
+    _load_entry_points()
+    e = _ENVS.get(name)
+    return (*e.suites, *e.other_suites) if e is not None else ()
 
 
 def _entry(name: str) -> _Entry:
