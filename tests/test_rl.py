@@ -184,6 +184,32 @@ def test_per_env_task_assignment_keeps_each_slot_on_its_task():
     assert sorted(set(b.episode_task.tolist())) == [3, 7] and c._task.tolist() == [3, 7, 3, 7]
 
 
+def test_adaptive_task_assignment_favours_failing_tasks_and_resumes():
+    """``adaptive``: running per-task success rates (finished episodes only, crashed ones ignored) weight the task
+    draw by (1 - s) + floor; the rates are part of the collector state."""
+    policy = tiny_policy()
+    cfg = RolloutConfig(mode="autoreset", num_envs=4, chunks_per_rollout=5, max_episode_steps=6, tasks=(2, 5, 8),
+                        task_assignment="adaptive", adaptive_floor=0.25, adaptive_rate=0.5)
+    c = collector(policy, cfg)
+    assert torch.allclose(c.task_weights(), torch.full((3,), 1 / 3, dtype=torch.float64))
+    b = c.collect()
+    assert sorted(set(b.episode_task.tolist())) <= [2, 5, 8] and c.task_success.tolist() == [0.0, 0.0, 0.0]
+    b.episode_task = torch.tensor([2, 2, 5, 8])
+    b.episode_success = torch.tensor([True, True, False, True])
+    b.episode_failed = torch.tensor([False, False, False, True])  # task 8's only episode crashed: no update
+    c.record_outcomes(b)
+    assert torch.allclose(c.task_success, torch.tensor([0.75, 0.0, 0.0], dtype=torch.float64))
+    w = c.task_weights()
+    assert torch.allclose(w, torch.tensor([0.5, 1.25, 1.25], dtype=torch.float64) / 3.0)
+    picks = torch.cat([c.sample_starts(1000)[0] for _ in range(3)])
+    share = (picks == 2).double().mean().item()
+    assert abs(share - 1 / 6) < 0.03, share
+    fresh = collector(policy, cfg)
+    fresh.load_state_dict(c.state_dict())
+    assert torch.equal(fresh.task_success, c.task_success)
+    assert torch.equal(fresh.sample_starts(5)[0], c.sample_starts(5)[0])
+
+
 def test_grpo_row_advantages_and_batch_surgery():
     success = torch.tensor([1, 0, 0, 1, 1, 1], dtype=torch.bool)
     adv = row_advantages(success, torch.tensor([0, 0, 0, 1, 1, 1]))

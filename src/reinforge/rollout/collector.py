@@ -64,8 +64,12 @@ class RolloutConfig:
     tasks: tuple[int, ...] = ()  # train on these task ids only (default: every task of the suite)
     # "random": every new episode (group) draws its task; "per_env": env slot / group i always runs task
     # tasks[i mod n], only the initial state is drawn, so simulators whose scenes are tied to a task (LIBERO
-    # rebuilds a slot's env when its task changes, 5-10 s) never switch
-    task_assignment: Literal["random", "per_env"] = "random"
+    # rebuilds a slot's env when its task changes, 5-10 s) never switch; "adaptive": tasks are drawn with
+    # probability proportional to (1 - s_k) + adaptive_floor, s_k a running success rate of task k's rollouts,
+    # so tasks the policy fails at get more attempts (a task at 0% gets up to 1 / floor + 1 times a solved one's)
+    task_assignment: Literal["random", "per_env", "adaptive"] = "random"
+    adaptive_floor: float = 0.25
+    adaptive_rate: float = 0.05  # per finished episode: s_k += rate * (success - s_k)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -80,8 +84,10 @@ class RolloutConfig:
         check(0 < self.time_limit_scale <= 1, "rollout.time_limit_scale", self.time_limit_scale, "must be in (0, 1]")
         check(not (self.max_episode_steps and self.time_limit_scale < 1), "rollout.time_limit_scale",
               self.time_limit_scale, "cannot be combined with rollout.max_episode_steps (set one of them)")
-        check(self.task_assignment in ("random", "per_env"), "rollout.task_assignment", self.task_assignment,
-              "must be 'random' or 'per_env'")
+        check(self.task_assignment in ("random", "per_env", "adaptive"), "rollout.task_assignment",
+              self.task_assignment, "must be 'random', 'per_env' or 'adaptive'")
+        check(self.adaptive_floor > 0, "rollout.adaptive_floor", self.adaptive_floor, "must be > 0")
+        check(0 < self.adaptive_rate <= 1, "rollout.adaptive_rate", self.adaptive_rate, "must be in (0, 1]")
 
     @property
     def envs(self) -> int:
@@ -153,6 +159,7 @@ class RolloutCollector:
         self._len = torch.zeros(cfg.envs, dtype=torch.int64)
         self._task = torch.zeros(cfg.envs, dtype=torch.int64)  # task and initial state of each running episode
         self._init = torch.zeros(cfg.envs, dtype=torch.int64)
+        self.task_success = torch.zeros(len(self.tasks), dtype=torch.float64)  # "adaptive": running success rates
         self.instructions = spec.instructions
 
     # ------------------------------------------------------------ helpers
@@ -162,7 +169,8 @@ class RolloutCollector:
         initial states), so a resumed run continues exactly. Envs that cannot snapshot (``spec.snapshot``
         False, e.g. real simulators) keep only the generators: a resumed auto-reset run drops the episodes that
         were in flight and starts fresh ones, so it does not reproduce the uninterrupted run bit for bit."""
-        state = {"gen": self.gen.get_state(), "policy_gen": self.policy_gen.get_state()}
+        state = {"gen": self.gen.get_state(), "policy_gen": self.policy_gen.get_state(),
+                 "task_success": self.task_success.clone()}
         if self._obs is not None and self.env.spec.snapshot:
             state.update({f"env.{k}": v for k, v in self.env.snapshot().items()})
             state.update({"ep_len": self._len.clone(), "ep_task": self._task.clone(), "ep_init": self._init.clone()})
@@ -171,6 +179,11 @@ class RolloutCollector:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.gen.set_state(state["gen"])
         self.policy_gen.set_state(state["policy_gen"])
+        if "task_success" in state:  # checkpoints written before adaptive task sampling existed have none
+            if state["task_success"].shape != self.task_success.shape:
+                raise ValueError(f"the checkpoint tracks {state['task_success'].numel()} tasks, this rollout "
+                                 f"{self.task_success.numel()}")
+            self.task_success = state["task_success"].clone()
         snap = {k[4:]: v for k, v in state.items() if k.startswith("env.")}
         if snap:
             self._obs = self.env.restore(snap)
@@ -186,13 +199,37 @@ class RolloutCollector:
     def sample_starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` (task, initial state) pairs drawn uniformly from the training tasks and the init bank (or, for
         envs with random resets, a fresh reset seed each). With ``task_assignment: per_env`` slot i keeps task
-        ``tasks[i mod n]``."""
-        pick = torch.randint(0, len(self.tasks), (n,), generator=self.gen)
+        ``tasks[i mod n]``; with ``adaptive`` tasks are weighted by ``task_weights()``."""
+        if self.cfg.task_assignment == "adaptive":
+            pick = torch.multinomial(self.task_weights(), n, replacement=True, generator=self.gen)
+        else:
+            pick = torch.randint(0, len(self.tasks), (n,), generator=self.gen)
         if self.cfg.task_assignment == "per_env":
             pick = torch.arange(n) % len(self.tasks)
         tasks = torch.tensor(self.tasks)[pick]
         high = self.env.spec.num_init_states or 2**31 - 1
         return tasks, torch.randint(0, high, (n,), generator=self.gen)
+
+    def task_weights(self) -> torch.Tensor:
+        """Sampling probabilities (n_tasks,) of the training tasks under ``adaptive`` assignment."""
+        w = (1 - self.task_success) + self.cfg.adaptive_floor
+        return w / w.sum()
+
+    def record_outcomes(self, batch: RolloutBatch) -> None:
+        """Update the running per-task success rates from a rollout's finished episodes (episodes lost to a
+        simulator fault do not count)."""
+        ok = ~batch.episode_failed if batch.episode_failed is not None else torch.ones_like(batch.episode_success)
+        index = {t: i for i, t in enumerate(self.tasks)}
+        keep = [index[int(t)] for t in batch.episode_task[ok].tolist()]
+        if not keep:
+            return
+        k = torch.tensor(keep)
+        n = torch.bincount(k, minlength=len(self.tasks)).double()
+        wins = torch.bincount(k, weights=batch.episode_success[ok].double(), minlength=len(self.tasks))
+        # n episodes of one update each, in closed form: s <- (1 - r)^n s + (1 - (1 - r)^n) * (wins / n)
+        decay = (1 - self.cfg.adaptive_rate) ** n
+        mean = torch.where(n > 0, wins / n.clamp(min=1), self.task_success)
+        self.task_success = decay * self.task_success + (1 - decay) * mean
 
     def _policy_input(self, obs: Observation, rows: torch.Tensor) -> Observation:
         sub = select_obs(obs, rows.to(obs[OBS_TASK_ID].device))
@@ -238,9 +275,13 @@ class RolloutCollector:
         if self.cfg.mode == "episodic":
             tasks, inits = self.sample_starts(self.cfg.num_groups)
             G = self.cfg.group_size
-            return self.run_episodes(tasks.repeat_interleave(G), inits.repeat_interleave(G),
-                                     torch.arange(self.cfg.num_groups).repeat_interleave(G))
-        return self.run_autoreset()
+            batch = self.run_episodes(tasks.repeat_interleave(G), inits.repeat_interleave(G),
+                                      torch.arange(self.cfg.num_groups).repeat_interleave(G))
+        else:
+            batch = self.run_autoreset()
+        if self.cfg.task_assignment == "adaptive":
+            self.record_outcomes(batch)
+        return batch
 
     # ------------------------------------------------------------ episodic
 

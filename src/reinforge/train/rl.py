@@ -306,6 +306,9 @@ class RLTrainer:
         m["rollout/return"] = float(ret.mean()) if ret.numel() else 0.0  # per env row (one episode when episodic)
         if batch is not None:
             m["rollout/samples"] = float(batch.num_samples)
+        if self.cfg.rollout.task_assignment == "adaptive":
+            w = self.collector.task_weights()
+            m["rollout/task_weight_ratio"] = float(w.max() / w.min())  # most / least sampled task
         return m
 
     def train_iteration(self) -> dict[str, float]:
