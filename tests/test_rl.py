@@ -139,6 +139,28 @@ def test_seeded_evaluation_is_reproducible_and_leaves_the_callers_random_stream_
     assert torch.equal(a, b) and not torch.allclose(a[0], c[0])
 
 
+def test_sampled_evaluation_runs_the_stochastic_policy():
+    """--mode sample hands the policy mode="sample" (the rollout policy), greedy the greedy one; bad modes are
+    refused before any env is built."""
+    from reinforge.eval import evaluate
+
+    policy = tiny_policy("flow").eval()
+    modes = []
+
+    class Recorder:
+        def act(self, obs, **kw):
+            modes.append(kw["mode"])
+            return policy.act(obs, **kw)
+
+    for mode in ("greedy", "sample"):
+        modes.clear()
+        r = evaluate(lambda env: Recorder(), make_env_config(), episodes_per_task=1, tasks=[0],
+                     image_size=policy.config.image_size, mode=mode)
+        assert r.mode == mode and set(modes) == {mode}
+    with pytest.raises(ValueError, match="mode must be 'greedy' or 'sample'"):
+        evaluate(lambda env: Recorder(), make_env_config(), mode="stochastic")
+
+
 def make_env_config():
     from reinforge.envs import EnvConfig
 

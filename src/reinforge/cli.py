@@ -111,14 +111,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         r = evaluate(actor, _env_config(args, suite), split=args.split, episodes_per_task=args.episodes_per_task,
                      max_envs=args.max_envs, image_size=image_size, video_dir=args.video,
                      videos_per_task=args.videos_per_task, video_format=args.video_format, progress=not args.json,
-                     tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None, seed=args.seed)
+                     tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None, seed=args.seed,
+                     mode=args.mode, temperature=args.temperature)
         results.append((args.policy, r))
     if args.json:
         out = [r.to_dict() for _, r in results]
         print(json.dumps(out[0] if len(out) == 1 else out))
     else:
         for _, r in results:
-            t = Table(title=f"{r.env}/{r.suite}/{r.split}: {args.policy}")
+            temp = "" if args.temperature == 1 else f", T={args.temperature}"
+            how = "" if r.mode == "greedy" else f" (sampled{temp})"
+            t = Table(title=f"{r.env}/{r.suite}/{r.split}: {args.policy}{how}")
             t.add_column("task")
             t.add_column("success", justify="right")
             t.add_column("length", justify="right")
@@ -537,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--video-format", default="mp4", choices=("mp4", "gif"))
     e.add_argument("--device", default="cpu", help=device_help)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--mode", default="greedy", choices=("greedy", "sample"),
+                   help="greedy actions, or the stochastic policy RL rollouts run (token sampling, Flow-SDE/Noise)")
+    e.add_argument("--temperature", type=float, default=1.0,
+                   help="token policies' sampling temperature (--mode sample)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(fn=cmd_eval)
 

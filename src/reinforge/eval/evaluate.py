@@ -2,10 +2,13 @@
 
 Episode ``k`` of task ``t`` starts from fixed evaluation initial state ``k`` (mod the bank size; for envs
 with random resets, from reset seed ``k``), so two evaluations with the same ``episodes_per_task`` see exactly
-the same scenes. Policies act greedily; the global torch RNG is seeded with ``seed`` for the evaluation (and
-restored after it), so a policy whose greedy action still draws random numbers (a flow policy's initial
-noise) is evaluated reproducibly and the caller's random stream is left untouched. One env of
-``min(max_envs, episodes)`` slots is built and reused batch after batch; slots past the last episode stay idle.
+the same scenes. Policies act greedily by default; ``mode="sample"`` evaluates the stochastic policy that RL
+rollouts run (a token policy's sampling at ``temperature``, a flow policy's Flow-SDE / Flow-Noise sampler),
+which says how far the behaviour RL learns from lies from the greedy one it is judged by. The global torch RNG
+is seeded with ``seed`` for the evaluation (and restored after it), so a policy whose greedy action still draws
+random numbers (a flow policy's initial noise) is evaluated reproducibly and the caller's random stream is left
+untouched. One env of ``min(max_envs, episodes)`` slots is built and reused batch after batch; slots past the
+last episode stay idle.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class EvalResult:
     wall_s: float
     videos: list[str] = field(default_factory=list)
     failed_episodes: int = 0  # lost to simulator faults (crashed workers); counted as failures
+    mode: str = "greedy"  # greedy | sample (the stochastic rollout policy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +65,7 @@ def _check_actions(actions: torch.Tensor, env: VecEnv) -> torch.Tensor:
 
 
 def _run_batch(actor_fn: ActorFactory, env: VecEnv, tasks: list[int], inits: list[int], video_slots: set[int],
-               on_done: Callable[[int], None]):
+               on_done: Callable[[int], None], mode: str = "greedy", temperature: float = 1.0):
     """Run one episode in each of the first ``len(tasks)`` env slots (the rest idle) to its end."""
     B, n = env.num_envs, len(tasks)
     pad = B - n
@@ -75,7 +79,7 @@ def _run_batch(actor_fn: ActorFactory, env: VecEnv, tasks: list[int], inits: lis
     length = torch.zeros(B, dtype=torch.int64)
     frames: dict[int, list[np.ndarray]] = {b: [frames_to_strip(obs[OBS_IMAGE][b].cpu().numpy())] for b in video_slots}
     while not bool(done.all()):
-        actions = _check_actions(actor.act(obs, mode="greedy").actions.detach().float().cpu(), env)
+        actions = _check_actions(actor.act(obs, mode=mode, temperature=temperature).actions.detach().float().cpu(), env)
         # with videos, step one action at a time so every frame is rendered
         pieces = [actions[:, h:h + 1] for h in range(actions.shape[1])] if video_slots else [actions]
         for piece in pieces:
@@ -110,14 +114,19 @@ def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
 def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", episodes_per_task: int = 10,
              max_envs: int = 500, image_size: int | tuple[int, int] | None = None,
              video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
-             tasks: list[int | str] | None = None, progress: bool = False, seed: int = 0) -> EvalResult:
-    """Run ``episodes_per_task`` greedy episodes of every task of ``env``'s suite (or of ``tasks``) on the
-    ``split`` and report success rates. ``actor_fn(env)`` gives the actor for a freshly reset env.
-    ``image_size`` (the policy's) wins over ``env.image_size``."""
+             tasks: list[int | str] | None = None, progress: bool = False, seed: int = 0,
+             mode: str = "greedy", temperature: float = 1.0) -> EvalResult:
+    """Run ``episodes_per_task`` episodes (greedy, or sampled with ``mode="sample"``) of every task of ``env``'s
+    suite (or of ``tasks``) on the ``split`` and report success rates. ``actor_fn(env)`` gives the actor for a
+    freshly reset env. ``image_size`` (the policy's) wins over ``env.image_size``."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     if max_envs < 1:
         raise ValueError(f"max_envs must be >= 1, got {max_envs}")
+    if mode not in ("greedy", "sample"):
+        raise ValueError(f"evaluation mode must be 'greedy' or 'sample', got {mode!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if video_format not in ("mp4", "gif"):
         raise ValueError(f"video format must be 'mp4' or 'gif', got {video_format!r}")
     kw = {} if image_size is None else {"image_size": image_size}
@@ -142,7 +151,8 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
                 batch = slots[start:start + sim.num_envs]
                 want = {b for b, (t, k) in enumerate(batch) if video_dir is not None and k < videos_per_task}
                 ok, n, bad, frames = _run_batch(actor_fn, sim, [t for t, _ in batch],
-                                                [spec.init_id(k) for _, k in batch], want, bar.advance)
+                                                [spec.init_id(k) for _, k in batch], want, bar.advance,
+                                                mode, temperature)
                 success[start:start + len(batch)] = ok
                 length[start:start + len(batch)] = n
                 failed[start:start + len(batch)] = bad
@@ -166,4 +176,4 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
         instructions={spec.tasks[t].name: spec.tasks[t].instruction for t in task_ids},
         mean_length=float(length.float().mean()), per_task_length={n: float(v) for n, v in zip(names, per_len)},
         num_episodes=len(slots), episodes_per_task=episodes_per_task, wall_s=time.perf_counter() - t0,
-        videos=videos, failed_episodes=int(failed.sum()))
+        videos=videos, failed_episodes=int(failed.sum()), mode=mode)
