@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from reinforge.algos.base import RLOptimConfig, build_optimizer
+from reinforge.algos.base import KLAdaptiveLR, RLOptimConfig, build_optimizer
 from reinforge.algos.grpo import GRPO, GRPOConfig, row_advantages
 from reinforge.algos.ppo import PPO, PPOConfig
 from reinforge.config import ConfigError, load_config
@@ -323,6 +323,38 @@ def test_critic_warmup_leaves_the_actor_alone_and_noise_head_spares_the_velocity
     assert grads and all("noise" in n for n in grads), grads
 
 
+def test_kl_adaptive_lr_steers_the_actor_lr_by_each_steps_kl():
+    """optim.target_kl: lr / 1.5 above 2x the target, * 1.5 under half of it, within bounds; PPO's critic-only
+    warm-up steps leave it alone; it cannot be combined with a decaying schedule."""
+    a = KLAdaptiveLR(target=0.01, lr=1e-4, lr_min=5e-5, lr_max=2e-4)
+    assert a.observe(0.05) == pytest.approx(1e-4 / 1.5) and a.observe(0.05) == 5e-5, "clamped at lr_min"
+    assert a.observe(0.01) == 5e-5, "inside [target / 2, 2 target]: unchanged"
+    assert a.observe(0.001) == pytest.approx(7.5e-5) and a.observe(0) == pytest.approx(1.125e-4)
+    assert a.observe(0) == pytest.approx(1.6875e-4) and a.observe(0) == 2e-4, "clamped at lr_max"
+    assert KLAdaptiveLR.from_config(RLOptimConfig()) is None
+    with pytest.raises(ConfigError, match="optim.schedule.*target_kl"):
+        RLOptimConfig(target_kl=0.01, schedule="cosine")
+    with pytest.raises(ConfigError, match=r"optim.lr.*\[optim.lr_min, optim.lr_max\]"):
+        RLOptimConfig(target_kl=0.01, lr=1e-2)
+    with pytest.raises(ConfigError, match="optim.target_kl"):
+        RLOptimConfig(target_kl=-1)
+    # in an update: a tiny target makes every step's KL "too large", so the lr falls step by step
+    policy = tiny_policy("flow", flow_sampler="noise")
+    b = collect(policy, cache=True, mode="autoreset", max_episode_steps=6)
+    cfg = RLOptimConfig(lr=1e-3, target_kl=1e-12, lr_min=1e-6)
+    opt = build_optimizer(policy, cfg, freeze_vision=True, train_critic=True)
+    ppo = PPO(policy, opt, PPOConfig(epochs=2, minibatch_size=8), grad_clip=1.0)
+    ppo.adaptive_lr = KLAdaptiveLR.from_config(cfg)
+    actor_lr = lambda: next(g["lr"] for g in opt.param_groups if g["name"] == "actor")  # noqa: E731
+    ppo.update(b, train_policy=False)
+    assert actor_lr() == 1e-3 and ppo.adaptive_lr.lr == 1e-3, "critic warm-up steps do not move the actor lr"
+    ppo.update(b)
+    steps = 2 * max(1, round(int(b.valid.sum()) / 8))
+    # every step but maybe the first (on-policy: its KL may round to 0) divided the lr by 1.5
+    assert actor_lr() == ppo.adaptive_lr.lr <= 1e-3 / 1.5 ** (steps - 2) * (1 + 1e-9)
+    assert ppo.state_dict()["adaptive_lr"] == ppo.adaptive_lr.lr
+
+
 def _tiny_rl(init, out, *extra):
     return load_config(RLConfig, None, [
         f"init={init}", f"out={out}", "rollout.num_groups=2", "rollout.group_size=2", "rollout.max_episode_steps=9",
@@ -336,11 +368,15 @@ def _rows(out):
             for r in read_metrics(out / "metrics.jsonl")]
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "grpo_adaptive_lr"])
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_path, algo):
-    # PPO runs in auto-reset mode: the episodes in flight continue from the checkpoint
-    extra = [f"algo={algo}"] + (["ppo.minibatch_size=4", "ppo.epochs=2", "rollout.mode=autoreset",
-                                 "rollout.num_envs=3", "rollout.chunks_per_rollout=2"] if algo == "ppo" else [])
+    # PPO runs in auto-reset mode: the episodes in flight continue from the checkpoint; the KL-adaptive lr
+    # resumes where the last update left it (train/lr of the resumed iteration is compared)
+    extra = [f"algo={algo.split('_')[0]}"] + (["ppo.minibatch_size=4", "ppo.epochs=2", "rollout.mode=autoreset",
+                                               "rollout.num_envs=3", "rollout.chunks_per_rollout=2"]
+                                              if algo == "ppo" else [])
+    if algo == "grpo_adaptive_lr":
+        extra += ["optim.target_kl=1e-9", "optim.lr=5e-4", "grpo.minibatch_size=4"]
     straight = tmp_path / "straight"
     RLTrainer(_tiny_rl(tiny_init, straight, "iterations=3", *extra)).run(progress=False)
     cut = tmp_path / "cut"
@@ -349,6 +385,9 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_pa
     assert resumed.iteration == 2
     resumed.run(progress=False)
     a, b = _rows(straight), _rows(cut)
+    if algo == "grpo_adaptive_lr":  # the lr moved, and the resumed run started from where it was left
+        lrs = [r["train/lr"] for r in a if "train/lr" in r]
+        assert len(set(lrs)) > 1 and lrs[1:] == [r["train/lr_after"] for r in a if "train/lr_after" in r][:-1]
     # the interrupted run also evaluated at its end (iteration 2); the straight run did so via eval.every
     strip = [{k: v for k, v in r.items() if k != "time"} for r in a]
     got = [{k: v for k, v in r.items() if k != "time"} for r in b]

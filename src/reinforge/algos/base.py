@@ -27,6 +27,12 @@ class RLOptimConfig:
     # lr to lr * final_lr_ratio at the last iteration (the critic keeps critic_lr)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     final_lr_ratio: float = 0.1
+    # > 0: a KL-adaptive actor lr (the "adaptive" schedule of RSL-RL / rl_games): after every policy gradient
+    # step, lr / 1.5 where that minibatch's approx-KL to the rollout policy exceeded 2 * target_kl, lr * 1.5 where
+    # it was under target_kl / 2, kept within [lr_min, lr_max]; starts at lr. 0 = off (lr follows `schedule`)
+    target_kl: float = 0.0
+    lr_min: float = 1e-6
+    lr_max: float = 1e-3
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -39,6 +45,34 @@ class RLOptimConfig:
         check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
         check(self.critic_lr > 0, "optim.critic_lr", self.critic_lr, "must be > 0")
         check(self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "must be > 0")
+        check(self.target_kl >= 0, "optim.target_kl", self.target_kl, "must be >= 0 (0 = a fixed schedule)")
+        if self.target_kl:
+            check(self.schedule == "constant", "optim.schedule", self.schedule,
+                  "must be 'constant' with optim.target_kl > 0 (the KL-adaptive lr is the schedule)")
+            check(0 < self.lr_min <= self.lr <= self.lr_max, "optim.lr", self.lr,
+                  f"must lie in [optim.lr_min, optim.lr_max] = [{self.lr_min}, {self.lr_max}]")
+
+
+@dataclass
+class KLAdaptiveLR:
+    """The actor lr steered by each policy step's approx-KL: / 1.5 above 2 * target, * 1.5 under target / 2."""
+
+    target: float
+    lr: float
+    lr_min: float
+    lr_max: float
+    factor: float = 1.5
+
+    @classmethod
+    def from_config(cls, cfg: RLOptimConfig) -> KLAdaptiveLR | None:
+        return cls(cfg.target_kl, cfg.lr, cfg.lr_min, cfg.lr_max) if cfg.target_kl > 0 else None
+
+    def observe(self, approx_kl: float) -> float:
+        if approx_kl > 2 * self.target:
+            self.lr = max(self.lr_min, self.lr / self.factor)
+        elif approx_kl < self.target / 2:
+            self.lr = min(self.lr_max, self.lr * self.factor)
+        return self.lr
 
 
 def lr_factor(cfg: RLOptimConfig, iteration: int, iterations: int) -> float:
@@ -97,6 +131,7 @@ class PolicyGradientUpdate:
         # policies are chunk-level. The collector must gather log-probs at the same level (``self.logprob``).
         self.logprob: LogProb = "token" if logprob == "token" and policy.token_logprobs else "chunk"
         self.anchor = None  # co-training: an ``SFTAnchor`` whose loss joins every gradient step (algos/cotrain.py)
+        self.adaptive_lr: KLAdaptiveLR | None = None  # set by the trainer for optim.target_kl > 0
         self._anchor_metrics: list[dict[str, float]] = []
 
     @property
@@ -135,9 +170,11 @@ class PolicyGradientUpdate:
         """The co-training terms of the update (means over its gradient steps)."""
         return mean_metrics(self._anchor_metrics) if self._anchor_metrics else {}
 
-    def step(self, loss: torch.Tensor, *, anchor: bool = True, approx_kl: float | None = None) -> float:
+    def step(self, loss: torch.Tensor, *, anchor: bool = True, approx_kl: float | None = None,
+             policy_step: bool = True) -> float:
         """One optimizer step on ``loss`` (+ the co-training SFT term when there is one and ``anchor``; its weight
-        may be gated by the minibatch's ``approx_kl``, see ``CotrainConfig.kl_gate``)."""
+        may be gated by the minibatch's ``approx_kl``, see ``CotrainConfig.kl_gate``). With a KL-adaptive lr,
+        a ``policy_step`` (not a critic-only warm-up step) moves the actor lr by its ``approx_kl``."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the RL loss became {float(loss)}; lower optim.lr or check the rewards")
         if self.anchor is not None and anchor:
@@ -154,13 +191,18 @@ class PolicyGradientUpdate:
             self.opt.zero_grad(set_to_none=True)
             raise FloatingPointError(f"the gradient norm became {float(gn)}; lower optim.lr")
         self.opt.step()
+        if self.adaptive_lr is not None and policy_step and approx_kl is not None:
+            set_actor_lr(self.opt, self.adaptive_lr.observe(approx_kl))
         return float(gn)
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), **({"anchor": self.anchor.state_dict()} if self.anchor else {})}
+        return {"gen": self.gen.get_state(), **({"anchor": self.anchor.state_dict()} if self.anchor else {}),
+                **({"adaptive_lr": self.adaptive_lr.lr} if self.adaptive_lr else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
+        if self.adaptive_lr is not None and "adaptive_lr" in state:
+            self.adaptive_lr.lr = float(state["adaptive_lr"])
         if self.anchor is not None and "anchor" in state:
             self.anchor.load_state_dict(state["anchor"])
 

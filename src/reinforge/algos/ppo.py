@@ -142,7 +142,8 @@ class PPO(PolicyGradientUpdate):
             entropy = ent.mean()
             # critic warm-up trains the critic only: no policy or entropy term reaches the actor
             loss = c.vf_coef * vl + ((pol - c.ent_coef * entropy) if train_policy else 0.0 * pol)
-            gn = self.step(loss, anchor=train_policy, approx_kl=m["train/approx_kl"])  # warm-up: no SFT term
+            gn = self.step(loss, anchor=train_policy, approx_kl=m["train/approx_kl"],  # warm-up: no SFT term
+                           policy_step=train_policy)
             rows_metrics.append({**m, "train/policy_loss": float(pol.detach()), "train/value_loss": float(vl.detach()),
                                  "train/entropy": float(entropy.detach()), "train/grad_norm": gn})
         out = mean_metrics(rows_metrics)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from reinforge import fsutil
-from reinforge.algos.base import RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
+from reinforge.algos.base import KLAdaptiveLR, RLOptimConfig, build_optimizer, lr_factor, set_actor_lr
 from reinforge.algos.cotrain import CotrainConfig, SFTAnchor
 from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep, flat_groups, trajectory_outcomes
 from reinforge.algos.ppo import PPO, PPOConfig
@@ -174,6 +174,7 @@ class RLTrainer:
             self.algo = GRPO(self.policy, opt, cfg.grpo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
         else:
             self.algo = PPO(self.policy, opt, cfg.ppo, grad_clip=cfg.optim.grad_clip, seed=cfg.seed)
+        self.algo.adaptive_lr = KLAdaptiveLR.from_config(cfg.optim)
         self.optimizer = opt
         self.cotrain_env: tuple[str, EnvConfig] | None = None
         if cfg.cotrain.enabled:
@@ -313,7 +314,10 @@ class RLTrainer:
 
     def train_iteration(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        lr = self.cfg.optim.lr * lr_factor(self.cfg.optim, self.iteration, self.cfg.iterations)
+        if self.algo.adaptive_lr is not None:  # KL-adaptive: the lr the last update left
+            lr = self.algo.adaptive_lr.lr
+        else:
+            lr = self.cfg.optim.lr * lr_factor(self.cfg.optim, self.iteration, self.cfg.iterations)
         set_actor_lr(self.optimizer, lr)
         with autocast(self.device, self.cfg.precision):
             batch, metrics = self.collect()
@@ -326,6 +330,8 @@ class RLTrainer:
                 metrics.update(self.algo.update(batch, train_policy=self.iteration >= self.cfg.ppo.critic_warmup))
             else:
                 metrics.update(self.algo.update(batch))
+        if self.algo.adaptive_lr is not None:
+            metrics["train/lr_after"] = self.algo.adaptive_lr.lr  # where the KL-adaptive lr left the actor
         t2 = time.perf_counter()
         self.iteration += 1
         self.train_s += t2 - t0
