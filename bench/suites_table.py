@@ -83,7 +83,8 @@ def main() -> None:
                 row.update(heldout_sft1=100 * res.rows["sft1"][held], heldout_rl=100 * res.rows["rl"][held])
             results.setdefault(suite, {})[seed] = row
             print(json.dumps({"suite": suite, "seed": seed, **row}), flush=True)
-    extra = f", {' '.join(a.overrides)}" if a.overrides else ""
+    shown = [o for o in a.overrides if not o.startswith(("eval.", "num_threads", "checkpoint_every", "device"))]
+    extra = f", {' '.join(shown)}" if shown else ""  # the recipe's changes, not the bookkeeping
     md = table(results, suites, f"{a.algo.upper()} + Flow-SDE{extra}")
     write_text_atomic(out / "table.md", "\n".join(md) + "\n")
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
