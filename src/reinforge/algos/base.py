@@ -202,7 +202,8 @@ class PolicyGradientUpdate:
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
         if self.adaptive_lr is not None and "adaptive_lr" in state:
-            self.adaptive_lr.lr = float(state["adaptive_lr"])
+            a = self.adaptive_lr  # within the (possibly changed) bounds of the resumed config
+            a.lr = min(max(float(state["adaptive_lr"]), a.lr_min), a.lr_max)
         if self.anchor is not None and "anchor" in state:
             self.anchor.load_state_dict(state["anchor"])
 
