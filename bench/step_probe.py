@@ -48,6 +48,7 @@ def main() -> None:
         if cfg.algo != "grpo":
             raise SystemExit(f"--config {a.config} is for {cfg.algo}; this probe shuffles GRPO's episode outcomes")
         with RLTrainer(cfg) as tr:
+            tr.algo.adaptive_lr = None  # each row is one update at a fixed lr, whatever the config's target_kl
             run_probe(tr, cfg, a, lrs)
 
 
