@@ -83,7 +83,8 @@ class RolloutBatch:
     ``episode_success``, ``episode_length``, ``episode_task``, ``episode_init`` (E,) and, for GRPO,
     ``group`` (B,) the group id of each row (rows of a group share task and initial state);
     ``episode_failed`` (E,): the episode was lost to a simulator fault (e.g. a crashed env worker); it ends as a
-    truncation, and GRPO drops its group.
+    truncation, and GRPO drops its group. ``lost_episodes``: episodes that left no rows at all (their rollout
+    worker died), counted in ``rollout/failed_episodes``.
     """
 
     obs: dict[str, torch.Tensor]
@@ -103,6 +104,7 @@ class RolloutBatch:
     episode_init: torch.Tensor
     group: torch.Tensor | None = None
     episode_failed: torch.Tensor | None = None  # (E,) bool: lost to a simulator fault, counted, never a success
+    lost_episodes: int = 0  # episodes lost with their data (a rollout worker died): counted only
     timing: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -10,6 +10,7 @@ from reinforge.envs.base import (
     ChunkResult,
     EnvConfig,
     EnvSpec,
+    PendingChunk,
     Task,
     VecEnv,
     known_suites,
@@ -33,5 +34,5 @@ register_env("worldmodel", "reinforge.worldmodel.env:WorldModelEnv", options=Wor
 register_env("metaworld", "reinforge.envs.metaworld.env:MetaWorldEnv", options=MetaWorldOptions,
              suites=("mt10", "mt50", "<task>-v3"), extra="metaworld")
 
-__all__ = ["ChunkResult", "EnvConfig", "EnvSpec", "Task", "TabletopEnv", "VecEnv", "known_suites", "make_env",
-           "register_env", "registered_envs"]
+__all__ = ["ChunkResult", "EnvConfig", "EnvSpec", "PendingChunk", "Task", "TabletopEnv", "VecEnv", "known_suites",
+           "make_env", "register_env", "registered_envs"]

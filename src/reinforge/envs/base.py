@@ -176,6 +176,16 @@ class ChunkResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class PendingChunk:
+    """A ``step_chunk`` already done: what ``VecEnv.step_chunk_async`` returns for in-process envs."""
+
+    def __init__(self, result: ChunkResult):
+        self._result = result
+
+    def result(self) -> ChunkResult:
+        return self._result
+
+
 # ---------------------------------------------------------------------------------------------- the env
 
 
@@ -191,6 +201,9 @@ class VecEnv(ABC):
     num_envs: int
     spec: EnvSpec
     device: torch.device = torch.device("cpu")
+    # True when ``step_chunk_async`` returns before the step is done (the simulators run in other processes),
+    # so a collector can run the policy on one pipeline stage while the env steps another
+    async_steps: bool = False
 
     @property
     def action_dim(self) -> int:
@@ -241,6 +254,17 @@ class VecEnv(ABC):
             done |= res.terminated.cpu() | res.truncated.cpu()
             obs = res.obs
         return ChunkResult(obs, reward, valid, term, trunc, success, {"failed": failed})
+
+    def step_chunk_async(self, actions: torch.Tensor, active: torch.Tensor | None = None) -> PendingChunk:
+        """Start ``step_chunk``; ``.result()`` of the returned handle is its ``ChunkResult``. Envs whose
+        simulators run elsewhere return at once (``async_steps``); the default steps now. Envs where ``active``
+        is False must not move (the rows of other pipeline stages)."""
+        return PendingChunk(self.step_chunk(actions, active))
+
+    def pipeline_stages(self, n: int) -> list[torch.Tensor]:
+        """``n`` disjoint sets of env rows that can be stepped independently (one ``step_chunk_async`` each,
+        the other rows inactive). Default: ``n`` contiguous blocks."""
+        return list(torch.arange(self.num_envs).chunk(n))
 
     def make_expert(self, *, noise: float = 0.0, seed: int = 0) -> Actor:
         """A scripted actor bound to this env (it may read privileged state). Its ``act`` returns

@@ -70,6 +70,9 @@ class RolloutConfig:
     task_assignment: Literal["random", "per_env", "adaptive"] = "random"
     adaptive_floor: float = 0.25
     adaptive_rate: float = 0.05  # per finished episode: s_k += rate * (success - s_k)
+    # split the envs into this many stages stepped in turn, so that while the env workers step one stage's action
+    # chunk the policy runs on the next (RLinf's pipeline_stage_num); needs envs stepping in other processes
+    pipeline_stages: int = 1
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -88,6 +91,9 @@ class RolloutConfig:
               self.task_assignment, "must be 'random', 'per_env' or 'adaptive'")
         check(self.adaptive_floor > 0, "rollout.adaptive_floor", self.adaptive_floor, "must be > 0")
         check(0 < self.adaptive_rate <= 1, "rollout.adaptive_rate", self.adaptive_rate, "must be in (0, 1]")
+        check(self.pipeline_stages >= 1, "rollout.pipeline_stages", self.pipeline_stages, "must be >= 1")
+        check(self.envs % self.pipeline_stages == 0, "rollout.pipeline_stages", self.pipeline_stages,
+              f"must divide the number of envs ({self.envs})")
 
     @property
     def envs(self) -> int:
@@ -161,8 +167,20 @@ class RolloutCollector:
         self._init = torch.zeros(cfg.envs, dtype=torch.int64)
         self.task_success = torch.zeros(len(self.tasks), dtype=torch.float64)  # "adaptive": running success rates
         self.instructions = spec.instructions
+        self._timing, self._reset_s = (0.0, 0.0), 0.0  # (env s, policy s) of the last pipeline; resets inside it
+        self._stage_obs: list[Observation] = []
 
     # ------------------------------------------------------------ helpers
+
+    def metrics(self) -> dict[str, float]:
+        """Collector-level metrics of the last rollout (none in process; workers and weight syncs under Ray)."""
+        return {}
+
+    def on_update(self) -> None:
+        """The learner changed the policy's weights (the policy here is the learner's own: nothing to do)."""
+
+    def close(self) -> None:
+        self.env.close()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Generators, and in auto-reset mode the episodes in flight (env snapshot, their lengths, tasks and
@@ -283,6 +301,63 @@ class RolloutCollector:
             self.record_outcomes(batch)
         return batch
 
+    # ------------------------------------------------------------ pipelining
+
+    def _stages(self) -> list[torch.Tensor]:
+        """The env rows of each pipeline stage (``rollout.pipeline_stages``): one stage, or the env's own
+        row sets that can be stepped while another set is (its ``pipeline_stages``)."""
+        S = self.cfg.pipeline_stages
+        if S == 1:
+            return [torch.arange(self.env.num_envs)]
+        if not self.env.async_steps:
+            raise ValueError(f"rollout.pipeline_stages={S} overlaps env stepping with policy inference, which needs "
+                             "envs that step in other processes (distributed.backend: ray); set it to 1")
+        return [r.cpu() for r in self.env.pipeline_stages(S)]
+
+    def _pipeline(self, stages: list[torch.Tensor], obs: Observation, T: int, act, record) -> int:
+        """Run ``T`` policy calls per stage, round-robin over the stages: while the env steps one stage's chunk
+        (``step_chunk_async``), the policy acts on the next stage. ``act(stage_obs, stage_rows, t)`` returns
+        (actions (B, H, D), the rows that acted) or None when the stage is finished; ``record(result,
+        stage_rows, t)`` books a step and returns the stage's next observation. Returns the policy calls used
+        by the busiest stage. With one stage this is the plain act -> step -> record loop."""
+        S, env = len(stages), self.env
+        stage_obs, pending, step = [obs] * S, [None] * S, [0] * S
+        t_env = t_policy = 0.0
+        while True:
+            busy = False
+            for s, rows in enumerate(stages):
+                if pending[s] is not None:
+                    t0 = time.perf_counter()
+                    res = pending[s].result()
+                    pending[s] = None
+                    t_env += time.perf_counter() - t0
+                    stage_obs[s] = record(res, rows, step[s])
+                    t_env += self._reset_s  # resets inside record count as env time
+                    self._reset_s = 0.0
+                    step[s] += 1
+                if step[s] >= T:
+                    continue
+                t0 = time.perf_counter()
+                acted = act(stage_obs[s], rows, step[s])
+                t_policy += time.perf_counter() - t0
+                if acted is None:
+                    continue
+                actions, live = acted
+                active = None
+                if S > 1 or live.numel() < env.num_envs:
+                    active = torch.zeros(env.num_envs, dtype=torch.bool)
+                    active[live] = True
+                    active = active.to(env.device)
+                t0 = time.perf_counter()
+                pending[s] = env.step_chunk_async(actions.to(env.device), active=active)
+                t_env += time.perf_counter() - t0
+                busy = True
+            if not busy:
+                break
+        self._timing = (t_env, t_policy)
+        self._stage_obs = stage_obs
+        return max(step)
+
     # ------------------------------------------------------------ episodic
 
     @torch.no_grad()
@@ -299,38 +374,44 @@ class RolloutCollector:
         done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
         failed = torch.zeros(B, dtype=torch.bool)  # episodes lost to a simulator fault (crashed worker)
         length = torch.zeros(B, dtype=torch.int64)
-        t_env = t_policy = 0.0
         t0 = time.perf_counter()
         obs = env.reset(tasks, inits)
-        t_env += time.perf_counter() - t0
-        used = 0
-        for t in range(T):
-            rows = (~done).nonzero().flatten()
-            if rows.numel() == 0:
-                break
-            used = t + 1
-            t0 = time.perf_counter()
-            actions = self._act(buf, obs, rows, t)
-            t1 = time.perf_counter()
-            res = env.step_chunk(actions.to(env.device), active=(~done).to(env.device))
-            t_env += time.perf_counter() - t1
-            valid[rows, t] = True
-            reward[:, t] = res.reward.cpu().sum(1)
-            env_steps[:, t] = res.valid.cpu().sum(1)
-            term[:, t], trunc[:, t] = res.terminated.cpu() & ~done, res.truncated.cpu() & ~done
-            length += env_steps[:, t]
-            success |= term[:, t] & res.success.cpu()
-            if "failed" in res.info:
-                failed |= res.info["failed"].cpu() & ~done
-            tr_rows = trunc[:, t].nonzero().flatten()
+        t_reset = time.perf_counter() - t0
+        self._reset_s = 0.0
+
+        def act(obs: Observation, rows: torch.Tensor, t: int):
+            live = rows[~done[rows]]
+            if live.numel() == 0:
+                return None
+            valid[live, t] = True
+            return self._act(buf, obs, live, t), live
+
+        def record(res, rows: torch.Tensor, t: int) -> Observation:
+            mine = torch.zeros(B, dtype=torch.bool)
+            mine[rows] = True
+            live = mine & ~done
+            reward[rows, t] = res.reward.cpu().sum(1)[rows]
+            env_steps[rows, t] = res.valid.cpu().sum(1)[rows]
+            te, tr = res.terminated.cpu() & live, res.truncated.cpu() & live
+            term[rows, t], trunc[rows, t] = te[rows], tr[rows]
+            length[rows] += env_steps[rows, t]
+            success[:] |= te & res.success.cpu()
+            lost = res.info["failed"].cpu() & live if "failed" in res.info else torch.zeros(B, dtype=torch.bool)
+            if bool(lost.any()):  # the chunk never ran (or its results are gone): counted, not trained on
+                failed[:] |= lost
+                valid[lost, t] = False
+                tr = tr & ~lost
+            tr_rows = tr.nonzero().flatten()
             v = self._bootstrap(res.obs, tr_rows)
             if v is not None:
                 next_value[tr_rows, t] = v
-            done |= term[:, t] | trunc[:, t]
-            obs = res.obs
-            t_policy += t1 - t0
+            done[:] |= te | res.truncated.cpu() & live
+            return res.obs
+
+        used = self._pipeline(self._stages(), obs, T, act, record)
+        t_env, t_policy = self._timing
         batch = self._finish(buf, used, reward, valid, term, trunc, env_steps, next_value,
-                             success, length, tasks, inits, group, t_env, t_policy)
+                             success, length, tasks, inits, group, t_env + t_reset, t_policy)
         batch.episode_failed = failed
         return batch
 
@@ -363,29 +444,33 @@ class RolloutCollector:
         buf = _Buffer(B, T)
         reward, env_steps = torch.zeros(B, T), torch.zeros(B, T, dtype=torch.int64)
         term, trunc = torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool)
+        valid = torch.ones(B, T, dtype=torch.bool)
         next_value = torch.zeros(B, T)
         ep_success, ep_len, ep_task, ep_init, ep_failed = [], [], [], [], []
-        t_env = t_policy = 0.0
-        rows = torch.arange(B)
+        t_reset = 0.0
         if self._obs is None:
+            t0 = time.perf_counter()
             tasks, inits = self.sample_starts(B)
             self._obs = env.reset(tasks, inits)
             self._len.zero_()
             self._task, self._init = tasks.clone(), inits.clone()
-        obs = self._obs
-        for t in range(T):
-            t0 = time.perf_counter()
-            actions = self._act(buf, obs, rows, t)
-            t1 = time.perf_counter()
-            res = env.step_chunk(actions.to(env.device))
-            t_env += time.perf_counter() - t1
-            t_policy += t1 - t0
-            reward[:, t] = res.reward.cpu().sum(1)
-            env_steps[:, t] = res.valid.cpu().sum(1)
-            term[:, t], trunc[:, t] = res.terminated.cpu(), res.truncated.cpu()
-            self._len += env_steps[:, t]
-            ended = term[:, t] | trunc[:, t]
-            tr_rows = trunc[:, t].nonzero().flatten()
+            t_reset = time.perf_counter() - t0
+        self._reset_s = 0.0
+
+        def act(obs: Observation, rows: torch.Tensor, t: int):
+            return self._act(buf, obs, rows, t), rows
+
+        def record(res, rows: torch.Tensor, t: int) -> Observation:
+            mine = torch.zeros(B, dtype=torch.bool)
+            mine[rows] = True
+            reward[rows, t] = res.reward.cpu().sum(1)[rows]
+            env_steps[rows, t] = res.valid.cpu().sum(1)[rows]
+            term[rows, t], trunc[rows, t] = res.terminated.cpu()[rows], res.truncated.cpu()[rows]
+            self._len[rows] += env_steps[rows, t]
+            ended = (term[:, t] | trunc[:, t]) & mine
+            lost = res.info["failed"].cpu() & mine if "failed" in res.info else torch.zeros(B, dtype=torch.bool)
+            valid[lost, t] = False  # the chunk never ran (or its results are gone): counted, not trained on
+            tr_rows = (trunc[:, t] & mine & ~lost).nonzero().flatten()
             v = self._bootstrap(res.obs, tr_rows)
             if v is not None:
                 next_value[tr_rows, t] = v
@@ -393,8 +478,7 @@ class RolloutCollector:
             if bool(ended.any()):
                 idx = ended.nonzero().flatten()
                 ep_success.append(term[idx, t] & res.success.cpu()[idx])
-                ep_failed.append(res.info["failed"].cpu()[idx] if "failed" in res.info
-                                 else torch.zeros(idx.numel(), dtype=torch.bool))
+                ep_failed.append(lost[idx])
                 ep_len.append(self._len[idx].clone())
                 ep_task.append(self._task[idx].clone())
                 ep_init.append(self._init[idx].clone())
@@ -404,22 +488,48 @@ class RolloutCollector:
                 self._init = torch.where(ended, inits, self._init)
                 t2 = time.perf_counter()
                 obs = env.reset(tasks, inits, mask=ended.to(env.device))
-                t_env += time.perf_counter() - t2
-        self._obs = obs
+                self._reset_s += time.perf_counter() - t2
+            return obs
+
+        stages = self._stages()
+        self._pipeline(stages, self._obs, T, act, record)
+        t_env, t_policy = self._timing
+        obs = self._obs = merge_obs(self._stage_obs, stages)
+        rows = torch.arange(B)
         last = self._bootstrap(obs, rows)
         if last is not None:
             cont = ~(term[:, -1] | trunc[:, -1])
             next_value[:, -1] = torch.where(cont, last, next_value[:, -1])
-        valid = torch.ones(B, T, dtype=torch.bool)
 
         def cat(xs, dtype):
             return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
 
         batch = self._finish(buf, T, reward, valid, term, trunc, env_steps, next_value,
                              cat(ep_success, torch.bool), cat(ep_len, torch.int64), cat(ep_task, torch.int64),
-                             cat(ep_init, torch.int64), None, t_env, t_policy)
+                             cat(ep_init, torch.int64), None, t_env + t_reset, t_policy)
         batch.episode_failed = cat(ep_failed, torch.bool)
         return batch
+
+
+def merge_obs(stage_obs: list[Observation], stages: list[torch.Tensor]) -> Observation:
+    """One observation of every env from per-stage observations (each current on its own stage's rows)."""
+    if len(stage_obs) == 1:
+        return stage_obs[0]
+    out: Observation = {}
+    for k, v in stage_obs[0].items():
+        if isinstance(v, list):
+            merged = list(v)
+            for o, rows in zip(stage_obs, stages):
+                for i in rows.tolist():
+                    merged[i] = o[k][i]
+            out[k] = merged
+        else:
+            merged = v.clone()
+            for o, rows in zip(stage_obs, stages):
+                idx = rows.to(v.device)
+                merged[idx] = o[k][idx]
+            out[k] = merged
+    return out
 
 
 _PER_EPISODE = ("episode_success", "episode_length", "episode_task", "episode_init", "episode_failed")
@@ -457,6 +567,8 @@ def cat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
             out[f.name] = torch.cat(groups) if groups else None
         elif f.name == "timing":
             out[f.name] = {k: sum(x.get(k, 0.0) for x in xs) for k in xs[0]}
+        elif f.name == "lost_episodes":
+            out[f.name] = sum(xs)
         else:
             out[f.name] = stack(xs, f.name not in _PER_EPISODE)
     return RolloutBatch(**out)
@@ -474,9 +586,12 @@ def select_rows(batch: RolloutBatch, keep: torch.Tensor) -> RolloutBatch:
             out[f.name] = x
         elif f.name == "timing":
             out[f.name] = dict(x)
+        elif f.name == "lost_episodes":
+            out[f.name] = x
         else:
             out[f.name] = None if x is None else x[idx]
     return RolloutBatch(**out)
 
 
-__all__ = ["RolloutCollector", "RolloutConfig", "cat_batches", "rollout_env_kwargs", "select_obs", "select_rows"]
+__all__ = ["RolloutCollector", "RolloutConfig", "cat_batches", "merge_obs", "rollout_env_kwargs", "select_obs",
+           "select_rows"]

@@ -29,6 +29,7 @@ from reinforge.algos.grpo import GRPO, GRPOConfig, dynamic_sampling_keep, flat_g
 from reinforge.algos.ppo import PPO, PPOConfig
 from reinforge.config import check, plain
 from reinforge.device import Precision, autocast, check_precision, resolve_device
+from reinforge.distributed import DistributedConfig, make_distributed_collector
 from reinforge.envs import EnvConfig, make_env
 from reinforge.policies import load_pretrained
 from reinforge.progress import ProgressBar
@@ -92,6 +93,8 @@ class RLConfig:
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
     # sim-real co-training (RL-Co): an SFT loss on real demonstrations in every gradient step
     cotrain: CotrainConfig = field(default_factory=CotrainConfig)
+    # where rollouts run: in this process (backend: none) or in Ray env / rollout workers (reinforge.distributed)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint_every: int = 5
     resume: bool = True
     seed: int = 0
@@ -184,12 +187,19 @@ class RLTrainer:
             from reinforge.eval.evaluate import env_spec
 
             limit = env_spec(cfg.env, image_size=self.policy.config.image_size).max_episode_steps
-        env = make_env(cfg.env, **rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed, limit))
-        self.collector = RolloutCollector(env, self.policy, cfg.rollout,
-                                          cache_features=cfg.freeze_vision or cfg.freeze_backbone,
-                                          cache_prefix=cfg.freeze_backbone and self.policy.cacheable_prefix,
-                                          need_values=cfg.algo == "ppo", seed=cfg.seed, logprob=self.algo.logprob)
-        self.eval_env, self.eval_spec = self._eval_env(env.spec)
+        env_kwargs = rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed, limit)
+        collector_kw = {"cache_features": cfg.freeze_vision or cfg.freeze_backbone,
+                        "cache_prefix": cfg.freeze_backbone and self.policy.cacheable_prefix,
+                        "need_values": cfg.algo == "ppo", "logprob": self.algo.logprob}
+        if cfg.distributed.enabled:
+            trained = [p for g in opt.param_groups for p in g["params"]]
+            self.collector = make_distributed_collector(cfg.distributed, env=cfg.env, env_kwargs=env_kwargs,
+                                                        policy=self.policy, rollout=cfg.rollout, trained=trained,
+                                                        seed=cfg.seed, **collector_kw)
+        else:
+            self.collector = RolloutCollector(make_env(cfg.env, **env_kwargs), self.policy, cfg.rollout,
+                                              seed=cfg.seed, **collector_kw)
+        self.eval_env, self.eval_spec = self._eval_env(self.collector.env.spec)
         if self.algo.anchor is not None:
             self.cotrain_env = self._cotrain_env(self.algo.anchor.ds)
         if state is not None:
@@ -200,6 +210,9 @@ class RLTrainer:
     # settings a resumed run cannot change: what is learned where, and the shape of the optimizer / rollouts
     RESUME_FIXED = ("algo", "env.name", "env.suite", "freeze_vision", "freeze_backbone", "rollout.mode",
                     "rollout.num_envs", "flow_sampler", "flow_noise_min", "flow_noise_max")
+    # ... and, for auto-reset runs whose envs keep running across the checkpoint, where those envs live
+    RESUME_FIXED_AUTORESET = ("distributed.backend", "distributed.env_workers", "distributed.rollout_workers",
+                              "distributed.placement", "rollout.pipeline_stages")
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         old = dict(state.get("config", {}))
@@ -207,7 +220,7 @@ class RLTrainer:
             old["env"] = {"name": "tabletop", "suite": old.pop("suite")}
         new = plain(asdict(self.cfg))
         changes = [c for c in config_changes(old, new) if c[0] not in ("resume", "init")] if old else []
-        fixed = self.RESUME_FIXED if self.cfg.rollout.mode == "autoreset" else tuple(
+        fixed = self.RESUME_FIXED + self.RESUME_FIXED_AUTORESET if self.cfg.rollout.mode == "autoreset" else tuple(
             k for k in self.RESUME_FIXED if k != "rollout.num_envs")
         refuse_changes(changes, fixed, self.out)
         self.resume_changes = changes
@@ -296,7 +309,7 @@ class RLTrainer:
         self.env_steps += steps
         t_env = sum(b.timing["time/env_s"] for b in rounds)
         t_pol = sum(b.timing["time/policy_s"] for b in rounds)
-        failed = sum(int(b.episode_failed.sum()) for b in rounds if b.episode_failed is not None)
+        failed = sum(int(b.episode_failed.sum()) + b.lost_episodes for b in rounds if b.episode_failed is not None)
         m = {"rollout/success_rate": float(succ.mean()) if succ.numel() else 0.0,
              "rollout/failed_episodes": float(failed),
              "rollout/episodes": float(succ.numel()),
@@ -307,6 +320,7 @@ class RLTrainer:
         m["rollout/return"] = float(ret.mean()) if ret.numel() else 0.0  # per env row (one episode when episodic)
         if batch is not None:
             m["rollout/samples"] = float(batch.num_samples)
+        m.update(self.collector.metrics())
         if self.cfg.rollout.task_assignment == "adaptive":
             w = self.collector.task_weights()
             m["rollout/task_weight_ratio"] = float(w.max() / w.min())  # most / least sampled task
@@ -330,6 +344,8 @@ class RLTrainer:
                 metrics.update(self.algo.update(batch, train_policy=self.iteration >= self.cfg.ppo.critic_warmup))
             else:
                 metrics.update(self.algo.update(batch))
+        if batch is not None:
+            self.collector.on_update()  # rollout workers get the new weights before the next rollout
         if self.algo.adaptive_lr is not None:
             metrics["train/lr_after"] = self.algo.adaptive_lr.lr  # where the KL-adaptive lr left the actor
         t2 = time.perf_counter()
@@ -471,7 +487,7 @@ class RLTrainer:
             self._locked = False
             fsutil.unlock_run(self.out)
         if hasattr(self, "collector"):
-            self.collector.env.close()
+            self.collector.close()
 
     def __enter__(self) -> RLTrainer:
         return self

@@ -1,0 +1,65 @@
+"""Starting and joining Ray (the only place that calls ``ray.init``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from reinforge.distributed import RayInitConfig
+
+log = logging.getLogger(__name__)
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or an ImportError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("distributed.backend=ray needs Ray, which is not installed: pip install 'reinforge[ray]' "
+                          "(or `make ray`)") from None
+    return ray
+
+
+def init_ray(cfg: RayInitConfig) -> Any:
+    """``ray.init`` from the config, once per process (an already initialised Ray is used as it is)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    # without it Ray >= 2.50 writes an auth token file; reinforge's local clusters need none
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kw: dict[str, Any] = {"namespace": cfg.namespace, "include_dashboard": cfg.include_dashboard,
+                          "log_to_driver": cfg.log_to_driver, "configure_logging": False}
+    if cfg.address:
+        kw["address"] = cfg.address
+    else:
+        if cfg.num_cpus:
+            kw["num_cpus"] = cfg.num_cpus
+        if cfg.num_gpus >= 0:
+            kw["num_gpus"] = cfg.num_gpus
+    try:
+        ray.init(**kw)
+    except ConnectionError as e:
+        raise ValueError(f"cannot reach the Ray cluster at distributed.ray.address={cfg.address!r}: {e}") from None
+    res = ray.cluster_resources()
+    log.info("Ray %s: %s CPUs, %s GPUs, %d node(s)", ray.__version__, res.get("CPU", 0), res.get("GPU", 0),
+             len([n for n in ray.nodes() if n.get("Alive")]))
+    return ray
+
+
+def placement_group(ray: Any, bundles: list[dict[str, float]], strategy: str, timeout_s: float = 120.0) -> Any:
+    """A placement group reserving ``bundles``; a clear error when the cluster cannot hold them."""
+    from ray.util.placement_group import placement_group as make_pg
+
+    bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in bundles]
+    pg = make_pg(bundles, strategy=strategy)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+        need = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+        raise ValueError(f"the Ray cluster cannot place the workers ({len(bundles)} bundles, {need} in all; it has "
+                         f"{ray.cluster_resources()}): lower distributed.*_cpus / *_gpus or the worker counts, or "
+                         "raise distributed.ray.num_cpus")
+    return pg
