@@ -24,7 +24,7 @@ from reinforge.distributed import DistributedConfig
 from reinforge.distributed.env_worker import EnvWorker
 from reinforge.distributed.remote_env import RemoteVecEnv
 from reinforge.distributed.rollout_worker import RolloutWorker
-from reinforge.distributed.runtime import import_ray, init_ray, placement_group
+from reinforge.distributed.runtime import import_ray, init_ray, placement_group, wait_for_pid
 from reinforge.envs import EnvConfig
 from reinforge.policies import Policy
 from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches
@@ -193,16 +193,21 @@ class DistributedCollector:
         except (RayActorError, ActorUnavailableError, self.ray.exceptions.GetTimeoutError) as e:
             if isinstance(e, self.ray.exceptions.GetTimeoutError):
                 self.ray.kill(self.rollout_workers[i], no_restart=False)
-            try:
-                pid = self.ray.get(self.rollout_workers[i].info.remote(), timeout=self.dcfg.worker_timeout_s)["pid"]
-            except Exception as e2:  # noqa: BLE001
-                raise RuntimeError(f"rollout worker {i} died and could not be restarted: {worker_error(e2)}") from None
-            if pid != self.pids[i]:
-                self.pids[i] = pid
-                self.rollout_restarts += 1
-                log.warning("rollout worker %d died; restarted as pid %d; its episodes are dropped", i, pid)
-            self.worker_version[i] = -1  # rebuilt from its first weights: send the current ones again
+            self._restarted(i)
             return None
+
+    def _restarted(self, i: int) -> None:
+        """Rollout worker ``i`` died or came back without the current weights: count the restart (once per new
+        pid) and send it the weights again before its next rollout."""
+        try:
+            pid = wait_for_pid(self.ray, self.rollout_workers[i], self.dcfg.worker_timeout_s)
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeError(f"rollout worker {i} died and could not be restarted: {worker_error(e)}") from None
+        if pid != self.pids[i]:
+            self.pids[i] = pid
+            self.rollout_restarts += 1
+            log.warning("rollout worker %d died; restarted as pid %d; its episodes are dropped", i, pid)
+        self.worker_version[i] = -1  # rebuilt from its first weights: send the current ones again
 
     # ------------------------------------------------------------ rollouts
 
@@ -240,6 +245,8 @@ class DistributedCollector:
             b = self._rollout_call(i, lambda w, r=ref: r)
             if b is None:
                 lost += self.sub_envs  # at least one episode per env was running
+            elif isinstance(b, str):  # restarted before this rollout: it ran nothing; it gets the weights next time
+                self._restarted(i)
             else:
                 batches.append(b)
         self.lost += lost

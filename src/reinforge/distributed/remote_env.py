@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from reinforge.distributed.runtime import import_ray
+from reinforge.distributed.runtime import import_ray, wait_for_pid
 from reinforge.envs import ChunkResult, VecEnv
 from reinforge.types import Observation, StepResult
 
@@ -66,13 +66,14 @@ class RemoteVecEnv(VecEnv):
 
     def _fault(self, k: int, why: str) -> None:
         """Worker ``k`` failed a call: wait for Ray to restart it and count the restart (once per new pid)."""
-        ray = self.ray
         try:
-            pid = ray.get(self.workers[k].info.remote(), timeout=self.timeout_s)["pid"]
+            pid = wait_for_pid(self.ray, self.workers[k], self.timeout_s)
         except Exception as e:  # noqa: BLE001 - a dead actor raises one of several Ray errors
-            raise RuntimeError(f"env worker {k} {why} and could not be restarted ({type(e).__name__}); it was "
-                               f"restarted {self.restarts[k]} times before (distributed.max_restarts="
-                               f"{self.max_restarts})") from None
+            from reinforge.distributed.collector import worker_error
+
+            raise RuntimeError(f"env worker {k} {why} and could not be restarted: {worker_error(e)} (restarted "
+                               f"{self.restarts[k]} times before; distributed.max_restarts={self.max_restarts})"
+                               ) from None
         if pid != self.pids[k]:
             self.restarts[k] += 1
             self.pids[k] = pid

@@ -54,19 +54,18 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def _check(self, version: int) -> None:
-        if version != self.version:
-            raise RuntimeError(f"rollout asked for policy version {version}, this worker holds {self.version}")
-
     def run_episodes(self, version: int, tasks: torch.Tensor, inits: torch.Tensor, group: torch.Tensor
-                     ) -> RolloutBatch:
-        self._check(version)
+                     ) -> RolloutBatch | str:
+        """The rollout, or ``"stale"`` when this worker does not hold weights ``version`` (it was restarted)."""
+        if version != self.version:
+            return "stale"
         self.policy.eval()
         with torch.no_grad():
             return self.collector.run_episodes(tasks, inits, group)
 
-    def run_autoreset(self, version: int) -> RolloutBatch:
-        self._check(version)
+    def run_autoreset(self, version: int) -> RolloutBatch | str:
+        if version != self.version:
+            return "stale"
         self.policy.eval()
         batch = self.collector.run_autoreset()
         if self.collector.cfg.task_assignment == "adaptive":

@@ -59,7 +59,25 @@ def placement_group(ray: Any, bundles: list[dict[str, float]], strategy: str, ti
 
         remove_placement_group(pg)
         need = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
-        raise ValueError(f"the Ray cluster cannot place the workers ({len(bundles)} bundles, {need} in all; it has "
-                         f"{ray.cluster_resources()}): lower distributed.*_cpus / *_gpus or the worker counts, or "
+        free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+        raise ValueError(f"the Ray cluster cannot place the workers ({len(bundles)} bundles, {need} in all; "
+                         f"available: {free}): lower distributed.*_cpus / *_gpus or the worker counts, or "
                          "raise distributed.ray.num_cpus")
     return pg
+
+
+def wait_for_pid(ray: Any, handle: Any, timeout_s: float) -> int:
+    """The process id of actor ``handle`` once it answers: a crashed actor is unavailable while Ray restarts it
+    (retried here); a dead one (restarts exhausted, or its constructor failed) raises."""
+    import time
+
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(handle.info.remote(), timeout=max(1.0, deadline - time.monotonic()))["pid"]
+        except (ActorUnavailableError, GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -152,6 +152,10 @@ class RolloutCollector:
         spec = env.spec
         if env.num_envs != cfg.envs:
             raise ValueError(f"the rollout config asks for {cfg.envs} envs but the env holds {env.num_envs}")
+        if cfg.pipeline_stages > 1 and not env.async_steps:
+            raise ValueError(f"rollout.pipeline_stages={cfg.pipeline_stages} overlaps env stepping with policy "
+                             "inference, which needs envs stepping in other processes (distributed.backend: ray); "
+                             "set it to 1")
         policy.bind_env(spec)  # dims must match (a unified-space policy acts as the env's embodiment)
         n = spec.num_tasks
         self.tasks = list(cfg.tasks) or list(range(n))
@@ -309,9 +313,6 @@ class RolloutCollector:
         S = self.cfg.pipeline_stages
         if S == 1:
             return [torch.arange(self.env.num_envs)]
-        if not self.env.async_steps:
-            raise ValueError(f"rollout.pipeline_stages={S} overlaps env stepping with policy inference, which needs "
-                             "envs that step in other processes (distributed.backend: ray); set it to 1")
         return [r.cpu() for r in self.env.pipeline_stages(S)]
 
     def _pipeline(self, stages: list[torch.Tensor], obs: Observation, T: int, act, record) -> int:
