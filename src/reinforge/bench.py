@@ -7,6 +7,7 @@ import dataclasses
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -120,13 +121,15 @@ def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, r
 
 def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, freeze_vision: bool = True,
              init: str | None = None, env: EnvConfig | None = None, seed: int = 0, device: str = "cpu",
-             precision: str = "fp32", num_envs: int | None = None) -> dict[str, Any]:
+             precision: str = "fp32", num_envs: int | None = None, extra: Sequence[str] = (),
+             layout: str = "in-process") -> dict[str, Any]:
     """RL throughput of the shipped preset (``tabletop_<algo>_<policy>``) through ``RLTrainer``'s own iteration:
     env steps per second during rollouts (simulation + policy inference), seconds per update and per gradient
     step. GRPO runs one rollout round per iteration (dynamic sampling off, so every iteration updates).
 
     Without ``init`` the policy is freshly initialised for the env's layout: it never succeeds, so every episode
-    runs to the time limit (the slowest case for rollouts)."""
+    runs to the time limit (the slowest case for rollouts). ``extra``: more dotted config overrides (e.g. the
+    ``distributed`` section of a Ray layout, named ``layout`` in the row)."""
     from reinforge.config import load_config
     from reinforge.policies import PolicyConfig, load_pretrained, make_policy
     from reinforge.train.quickstart import QUICKSTART_CONFIGS, resolve_config
@@ -151,6 +154,7 @@ def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, fr
         if num_envs is not None:
             overrides.append(("rollout.num_envs=" if algo == "ppo" else "rollout.num_groups=")
                              + str(num_envs if algo == "ppo" else max(1, num_envs // 8)))
+        overrides += list(extra)
         cfg = load_config(RLConfig, resolve_config(QUICKSTART_CONFIGS[(algo, kind)]), overrides)
         rows = []
         with RLTrainer(cfg) as trainer:
@@ -162,7 +166,7 @@ def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, fr
                     rows.append((m["rollout/env_steps"], m["time/rollout_s"], m["time/update_s"], n_grad,
                                  m["rollout/samples"]))
     steps, t_roll, t_upd, n_grad, samples = (sum(r[k] for r in rows) for k in range(5))
-    return {"policy": kind, "algo": algo, "env": f"{env.name}/{env.suite}", "device": device,
+    return {"layout": layout, "policy": kind, "algo": algo, "env": f"{env.name}/{env.suite}", "device": device,
             "precision": precision, "freeze_vision": freeze_vision, "envs": cfg.rollout.envs,
             "env_steps_per_s": round(steps / t_roll, 1), "rollout_s": round(t_roll / len(rows), 2),
             "update_s": round(t_upd / len(rows), 2), "grad_step_s": round(t_upd / n_grad, 3),

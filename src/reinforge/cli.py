@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -157,9 +158,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.what == "rl":
         freeze = {"both": (True, False), "on": (True,), "off": (False,)}[args.freeze_vision]
+        layouts: list[tuple[str, list[str]]] = [("in-process", [])]
+        if args.ray:  # the same iterations in process and on Ray with each number of env workers
+            freeze = freeze[:1]
+            for n in (int(w) for w in args.env_workers.split(",")):
+                label = f"ray {n} env worker{'s' if n > 1 else ''}"
+                over = ["distributed.backend=ray", f"distributed.env_workers={n}",
+                        f"distributed.ray.num_cpus={max(os.cpu_count() or 1, n + args.rollout_workers)}"]
+                if args.rollout_workers:
+                    label += f", {args.rollout_workers} rollout worker(s) ({args.placement})"
+                    over += [f"distributed.rollout_workers={args.rollout_workers}",
+                             f"distributed.placement={args.placement}"]
+                for stages in sorted({1, args.pipeline_stages}):
+                    layouts.append((label + (f", {stages} pipeline stages" if stages > 1 else ""),
+                                    [*over, f"rollout.pipeline_stages={stages}"]))
         rows = [bench_rl(args.policy, args.algo, iterations=args.iterations, freeze_vision=f, init=args.init,
                          env=_env_config(args), device=args.device, precision=args.precision,
-                         num_envs=args.rl_envs) for f in freeze]
+                         num_envs=args.rl_envs, extra=[*over, *args.set], layout=label)
+                for label, over in layouts for f in freeze]
         _print_rows(rows, f"RL throughput: {args.algo.upper()} on the {args.policy} policy ({rows[0]['device']})",
                     args.json)
     elif args.what == "env":
@@ -559,6 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rl-envs", type=int, default=None, help="rl benchmark: envs per rollout (default: the preset's)")
     b.add_argument("--device", default="cpu", help=device_help)
     b.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="rl benchmark: bf16 autocast (CUDA)")
+    b.add_argument("--ray", action="store_true", help="rl benchmark: also on Ray, with each of --env-workers "
+                   "(needs pip install 'reinforge[ray]')")
+    b.add_argument("--env-workers", default="1,2", help="rl benchmark with --ray: comma list of env worker counts")
+    b.add_argument("--rollout-workers", type=int, default=0,
+                   help="rl benchmark with --ray: policy inference in this many actors (0: in the learner)")
+    b.add_argument("--placement", default="disaggregated", choices=("disaggregated", "collocated"),
+                   help="rl benchmark with --ray and --rollout-workers: where the envs step")
+    b.add_argument("--pipeline-stages", type=int, default=1,
+                   help="rl benchmark with --ray: also with the envs split into this many pipeline stages")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="rl benchmark: a config override for every row (repeatable), e.g. rollout.max_episode_steps=40")
     b.add_argument("--batch", type=int, default=512, help="policy benchmark: observations per act() call")
     b.add_argument("--num-envs", type=int, default=256)
     b.add_argument("--workers", default=None, help="env benchmark: comma list of worker counts (envs that use "

@@ -22,10 +22,21 @@ def to_cpu(obs: Observation) -> Observation:
     return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in obs.items()}
 
 
+def limit_threads(n: int) -> None:
+    """At most ``n`` compute threads in this worker (torch and, when installed, numba's pool): workers sharing a
+    node must not each spawn one thread per core."""
+    torch.set_num_threads(n)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 class EnvWorker:
     def __init__(self, env: EnvConfig, kwargs: dict[str, Any], sizes: list[int], seed: int, threads: int = 1):
         if threads:
-            torch.set_num_threads(threads)
+            limit_threads(threads)
         self.envs = [make_env(env, **{**kwargs, "num_envs": n, "seed": seed + 7919 * s}) for s, n in enumerate(sizes)]
         self.ready = [False] * len(sizes)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from reinforge.distributed.env_worker import limit_threads
 from reinforge.envs import make_env
 from reinforge.policies import PolicyConfig, make_policy
 from reinforge.policies.base import Normalizer
@@ -24,7 +25,7 @@ class RolloutWorker:
     def __init__(self, policy: tuple[PolicyConfig, Normalizer, dict[str, torch.Tensor]], rollout: RolloutConfig,
                  collector_kw: dict[str, Any], env: tuple, *, seed: int, threads: int = 1, device: str = "cpu"):
         if threads:
-            torch.set_num_threads(threads)
+            limit_threads(threads)
         config, normalizer, state = policy
         self.policy = make_policy(config, normalizer)
         self.policy.load_state_dict(state)

@@ -13,6 +13,7 @@ The env never resets itself: reset finished envs with ``reset(..., mask=done)``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import fields
 
 import numpy as np
@@ -71,7 +72,7 @@ class TabletopEnv(VecEnv):
                  render_backend: Backend = "auto",
                  max_episode_steps: int | None = None, init_bank: InitBank = "eval",
                  device: str | torch.device = "cpu", seed: int = 0, domain: str = "sim", perturb: str = "",
-                 end_on_success: bool = True, embodiment: str = DEFAULT_ROBOT):
+                 end_on_success: bool = True, embodiment: str = DEFAULT_ROBOT, step_delay_ms: float = 0.0):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.suite = suite if isinstance(suite, Suite) else get_suite(suite, split)
@@ -94,6 +95,9 @@ class TabletopEnv(VecEnv):
             raise ValueError(f"unknown init_bank {init_bank!r}; use one of {list(INIT_BANKS)}")
         self.init_bank = init_bank
         self.end_on_success = bool(end_on_success)
+        if step_delay_ms < 0:
+            raise ValueError(f"step_delay_ms must be >= 0, got {step_delay_ms}")
+        self.step_delay_s = float(step_delay_ms) / 1000
         self.robot = make_robot(embodiment)
         emb = self.robot.embodiment
         if perturb and perturb not in PERTURBATIONS:
@@ -215,6 +219,7 @@ class TabletopEnv(VecEnv):
         self._require_reset("step()")
         a = self._check_actions(actions, (self.num_envs, self.action_dim))
         success, terminated, truncated = self._advance(a)
+        self._delay(self.num_envs)
         return StepResult(obs=self._observe(), reward=success.float(), terminated=terminated,
                           truncated=truncated, success=success, info={"elapsed": self.elapsed.clone()})
 
@@ -246,7 +251,13 @@ class TabletopEnv(VecEnv):
             if bool(done.all()):
                 break
         success = self.success()
+        self._delay(int(valid.sum()))
         return ChunkResult(self._observe(), reward, valid, term, trunc, success)
+
+    def _delay(self, env_steps: int) -> None:
+        """``step_delay_ms`` per executed env step: the cost of a slow simulator, for scaling benchmarks."""
+        if self.step_delay_s and env_steps:
+            time.sleep(self.step_delay_s * env_steps)
 
     def _advance(self, a: torch.Tensor, alive: torch.Tensor | None = None):
         d = self.domain

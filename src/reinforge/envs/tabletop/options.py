@@ -27,8 +27,12 @@ class TabletopOptions:
     # the robot (robots.py; layouts in `reinforge embodiments`): franka (cartesian, LIBERO's 7-dim layout),
     # scara (joint-space, 5-dim), widowx (cartesian, position-controlled gripper, 5-dim)
     embodiment: str = "franka"
+    # sleep this long per executed env step: stands in for a slow simulator (LIBERO with cameras: ~100-300 ms per
+    # step and process) in scaling benchmarks (`reinforge bench rl --ray`); 0 = the world's own speed
+    step_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
+        check(self.step_delay_ms >= 0, "env.step_delay_ms", self.step_delay_ms, "must be >= 0")
         check(self.render_backend in ("auto", "numba", "torch", "triton"), "env.render_backend", self.render_backend,
               "must be auto|numba|torch|triton")
         check(self.perturb in ("", *PERTURBATIONS), "env.perturb", self.perturb,
