@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 LIBERO_VENV := .venv-libero
 
-.PHONY: quickstart test test-slow test-libero test-gpu lint bench clean
+.PHONY: quickstart test test-slow test-libero test-gpu ray libero-ray lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# ray (~80 MB, ~8 s) is in the test set: the `ray` tests (a killed worker, reproduction) run by default
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test,metaworld]"
+	$(BIN)/pip install --quiet -e ".[test,metaworld,ray]"
 	touch $@
 
 quickstart: $(STAMP)
@@ -48,6 +49,13 @@ $(LIBERO_VENV)/.installed: pyproject.toml
 
 test-libero: $(LIBERO_VENV)/.installed
 	MUJOCO_GL=egl $(LIBERO_VENV)/bin/python -m pytest -q -m libero
+
+# Ray for distributed runs (distributed.backend=ray) in the default venv, and in the LIBERO one
+ray: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[ray]"
+
+libero-ray: $(LIBERO_VENV)/.installed
+	$(LIBERO_VENV)/bin/pip install --quiet -e ".[libero,ray]"
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench

@@ -32,10 +32,14 @@ def test_only_the_distributed_package_imports_ray():
     assert offenders == []
 
 
-def test_an_in_process_run_never_imports_ray(tmp_path):
-    code = ("import sys; from reinforge.train.rl import RLConfig, RLTrainer; import reinforge.cli; "
+def test_an_in_process_run_never_imports_ray(tiny_init, tmp_path):
+    code = ("import sys; import reinforge.cli; from reinforge.config import load_config; "
+            "from reinforge.train.rl import RLConfig, RLTrainer; "
+            f"cfg = load_config(RLConfig, None, ['init={tiny_init}', 'out={tmp_path}', 'rollout.num_groups=1', "
+            "'rollout.group_size=2', 'rollout.max_episode_steps=3', 'grpo.dynamic_sampling=false']); "
+            "t = RLTrainer(cfg); t.train_iteration(); t.close(); "
             "assert 'ray' not in sys.modules, 'ray imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_distributed_config_errors_name_the_key():

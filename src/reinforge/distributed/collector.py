@@ -68,6 +68,10 @@ class DistributedCollector:
 
         B, S, N, M = rollout.envs, rollout.pipeline_stages, cfg.env_workers, cfg.rollout_workers
         collocated = cfg.placement == "collocated"
+        if collocated and S > 1:
+            raise ValueError("rollout.pipeline_stages > 1 overlaps env stepping in env workers with inference; with "
+                             "distributed.placement=collocated the envs step inside the rollout workers: use "
+                             "placement=disaggregated or pipeline_stages=1")
         n_env_actors = 0 if collocated else N
         if n_env_actors and n_env_actors * S > B:
             raise ValueError(f"{B} envs cannot fill {n_env_actors} env workers x {S} pipeline stages: lower "
