@@ -89,7 +89,7 @@ def _json(capsys, argv):
 def test_env_sections_validate_the_envs_own_options():
     cfg = EnvConfig.from_mapping({"name": "tabletop", "suite": "goal", "render_backend": "torch"})
     assert cfg.options == {"render": True, "render_backend": "torch", "domain": "sim", "perturb": "",
-                           "end_on_success": True, "embodiment": "franka"}
+                           "end_on_success": True, "embodiment": "franka", "step_delay_ms": 0.0}
     assert make_env(cfg, num_envs=1, image_size=16).spec.suite == "goal"
     with pytest.raises(ConfigError, match="env.render_backnd.*did you mean 'render_backend'"):
         EnvConfig.from_mapping({"name": "tabletop", "render_backnd": "torch"})
