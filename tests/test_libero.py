@@ -285,3 +285,28 @@ def test_eval_and_one_rl_iteration_through_the_commands(tmp_path, capsys):
     assert summary["iterations"] == 1 and summary[f"eval/{SUITE}/success_rate"] == 0.0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("rollout/episodes") == 2 for r in rows)
+
+
+def test_one_rl_iteration_with_libero_in_ray_env_workers(tmp_path, capsys):
+    """`reinforge train ... env.name=libero distributed.backend=ray`: the LIBERO envs live in two Ray env workers
+    (each its own LIBERO worker process) and the iteration rolls out in them."""
+    pytest.importorskip("ray")
+    import json
+
+    from reinforge.cli import main
+
+    policy = _tiny_policy_folder(tmp_path)
+    out = tmp_path / "rl"
+    argv = ["train", "tabletop_grpo_token", f"init={policy}", f"out={out}", "env.name=libero", f"env.suite={SUITE}",
+            "env.render_quality=fast", "env.settle_steps=2", "env.num_workers=1", "iterations=1",
+            "rollout.num_groups=1", "rollout.group_size=2", "rollout.tasks=[0]", "rollout.max_episode_steps=8",
+            "grpo.dynamic_sampling=false", "grpo.minibatch_size=8", "eval.episodes_per_task=1",
+            "eval.final_episodes_per_task=1", "eval.videos=0", "eval.every=0", "eval.tasks=[0]",
+            "distributed.backend=ray", "distributed.env_workers=2", "distributed.ray.num_cpus=2", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["iterations"] == 1
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    it = next(r for r in rows if "rollout/episodes" in r)
+    assert it["rollout/episodes"] == 2 and it["rollout/failed_episodes"] == 0
+    assert it["distributed/env_worker_restarts"] == 0 and it["rollout/env_steps"] == 16
