@@ -166,6 +166,38 @@ def test_a_killed_env_worker_drops_its_episodes_and_training_goes_on(ray_local, 
 
 
 @pytest.mark.ray
+def test_workers_the_cluster_cannot_hold_are_one_clear_error(ray_local, tiny_init, tmp_path):
+    with pytest.raises(ValueError, match=r"cannot place the workers .*'GPU': 2.0"):
+        RLTrainer(_cfg(tiny_init, tmp_path, *RAY, "distributed.rollout_workers=2", "distributed.rollout_worker_gpus=1"))
+
+
+@pytest.mark.ray
+def test_a_hung_env_worker_is_killed_and_replaced(ray_local, tiny_init, tmp_path):
+    cfg = _cfg(tiny_init, tmp_path, *RAY, "distributed.env_workers=2")
+    with RLTrainer(cfg) as trainer:
+        env = trainer.collector.env
+        trainer.train_iteration()  # warm: workers built, renderer loaded (a busy 2-core machine is slow at first)
+        old = env.pids[1]
+        # worker 1's env now takes 10 s per env step: its next call outlives the worker timeout (3 s here)
+        ray_local.get(env.workers[1].__ray_call__.remote(lambda self: setattr(self.envs[0], "step_delay_s", 10.0)))
+        env.timeout_s = 3.0
+        hung = trainer.train_iteration()
+        env.timeout_s = cfg.distributed.worker_timeout_s
+        after = trainer.train_iteration()
+    assert hung["rollout/failed_episodes"] == 4 and hung["distributed/env_worker_restarts"] == 1
+    assert env.pids[1] != old and after["rollout/failed_episodes"] == 0  # the rebuilt env has no delay
+
+
+@pytest.mark.ray
+def test_a_worker_past_max_restarts_stops_the_run_with_a_clear_error(ray_local, tiny_init, tmp_path):
+    cfg = _cfg(tiny_init, tmp_path, *RAY, "distributed.env_workers=2", "distributed.max_restarts=0")
+    with RLTrainer(cfg) as trainer:
+        os.kill(trainer.collector.env.pids[0], signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"env worker 0 died and could not be restarted.*max_restarts=0"):
+            trainer.train_iteration()
+
+
+@pytest.mark.ray
 @pytest.mark.parametrize("placement", ["disaggregated", "collocated"])
 def test_rollout_workers_run_the_learners_weights(ray_local, tiny_init, tmp_path, placement):
     # PPO: its critic and actor move even where no episode succeeds, so the synced weights are new ones

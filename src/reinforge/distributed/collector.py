@@ -22,7 +22,7 @@ import torch
 
 from reinforge.distributed import DistributedConfig
 from reinforge.distributed.env_worker import EnvWorker
-from reinforge.distributed.remote_env import RemoteVecEnv
+from reinforge.distributed.remote_env import RESTART_TIMEOUT_S, RemoteVecEnv
 from reinforge.distributed.rollout_worker import RolloutWorker
 from reinforge.distributed.runtime import import_ray, init_ray, placement_group, wait_for_pid
 from reinforge.envs import EnvConfig
@@ -204,7 +204,7 @@ class DistributedCollector:
         """Rollout worker ``i`` died or came back without the current weights: count the restart (once per new
         pid) and send it the weights again before its next rollout."""
         try:
-            pid = wait_for_pid(self.ray, self.rollout_workers[i], self.dcfg.worker_timeout_s)
+            pid = wait_for_pid(self.ray, self.rollout_workers[i], max(self.dcfg.worker_timeout_s, RESTART_TIMEOUT_S))
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"rollout worker {i} died and could not be restarted: {worker_error(e)}") from None
         if pid != self.pids[i]:

@@ -25,6 +25,8 @@ from reinforge.types import Observation, StepResult
 
 log = logging.getLogger(__name__)
 
+RESTART_TIMEOUT_S = 300.0  # how long a crashed worker may take to come back (process start + env build)
+
 
 class _Pending:
     def __init__(self, env: RemoteVecEnv, calls: list, shape: tuple[int, int], active: torch.Tensor | None):
@@ -67,7 +69,7 @@ class RemoteVecEnv(VecEnv):
     def _fault(self, k: int, why: str) -> None:
         """Worker ``k`` failed a call: wait for Ray to restart it and count the restart (once per new pid)."""
         try:
-            pid = wait_for_pid(self.ray, self.workers[k], self.timeout_s)
+            pid = wait_for_pid(self.ray, self.workers[k], max(self.timeout_s, RESTART_TIMEOUT_S))
         except Exception as e:  # noqa: BLE001 - a dead actor raises one of several Ray errors
             from reinforge.distributed.collector import worker_error
 

@@ -52,17 +52,23 @@ def placement_group(ray: Any, bundles: list[dict[str, float]], strategy: str, ti
     from ray.util.placement_group import placement_group as make_pg
 
     bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in bundles]
+    need = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+    total = ray.cluster_resources()
+
+    def refuse(have: dict[str, float]) -> ValueError:
+        return ValueError(f"the Ray cluster cannot place the workers ({len(bundles)} bundles, {need} in all; it has "
+                          f"{have}): lower distributed.*_cpus / *_gpus or the worker counts, or raise "
+                          "distributed.ray.num_cpus / num_gpus")
+
+    if any(need[k] > total.get(k, 0) + 1e-9 for k in need):  # can never fit (an autoscaler would not help here)
+        raise refuse({k: total.get(k, 0) for k in need})
     pg = make_pg(bundles, strategy=strategy)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-    if not ready:
+    if not ready:  # fits the cluster, but not what is free now (other jobs) or not under this strategy
         from ray.util.placement_group import remove_placement_group
 
         remove_placement_group(pg)
-        need = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
-        free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
-        raise ValueError(f"the Ray cluster cannot place the workers ({len(bundles)} bundles, {need} in all; "
-                         f"available: {free}): lower distributed.*_cpus / *_gpus or the worker counts, or "
-                         "raise distributed.ray.num_cpus")
+        raise refuse({f"available {k}": v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")})
     return pg
 
 
