@@ -240,3 +240,39 @@ def test_ray_autoreset_run_resumes_exactly(ray_local, tiny_init, tmp_path):
     assert rows(tmp_path / "cut") == rows(tmp_path / "straight")
     with pytest.raises(ValueError, match="distributed.env_workers"):
         RLTrainer(_cfg(tiny_init, tmp_path / "cut", *PPO, *RAY, "distributed.env_workers=1", "iterations=4"))
+
+
+@pytest.mark.ray
+def test_rollout_workers_split_uneven_env_shards(ray_local, tiny_init, tmp_path):
+    """6 envs, 2 rollout workers over 4 env workers: each rollout worker's 3 envs are spread 2 + 1 over its own
+    env workers."""
+    cfg = _cfg(tiny_init, tmp_path, *RAY, "rollout.num_groups=2", "rollout.group_size=3",
+               "distributed.rollout_workers=2", "distributed.env_workers=4", "distributed.env_worker_cpus=0.5",
+               "distributed.rollout_worker_cpus=0.5")
+    with RLTrainer(cfg) as trainer:
+        m = trainer.train_iteration()
+    assert m["rollout/episodes"] == 6 and m["rollout/failed_episodes"] == 0
+
+
+@pytest.mark.ray
+def test_an_env_worker_that_cannot_start_says_why(ray_local, tiny_init):
+    from reinforge.distributed import make_distributed_collector
+    from reinforge.envs import EnvConfig
+    from reinforge.policies import load_pretrained
+    from reinforge.rollout import RolloutConfig
+
+    with pytest.raises(RuntimeError, match=r"env worker 0 could not start: TypeError: .*bogus"):
+        make_distributed_collector(DistributedConfig(backend="ray", env_workers=1), env=EnvConfig(),
+                                   env_kwargs={"bogus": 1, "seed": 0}, policy=load_pretrained(tiny_init),
+                                   rollout=RolloutConfig(num_groups=1, group_size=2), trained=[])
+
+
+def test_per_env_slots_of_a_rollout_worker_continue_the_learners_numbering():
+    from test_rl import collector, tiny_policy
+
+    from reinforge.rollout import RolloutConfig
+
+    cfg = RolloutConfig(mode="autoreset", num_envs=4, task_assignment="per_env", max_episode_steps=8)
+    c = collector(tiny_policy(), cfg)
+    c.slot_offset = 4  # the second of two rollout workers with 4 envs each, over a 10-task suite
+    assert c.sample_starts(4)[0].tolist() == [4, 5, 6, 7]

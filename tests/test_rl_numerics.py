@@ -64,6 +64,18 @@ def test_gae_masks_steps_after_the_episode():
     assert adv.tolist() == [[1.0, 1.0, 0.0, 0.0]], "rewards after the end neither leak back nor count"
 
 
+def test_gae_a_chunk_lost_to_a_fault_passes_nothing_back():
+    """A worker died under step 2: it is invalid and truncated with no bootstrap value; step 1 bootstraps from
+    V(s_2) (the observation step 2 acted on) and nothing of step 2's -V(s_2) leaks into steps 0-1."""
+    r = torch.tensor([[0.0, 1.0, 0.0]])
+    v = torch.tensor([[0.5, 0.5, 2.0]])
+    nv = torch.tensor([[0.5, 2.0, 0.0]])  # the collector's next values: V(s_1), V(s_2), none for the lost chunk
+    end = torch.tensor([[False, False, True]])
+    valid = torch.tensor([[True, True, False]])
+    adv, _ = gae(r, v, nv, torch.zeros_like(end), end, gamma=1.0, lam=1.0, valid=valid)
+    assert adv.tolist() == [[2.5, 2.5, 0.0]]
+
+
 def test_group_advantages_and_dynamic_sampling():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
     adv = group_advantages(rewards)

@@ -69,7 +69,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     ``values`` V(s_t), ``next_values`` V(s_{t+1}) (for a truncated step: the value of its final state);
     ``terminated`` True where s_{t+1} is terminal (no bootstrap); ``episode_end`` True where the episode
     ended at step t for any reason (terminated or truncated; cuts the recursion). Steps where ``valid`` is
-    False get zero advantage. Returns (advantages, returns = advantages + values), both (B, T).
+    False get zero advantage and pass nothing to the steps before them (padding, and a chunk lost to a simulator
+    fault, whose predecessor bootstraps from V(s_t) through ``next_values``). Returns (advantages, returns =
+    advantages + values), both (B, T).
     """
     not_term = 1.0 - terminated.to(rewards.dtype)
     not_end = 1.0 - episode_end.to(rewards.dtype)
@@ -78,6 +80,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     running = torch.zeros_like(rewards[:, 0])
     for t in range(rewards.shape[1] - 1, -1, -1):
         running = delta[:, t] + gamma * lam * not_end[:, t] * running
+        if valid is not None:
+            running = torch.where(valid[:, t], running, torch.zeros_like(running))
         adv[:, t] = running
     if valid is not None:
         adv = masked(adv, valid)

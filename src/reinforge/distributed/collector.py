@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import re
 import time
 from dataclasses import replace
@@ -24,7 +24,7 @@ from reinforge.distributed import DistributedConfig
 from reinforge.distributed.env_worker import EnvWorker
 from reinforge.distributed.remote_env import RESTART_TIMEOUT_S, RemoteVecEnv
 from reinforge.distributed.rollout_worker import RolloutWorker
-from reinforge.distributed.runtime import import_ray, init_ray, placement_group, wait_for_pid
+from reinforge.distributed.runtime import import_ray, init_ray, placement_group, stop_actors, wait_for_pid
 from reinforge.envs import EnvConfig
 from reinforge.policies import Policy
 from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches
@@ -57,8 +57,8 @@ class DistributedCollector:
     # the start sampling of the in-process collector (task assignment, adaptive weights) reads only cfg, gen,
     # tasks, task_success and env.spec, which this class has too
     sample_starts = RolloutCollector.sample_starts
-    task_weights = RolloutCollector.task_weights
     record_outcomes = RolloutCollector.record_outcomes
+    slot_offset = 0
 
     def __init__(self, cfg: DistributedConfig, *, env: EnvConfig, env_kwargs: dict[str, Any], policy: Policy,
                  rollout: RolloutConfig, trained: list[torch.nn.Parameter], seed: int = 0, **collector_kw: Any):
@@ -73,9 +73,6 @@ class DistributedCollector:
                              "distributed.placement=collocated the envs step inside the rollout workers: use "
                              "placement=disaggregated or pipeline_stages=1")
         n_env_actors = 0 if collocated else N
-        if n_env_actors and n_env_actors * S > B:
-            raise ValueError(f"{B} envs cannot fill {n_env_actors} env workers x {S} pipeline stages: lower "
-                             "distributed.env_workers or rollout.pipeline_stages")
         if M:
             units = rollout.num_groups if rollout.mode == "episodic" else rollout.num_envs
             what = "rollout.num_groups" if rollout.mode == "episodic" else "rollout.num_envs"
@@ -91,19 +88,29 @@ class DistributedCollector:
             return {"num_cpus": cpus, "num_gpus": num_gpus, "max_restarts": cfg.max_restarts, "max_task_retries": 0,
                     "scheduling_strategy": where}
 
-        # env workers: shard k of the envs, its stages; shard 0's first stage has the in-process env's seed
-        shard_sizes = split(B, n_env_actors) if n_env_actors else []
+        # env workers: shard k of the envs, its stages; shard 0's first stage has the in-process env's seed. With
+        # rollout workers, each one's B / M envs are spread over its own env workers.
+        if not n_env_actors:
+            shard_sizes = []
+        elif M:
+            shard_sizes = [n for _ in range(M) for n in split(B // M, n_env_actors // M)]
+        else:
+            shard_sizes = split(B, n_env_actors)
+        if any(n < S for n in shard_sizes):
+            raise ValueError(f"an env worker would hold fewer envs than rollout.pipeline_stages={S} (shards "
+                             f"{shard_sizes}): lower distributed.env_workers or rollout.pipeline_stages")
         stage_sizes = [split(n, S) for n in shard_sizes]
-        actor = ray.remote(EnvWorker)
-        self.env_workers = [actor.options(**options(k, cfg.env_worker_cpus)).remote(
-            env, env_kwargs, stage_sizes[k], env_kwargs.get("seed", 0) + 104729 * k, cfg.worker_threads)
-            for k in range(n_env_actors)]
         self.trained = {id(p) for p in trained}
         self.version, self.sync_s, self.sync_mb = 0, 0.0, 0.0
         self.rollout_restarts, self.lost = 0, 0
         self.local: RolloutCollector | None = None
         self.rollout_workers: list[Any] = []
+        self.env_workers: list[Any] = []
         try:
+            actor = ray.remote(EnvWorker)
+            self.env_workers = [actor.options(**options(k, cfg.env_worker_cpus)).remote(
+                env, env_kwargs, stage_sizes[k], env_kwargs.get("seed", 0) + 104729 * k, cfg.worker_threads)
+                for k in range(n_env_actors)]
             if M == 0:
                 remote = RemoteVecEnv(self.env_workers, stage_sizes, max_restarts=cfg.max_restarts,
                                       timeout_s=cfg.worker_timeout_s)
@@ -144,11 +151,11 @@ class DistributedCollector:
             self.rollout_workers.append(actor.options(**options(n_env + i, cfg.rollout_worker_cpus,
                                                                 cfg.rollout_worker_gpus)).remote(
                 weights, sub, collector_kw, where, seed=seed + 10007 * (i + 1), threads=cfg.worker_threads,
-                device=device))
+                device=device, slot_offset=i * sub.envs))
         infos = []
         for i, w in enumerate(self.rollout_workers):
             try:
-                infos.append(ray.get(w.info.remote(), timeout=cfg.worker_timeout_s))
+                infos.append(ray.get(w.info.remote(), timeout=max(cfg.worker_timeout_s, RESTART_TIMEOUT_S)))
             except Exception as e:  # noqa: BLE001 - a worker that cannot start: its own error, one line
                 raise RuntimeError(f"rollout worker {i} could not start: {worker_error(e)}") from None
         self.pids = [i["pid"] for i in infos]
@@ -160,6 +167,12 @@ class DistributedCollector:
 
             spec = env_spec(env, image_size=tuple(env_kwargs["image_size"]))
         self.env = _Workers(spec, rollout.envs)
+        self.policy.bind_env(spec)  # the learner's copy acts as the env's embodiment too (unified-space policies)
+        # one rollout call covers a whole rollout: worker_timeout_s per policy call of it (plus resets)
+        H = self.policy.config.execute_steps
+        limit = env_kwargs.get("max_episode_steps") or spec.max_episode_steps
+        calls = math.ceil(limit / H) if rollout.mode == "episodic" else rollout.chunks_per_rollout
+        self.rollout_timeout_s = cfg.worker_timeout_s * (calls + 2)
 
     # ------------------------------------------------------------ weights
 
@@ -186,12 +199,12 @@ class DistributedCollector:
         self.sync_s += time.perf_counter() - t0
         self.sync_mb = sum(v.numel() * v.element_size() for v in weights.values()) / 2**20
 
-    def _rollout_call(self, i: int, fn) -> Any:
+    def _rollout_call(self, i: int, fn, timeout_s: float | None = None) -> Any:
         """``fn(worker i)``'s result, or None when the worker died (Ray restarts it; it then needs the weights)."""
         from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
         try:
-            return self.ray.get(fn(self.rollout_workers[i]), timeout=self.dcfg.worker_timeout_s)
+            return self.ray.get(fn(self.rollout_workers[i]), timeout=timeout_s or self.dcfg.worker_timeout_s)
         except RayTaskError as e:
             raise e.as_instanceof_cause() from None
         except (RayActorError, ActorUnavailableError, self.ray.exceptions.GetTimeoutError) as e:
@@ -234,26 +247,38 @@ class DistributedCollector:
 
     def _collect_workers(self) -> RolloutBatch | None:
         self._sync()
-        M, v = len(self.rollout_workers), self.version
+        M = len(self.rollout_workers)
         if self.cfg.mode == "episodic":
             G, n = self.cfg.group_size, self.cfg.num_groups // M
             tasks, inits = self.sample_starts(self.cfg.num_groups)
-            calls = [lambda w, i=i: w.run_episodes.remote(
-                v, tasks[i * n:(i + 1) * n].repeat_interleave(G), inits[i * n:(i + 1) * n].repeat_interleave(G),
-                torch.arange(n).repeat_interleave(G)) for i in range(M)]
+
+            def call(i: int):
+                return lambda w, v=self.version: w.run_episodes.remote(
+                    v, tasks[i * n:(i + 1) * n].repeat_interleave(G), inits[i * n:(i + 1) * n].repeat_interleave(G),
+                    torch.arange(n).repeat_interleave(G))
         else:
-            calls = [lambda w: w.run_autoreset.remote(v) for _ in range(M)]
-        refs = [fn(w) for fn, w in zip(calls, self.rollout_workers)]
-        batches, lost = [], 0
-        for i, ref in enumerate(refs):
-            b = self._rollout_call(i, lambda w, r=ref: r)
-            if b is None:
-                lost += self.sub_envs  # at least one episode per env was running
-            elif isinstance(b, str):  # restarted before this rollout: it ran nothing; it gets the weights next time
-                self._restarted(i)
-            else:
-                batches.append(b)
+            def call(i: int):
+                return lambda w, v=self.version: w.run_autoreset.remote(v)
+        results: list[Any] = [None] * M
+        todo, lost = list(range(M)), 0
+        for _attempt in range(2):  # a worker restarted before its rollout ("stale") gets the weights and runs again
+            refs = {i: call(i)(self.rollout_workers[i]) for i in todo}
+            stale = []
+            for i, ref in refs.items():
+                b = self._rollout_call(i, lambda w, r=ref: r, self.rollout_timeout_s)
+                if b is None:
+                    lost += self.sub_envs  # it died during the rollout: at least one episode per env was running
+                elif isinstance(b, str):
+                    self._restarted(i)
+                    stale.append(i)
+                else:
+                    results[i] = b
+            if not stale:
+                break
+            todo = stale
+            self._sync()
         self.lost += lost
+        batches = [b for b in results if b is not None]
         if not batches:
             return None
         batch = cat_batches(batches)
@@ -295,20 +320,40 @@ class DistributedCollector:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if self.local is not None:
             return self.local.load_state_dict(state)
+        if "policy_gen" in state:
+            raise ValueError("the checkpoint was written with the policy in the learner process: resume with the "
+                             "same distributed.rollout_workers")
         self.gen.set_state(state["gen"])
+        if state["task_success"].shape != self.task_success.shape:
+            raise ValueError(f"the checkpoint tracks {state['task_success'].numel()} tasks, this rollout "
+                             f"{self.task_success.numel()}")
         self.task_success = state["task_success"].clone()
         for i in range(len(self.rollout_workers)):
             part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"worker{i}.")}
             if not part:
                 raise ValueError(f"the checkpoint has no state for rollout worker {i}: resume with the same "
                                  "distributed.rollout_workers")
-            self.ray.get(self.rollout_workers[i].load_state_dict.remote(part))
+            if self._rollout_call(i, lambda w, p=part: w.load_state_dict.remote(p)) is None:
+                raise RuntimeError(f"rollout worker {i} died while its state was being restored; rerun the command")
+
+    def task_weights(self) -> torch.Tensor:
+        """Task sampling probabilities under ``adaptive`` assignment: where the starts are drawn (the learner's
+        collector, the learner here for episodic rollout workers, the mean over auto-reset rollout workers)."""
+        if self.local is not None:
+            return self.local.task_weights()
+        if self.cfg.mode == "autoreset" and self.rollout_workers:
+            ws = [self._rollout_call(i, lambda w: w.task_weights.remote()) for i in range(len(self.rollout_workers))]
+            ws = [w for w in ws if w is not None]
+            if ws:
+                return torch.stack(ws).mean(0)
+        return RolloutCollector.task_weights(self)
 
     def close(self) -> None:
+        """Stop the workers (each first closes its envs: simulator processes) and release their placement."""
+        import contextlib
+
         ray = import_ray()
-        for w in [*getattr(self, "rollout_workers", []), *getattr(self, "env_workers", [])]:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(w, no_restart=True)
+        stop_actors(ray, [*getattr(self, "rollout_workers", []), *getattr(self, "env_workers", [])])
         self.rollout_workers, self.env_workers = [], []
         if getattr(self, "pg", None) is not None:
             from ray.util.placement_group import remove_placement_group

@@ -53,16 +53,18 @@ class EnvWorker:
         self.ready[stage] = True
         return to_cpu(obs), lost
 
-    def step_chunk(self, stage: int, actions: torch.Tensor, active: torch.Tensor | None) -> ChunkResult | None:
+    def step_chunk(self, stage: int, actions: torch.Tensor, active: torch.Tensor | None) -> ChunkResult | str:
         if not self.ready[stage]:
-            return None  # restarted since this env's last reset: its episodes are gone
+            return "not ready"  # restarted since this env's last reset: its episodes are gone
         env = self.envs[stage]
         res = env.step_chunk(actions.to(env.device), None if active is None else active.to(env.device))
         return ChunkResult(to_cpu(res.obs), res.reward.cpu(), res.valid.cpu(), res.terminated.cpu(),
                            res.truncated.cpu(), res.success.cpu(),
                            {k: v.cpu() for k, v in res.info.items() if isinstance(v, torch.Tensor)})
 
-    def snapshot(self, stage: int) -> dict[str, torch.Tensor]:
+    def snapshot(self, stage: int) -> dict[str, torch.Tensor] | str:
+        if not self.ready[stage]:
+            return "not ready"
         return self.envs[stage].snapshot()
 
     def restore(self, stage: int, snap: dict[str, torch.Tensor]) -> Observation:

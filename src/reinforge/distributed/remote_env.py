@@ -12,14 +12,13 @@ process id (``restarts``); a worker that died more than ``max_restarts`` times s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from reinforge.distributed.runtime import import_ray, wait_for_pid
+from reinforge.distributed.runtime import import_ray, stop_actors, wait_for_pid
 from reinforge.envs import ChunkResult, VecEnv
 from reinforge.types import Observation, StepResult
 
@@ -49,7 +48,14 @@ class RemoteVecEnv(VecEnv):
         if len({len(s) for s in self.sizes}) != 1:
             raise ValueError("every env worker must hold the same number of pipeline stages")
         self.num_stages = len(self.sizes[0])
-        infos = [self._call(k, lambda w: w.info.remote(), retry=True) for k in range(len(self.workers))]
+        infos = []
+        for k, w in enumerate(self.workers):  # a worker that cannot start says why, in one line
+            try:
+                infos.append(self.ray.get(w.info.remote(), timeout=max(self.timeout_s, RESTART_TIMEOUT_S)))
+            except Exception as e:  # noqa: BLE001 - its constructor failed, or it never came up
+                from reinforge.distributed.collector import worker_error
+
+                raise RuntimeError(f"env worker {k} could not start: {worker_error(e)}") from None
         self.spec = infos[0]["spec"]
         self.pids = [i["pid"] for i in infos]
         self.restarts = [0] * len(self.workers)
@@ -183,6 +189,9 @@ class RemoteVecEnv(VecEnv):
         for k, rows, a, ref in calls:
             res = self._get(k, ref)
             stepped = rows if a is None else rows[a]
+            if isinstance(res, str):  # "not ready": restarted since this env's reset (e.g. while idle)
+                self._fault(k, "was restarted")
+                res = None
             if res is None:  # the worker died (or was restarted since this env's reset): its episodes are lost
                 failed[stepped] = True
                 continue
@@ -214,16 +223,24 @@ class RemoteVecEnv(VecEnv):
         return [torch.cat([rows for _, s, rows in self.slices if s == stage]) for stage in range(n)]
 
     def snapshot(self) -> dict[str, torch.Tensor]:
+        """Every worker's envs, per stage. A stage whose worker died or restarted since its last reset has no
+        episodes to save: it is recorded as lost (``w{k}.s{s}.lost``), and its rows fail at their next step, in
+        this run and in a run resumed from the checkpoint."""
         snap = {}
-        for k, s, _ in self.slices:
-            part = self._call(k, lambda w, s=s: w.snapshot.remote(s), retry=False)
-            if part is None:
-                raise RuntimeError(f"env worker {k} died while its envs were being saved; the previous checkpoint "
-                                   "is kept: rerun the command to resume from it")
+        for k, s, rows in self.slices:
+            part = self._get(k, self.workers[k].snapshot.remote(s))
+            if isinstance(part, str):
+                self._fault(k, "was restarted")
+            if not isinstance(part, dict):
+                self._lost[rows] = True
+                snap[f"w{k}.s{s}.lost"] = torch.ones(1)
+                continue
             snap.update({f"w{k}.s{s}.{key}": v for key, v in part.items()})
         return snap
 
     def restore(self, snap: dict[str, torch.Tensor]) -> Observation:
+        lost = []
+        self._lost.zero_()
         for k, s, rows in self.slices:
             prefix = f"w{k}.s{s}."
             part = {key[len(prefix):]: v for key, v in snap.items() if key.startswith(prefix)}
@@ -231,14 +248,18 @@ class RemoteVecEnv(VecEnv):
                 raise ValueError(f"the checkpoint's env snapshot was taken with another env worker layout (no "
                                  f"{prefix}*): resume with the same distributed.env_workers and "
                                  "rollout.pipeline_stages")
+            if "lost" in part:  # its episodes were gone when the checkpoint was written: they fail at once
+                lost.append(rows)
+                continue
             obs = self._call(k, lambda w, s=s, p=part: w.restore.remote(s, p), retry=True)
             self._store(rows, obs)
-        self._lost.zero_()
+        if self._obs is None:
+            raise ValueError("the checkpoint's env snapshot holds no running envs; resume with resume=false")
+        for rows in lost:
+            self._lost[rows] = True
         return self._observation()
 
     def close(self) -> None:
         if self.owns_workers:
-            for w in self.workers:
-                with contextlib.suppress(Exception):  # already gone
-                    self.ray.kill(w, no_restart=True)
+            stop_actors(self.ray, self.workers)
         self.workers = []

@@ -23,7 +23,8 @@ from reinforge.types import RolloutBatch
 
 class RolloutWorker:
     def __init__(self, policy: tuple[PolicyConfig, Normalizer, dict[str, torch.Tensor]], rollout: RolloutConfig,
-                 collector_kw: dict[str, Any], env: tuple, *, seed: int, threads: int = 1, device: str = "cpu"):
+                 collector_kw: dict[str, Any], env: tuple, *, seed: int, threads: int = 1, device: str = "cpu",
+                 slot_offset: int = 0):
         if threads:
             limit_threads(threads)
         config, normalizer, state = policy
@@ -40,6 +41,7 @@ class RolloutWorker:
             _, handles, sizes, max_restarts, timeout_s = env
             vec = RemoteVecEnv(handles, sizes, max_restarts=max_restarts, timeout_s=timeout_s, owns_workers=False)
         self.collector = RolloutCollector(vec, self.policy, rollout, seed=seed, **collector_kw)
+        self.collector.slot_offset = slot_offset  # per_env task assignment continues the learner's slot numbering
 
     def info(self) -> dict[str, Any]:
         env = self.collector.env
@@ -72,6 +74,9 @@ class RolloutWorker:
         if self.collector.cfg.task_assignment == "adaptive":
             self.collector.record_outcomes(batch)
         return batch
+
+    def task_weights(self) -> torch.Tensor:
+        return self.collector.task_weights()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.collector.state_dict()

@@ -77,13 +77,33 @@ def wait_for_pid(ray: Any, handle: Any, timeout_s: float) -> int:
     (retried here); a dead one (restarts exhausted, or its constructor failed) raises."""
     import time
 
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
+    deadline = start + timeout_s
     while True:
         try:
             return ray.get(handle.info.remote(), timeout=max(1.0, deadline - time.monotonic()))["pid"]
         except (ActorUnavailableError, GetTimeoutError):
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+        except ActorDiedError:  # a call can reach a process that `ray.kill` is still ending: give it a moment
+            if time.monotonic() > start + 10:
+                raise
+        time.sleep(0.2)
+
+
+def stop_actors(ray: Any, actors: list[Any], timeout_s: float = 30.0) -> None:
+    """Let each actor close what it holds (simulator processes) within ``timeout_s``, then kill it for good."""
+    import contextlib
+
+    refs = []
+    for a in actors:
+        with contextlib.suppress(Exception):
+            refs.append(a.close.remote())
+    if refs:
+        with contextlib.suppress(Exception):
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for a in actors:
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(a, no_restart=True)

@@ -171,6 +171,7 @@ class RolloutCollector:
         self._init = torch.zeros(cfg.envs, dtype=torch.int64)
         self.task_success = torch.zeros(len(self.tasks), dtype=torch.float64)  # "adaptive": running success rates
         self.instructions = spec.instructions
+        self.slot_offset = 0  # per_env: the global index of this collector's first env slot (rollout workers)
         self._timing, self._reset_s = (0.0, 0.0), 0.0  # (env s, policy s) of the last pipeline; resets inside it
         self._stage_obs: list[Observation] = []
 
@@ -227,7 +228,7 @@ class RolloutCollector:
         else:
             pick = torch.randint(0, len(self.tasks), (n,), generator=self.gen)
         if self.cfg.task_assignment == "per_env":
-            pick = torch.arange(n) % len(self.tasks)
+            pick = (torch.arange(n) + self.slot_offset) % len(self.tasks)
         tasks = torch.tensor(self.tasks)[pick]
         high = self.env.spec.num_init_states or 2**31 - 1
         return tasks, torch.randint(0, high, (n,), generator=self.gen)

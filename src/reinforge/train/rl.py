@@ -209,15 +209,20 @@ class RLTrainer:
 
     # settings a resumed run cannot change: what is learned where, and the shape of the optimizer / rollouts
     RESUME_FIXED = ("algo", "env.name", "env.suite", "freeze_vision", "freeze_backbone", "rollout.mode",
-                    "rollout.num_envs", "flow_sampler", "flow_noise_min", "flow_noise_max")
+                    "rollout.num_envs", "flow_sampler", "flow_noise_min", "flow_noise_max",
+                    "distributed.rollout_workers")  # rollout workers keep their own generators
     # ... and, for auto-reset runs whose envs keep running across the checkpoint, where those envs live
-    RESUME_FIXED_AUTORESET = ("distributed.backend", "distributed.env_workers", "distributed.rollout_workers",
-                              "distributed.placement", "rollout.pipeline_stages")
+    RESUME_FIXED_AUTORESET = ("distributed.backend", "distributed.env_workers", "distributed.placement",
+                              "rollout.pipeline_stages")
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         old = dict(state.get("config", {}))
         if "env" not in old and "suite" in old:  # runs written before the env section existed
             old["env"] = {"name": "tabletop", "suite": old.pop("suite")}
+        if old:  # runs written before Ray scale-out ran in process, one pipeline stage
+            old.setdefault("distributed", plain(asdict(DistributedConfig())))
+            if isinstance(old.get("rollout"), dict):
+                old["rollout"] = {"pipeline_stages": 1, **old["rollout"]}
         new = plain(asdict(self.cfg))
         changes = [c for c in config_changes(old, new) if c[0] not in ("resume", "init")] if old else []
         fixed = self.RESUME_FIXED + self.RESUME_FIXED_AUTORESET if self.cfg.rollout.mode == "autoreset" else tuple(
