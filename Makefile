@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 LIBERO_VENV := .venv-libero
 
-.PHONY: quickstart test test-slow test-libero test-gpu ray libero-ray lint bench clean
+.PHONY: quickstart test test-slow test-libero test-gpu ray oft libero-ray lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# ray (~80 MB, ~8 s) is in the test set: the `ray` tests (a killed worker, reproduction) run by default
+# ray (~80 MB, ~8 s) and transformers (~12 s) are in the test set: the `ray` tests (a killed worker,
+# reproduction) and the OpenVLA-OFT style policy's tests run by default
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test,metaworld,ray]"
+	$(BIN)/pip install --quiet -e ".[test,metaworld,ray,oft]"
 	touch $@
 
 quickstart: $(STAMP)
@@ -53,6 +54,10 @@ test-libero: $(LIBERO_VENV)/.installed
 # Ray for distributed runs (distributed.backend=ray) in the default venv, and in the LIBERO one
 ray: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[ray]"
+
+# transformers for the OpenVLA-OFT style policy (policy kind oft)
+oft: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[oft]"
 
 libero-ray: $(LIBERO_VENV)/.installed
 	$(LIBERO_VENV)/bin/pip install --quiet -e ".[libero,ray]"

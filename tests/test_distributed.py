@@ -268,9 +268,8 @@ def test_an_env_worker_that_cannot_start_says_why(ray_local, tiny_init):
 
 
 def test_per_env_slots_of_a_rollout_worker_continue_the_learners_numbering():
-    from test_rl import collector, tiny_policy
-
     from reinforge.rollout import RolloutConfig
+    from test_rl import collector, tiny_policy
 
     cfg = RolloutConfig(mode="autoreset", num_envs=4, task_assignment="per_env", max_episode_steps=8)
     c = collector(tiny_policy(), cfg)

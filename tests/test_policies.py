@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -9,6 +11,10 @@ from reinforge.config import ConfigError, load_config
 from reinforge.envs import TabletopEnv
 from reinforge.policies import Normalizer, PolicyConfig, load_pretrained, make_policy
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
+
+# the OpenVLA-OFT style policy (transformers' Llama + DINOv2 + SigLIP, tiny random towers) passes the same tests
+OFT = pytest.param("oft", marks=pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                                   reason="needs transformers (pip install reinforge[oft])"))
 
 SMALL = dict(image_size=(32, 32), d_model=32, heads=2, fusion_layers=1, channels=(16, 16), horizon=4,
              execute_steps=3, num_steps=4)
@@ -29,6 +35,8 @@ def _policy(kind, **kw):
 @pytest.mark.parametrize("kind,mode,extra", [
     ("token", "sample", {"temperature": 1.6}), ("token", "sample", {"temperature": 1.0}),
     ("token", "greedy", {}), ("flow", "sample", {"sampler": "sde"}), ("flow", "sample", {"sampler": "noise"}),
+    *[pytest.param("oft", mode, extra, marks=OFT.marks) for mode, extra in (
+        ("sample", {"temperature": 1.6}), ("sample", {"temperature": 1.0}), ("greedy", {}))],
 ])
 def test_evaluate_recomputes_the_rollout_log_prob(kind, mode, extra):
     policy = _policy(kind).eval()
@@ -46,8 +54,9 @@ def test_evaluate_recomputes_the_rollout_log_prob(kind, mode, extra):
     assert torch.allclose(lp2, out.log_prob[idx], atol=1e-5)
 
 
-def test_token_level_log_probs_sum_to_chunk_log_prob():
-    policy = _policy("token").eval()
+@pytest.mark.parametrize("kind", ["token", OFT])
+def test_token_level_log_probs_sum_to_chunk_log_prob(kind):
+    policy = _policy(kind).eval()
     obs = _obs()
     out = policy.act(obs, mode="sample", temperature=1.6)
     per_token, _, _ = policy.evaluate(obs, out.replay, logprob="token")
@@ -89,7 +98,7 @@ def _batch(obs, horizon=4):
     return {**obs, "actions": actions, "is_pad": torch.zeros(actions.shape[:2], dtype=torch.bool)}
 
 
-@pytest.mark.parametrize("kind", ["token", "flow"])
+@pytest.mark.parametrize("kind", ["token", "flow", OFT])
 def test_overfits_a_tiny_batch(kind):
     policy = _policy(kind)
     batch = _batch(_obs(4))
@@ -103,14 +112,14 @@ def test_overfits_a_tiny_batch(kind):
         loss.backward()
         opt.step()
     assert loss.item() < 0.1 * first, (first, loss.item())
-    if kind == "token":
+    if kind in ("token", "oft"):
         assert metrics["sft/token_accuracy"] > 0.95
         policy.eval()
         pred = policy.act(batch, mode="greedy").actions
         assert (pred[..., [0, 1, 2, 6]] - batch["actions"][:, :3][..., [0, 1, 2, 6]]).abs().max() < 0.02
 
 
-@pytest.mark.parametrize("kind", ["token", "flow"])
+@pytest.mark.parametrize("kind", ["token", "flow", OFT])
 def test_padding_and_constant_dims_are_ignored_by_the_loss(kind):
     policy = _policy(kind)
     batch = _batch(_obs(4))
@@ -130,7 +139,7 @@ def test_padding_and_constant_dims_are_ignored_by_the_loss(kind):
     assert not torch.allclose(base, moved), "a real entry does change the loss"
 
 
-@pytest.mark.parametrize("kind", ["token", "flow"])
+@pytest.mark.parametrize("kind", ["token", "flow", OFT])
 def test_save_load_round_trip(kind, tmp_path):
     policy = _policy(kind).eval()
     obs = _obs()

@@ -68,15 +68,30 @@ def bench_env(env: EnvConfig | None = None, num_envs: int = 256, image_size: int
     return row
 
 
+# architectures of `reinforge bench policy --kinds`: the built-in policies' CPU presets and the OpenVLA-OFT style
+# policy at two sizes (the real OpenVLA-OFT is a 7B Llama 2 with DINOv2-L + SigLIP-So400m at 224 px)
+POLICY_PRESETS: dict[str, dict[str, Any]] = {
+    "token": {"kind": "token"},
+    "flow": {"kind": "flow"},
+    "oft-tiny": {"kind": "oft"},  # d_model 64, 2 Llama layers, 1-layer 32-wide towers, patch 8: ~0.35 M params
+    "oft-medium": {"kind": "oft", "d_model": 512, "heads": 8, "oft_llm_layers": 8, "oft_vision_dim": 384,
+                   "oft_vision_layers": 6, "oft_patch_size": 16, "image_size": 224},  # ~55 M params
+}
+
+
 def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, repeats: int = 3,
                  image_size: int = 64, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
-    """Policy inference (act, sample mode) and SFT update throughput for the default CPU preset."""
+    """Policy inference (act, sample mode) and SFT update throughput of a ``POLICY_PRESETS`` architecture."""
     from reinforge.device import resolve_device
     from reinforge.policies import PolicyConfig, make_policy
 
+    if kind not in POLICY_PRESETS:
+        raise ValueError(f"unknown policy preset {kind!r}; known: {list(POLICY_PRESETS)}")
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    cfg = PolicyConfig(kind=kind, image_size=(image_size, image_size))
+    preset = dict(POLICY_PRESETS[kind])
+    image_size = preset.pop("image_size", image_size)
+    cfg = PolicyConfig(image_size=(image_size, image_size), **preset)
     policy = make_policy(cfg).to(dev)
     with make_env("tabletop", suite="spatial", num_envs=batch, image_size=image_size) as env:
         obs = env.reset(torch.arange(batch) % env.spec.num_tasks, seed=seed)
@@ -114,7 +129,8 @@ def bench_policy(kind: str = "token", batch: int = 512, train_batch: int = 64, r
     sync()
     step_s = (time.perf_counter() - t0) / repeats
     return {"kind": kind, "device": str(dev), "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 3),
-            "act_batch": batch, "act_s": round(act_s, 4), "act_obs_per_s": round(batch / act_s, 1),
+            "image_size": image_size, "act_batch": batch, "act_s": round(act_s, 4),
+            "act_obs_per_s": round(batch / act_s, 1),
             "evaluate_s": round(eval_s, 4), "sft_batch": train_batch, "sft_step_s": round(step_s, 4),
             "torch_threads": torch.get_num_threads()}
 

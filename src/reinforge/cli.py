@@ -184,9 +184,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           num_workers=w) for w in workers]
         _print_rows(rows if len(rows) > 1 or not args.json else rows, f"env throughput: {args.env}", args.json)
     else:
-        rows = [bench_policy(kind, batch=args.batch, image_size=args.image_size, device=args.device)
-                for kind in ("token", "flow")]
-        _print_rows(rows if args.json else rows[:1], "policy throughput", args.json)
+        rows = [bench_policy(kind, batch=args.batch, train_batch=min(64, args.batch), image_size=args.image_size,
+                             device=args.device) for kind in args.kinds.split(",")]
+        _print_rows(rows, "policy throughput", args.json)
     return 0
 
 
@@ -587,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="rl benchmark: a config override for every row (repeatable), e.g. rollout.max_episode_steps=40")
     b.add_argument("--batch", type=int, default=512, help="policy benchmark: observations per act() call")
+    b.add_argument("--kinds", default="token,flow", help="policy benchmark: comma list of architectures (token, flow, "
+                   "oft-tiny, oft-medium; oft needs pip install 'reinforge[oft]')")
     b.add_argument("--num-envs", type=int, default=256)
     b.add_argument("--workers", default=None, help="env benchmark: comma list of worker counts (envs that use "
                                                    "worker processes, e.g. 1,2)")
@@ -602,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", action="append", default=None,
                    help="dataset folder written by `reinforge demos`; repeat it to mix datasets in every batch "
                         "(shares: data_weights=[0.5,0.5])")
-    f.add_argument("--policy", default=None, choices=("token", "flow"))
+    f.add_argument("--policy", default=None, choices=("token", "flow", "oft"))
     f.add_argument("--out", default=None)
     f.add_argument("--steps", type=int, default=None)
     f.add_argument("--batch-size", type=int, default=None)

@@ -98,6 +98,9 @@ def actor_critic_parameters(policy: Policy, *, freeze_vision: bool, freeze_backb
     """(actor, critic) trainable parameters; a frozen vision encoder (or the whole frozen vision-language
     backbone: only the action head learns, as VLA-RFT) is in neither."""
     frozen = {id(p) for p in policy.vision_parameters()} if freeze_vision else set()
+    if freeze_backbone and not policy.builtin_backbone:
+        raise ValueError(f"freeze_backbone trains the built-in policies' action head alone; a {policy.config.kind} "
+                         "policy has no such split: use freeze_vision (its vision towers stay frozen)")
     if freeze_backbone:
         frozen |= {id(p) for p in policy.backbone.parameters()}
         for p in policy.backbone.parameters():

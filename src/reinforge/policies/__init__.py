@@ -1,4 +1,6 @@
-"""VLA policies: a shared vision-language-state backbone with a token head or a flow-matching head."""
+"""VLA policies: a shared vision-language-state backbone with a token head or a flow-matching head, and an
+OpenVLA-OFT style token policy built from transformers' Llama, DINOv2 and SigLIP (``kind: oft``, imported
+when used)."""
 
 from __future__ import annotations
 
@@ -22,9 +24,13 @@ POLICIES: dict[str, type[Policy]] = {"token": TokenPolicy, "flow": FlowPolicy}
 
 
 def make_policy(config: PolicyConfig, normalizer: Normalizer | None = None) -> Policy:
-    """Build the policy of ``config.kind`` (token | flow)."""
+    """Build the policy of ``config.kind`` (token | flow | oft)."""
+    if config.kind == "oft":  # transformers is an optional extra: imported only for this kind
+        from reinforge.policies.oft import OFTPolicy
+
+        return OFTPolicy(config, normalizer)
     if config.kind not in POLICIES:
-        raise ValueError(f"unknown policy kind {config.kind!r}; known: {sorted(POLICIES)}")
+        raise ValueError(f"unknown policy kind {config.kind!r}; known: {sorted([*POLICIES, 'oft'])}")
     return POLICIES[config.kind](config, normalizer)
 
 

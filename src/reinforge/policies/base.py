@@ -54,9 +54,10 @@ STATS_NAME = "normalization.json"
 
 @dataclass
 class PolicyConfig:
-    """Architecture of a VLA policy. ``kind`` picks the action head: ``token`` or ``flow``."""
+    """Architecture of a VLA policy. ``kind`` picks the model: ``token`` / ``flow`` (the built-in backbone with a
+    token or flow head) or ``oft`` (OpenVLA-OFT style, transformers' Llama + DINOv2 + SigLIP; policies/oft.py)."""
 
-    kind: Literal["token", "flow"] = "token"
+    kind: Literal["token", "flow", "oft"] = "token"
     image_size: tuple[int, int] = (64, 64)
     num_views: int = 2
     state_dim: int = 8
@@ -89,6 +90,19 @@ class PolicyConfig:
     unified_mask: bool = True  # unified: mask losses to the embodiment's slots (false: zero-padded, no mask)
     embodiments: tuple[str, ...] = ()  # unified: the embodiments it knows (embodiment ids are positions here)
     embodiment: str = ""  # unified: the embodiment it acts as until bound to an env ("" = the first)
+    # oft: d_model is the language model's hidden size and heads its attention heads; tiny random towers unless
+    # local Hugging Face folders are named (oft_llm, oft_dinov2, oft_siglip, oft_tokenizer)
+    oft_llm_layers: int = 2
+    oft_vocab_size: int = 1024  # the last num_bins entries are the action bins
+    oft_vision_dim: int = 32
+    oft_vision_layers: int = 1
+    oft_patch_size: int = 8
+    oft_max_prompt: int = 32  # prompt tokens
+    oft_max_tokens: int = 512  # the language model's positions
+    oft_llm: str = ""
+    oft_dinov2: str = ""
+    oft_siglip: str = ""
+    oft_tokenizer: str = ""
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)
@@ -105,7 +119,14 @@ class PolicyConfig:
                     raise ConfigError(f"config field 'embodiments': {e}") from None
             check(not self.embodiment or not self.embodiments or self.embodiment in self.embodiments, "embodiment",
                   self.embodiment, f"must be one of embodiments {list(self.embodiments)}")
-        check(self.kind in ("token", "flow"), "kind", self.kind, "must be 'token' or 'flow'")
+        check(self.kind in ("token", "flow", "oft"), "kind", self.kind, "must be 'token', 'flow' or 'oft'")
+        if self.kind == "oft":
+            check(self.image_size[0] == self.image_size[1], "image_size", self.image_size,
+                  "must be square for an oft policy (its SigLIP tower has a square position grid)")
+            check(self.image_size[0] % self.oft_patch_size == 0, "oft_patch_size", self.oft_patch_size,
+                  f"must divide image_size {self.image_size[0]}")
+            check(self.oft_llm_layers >= 1 and self.oft_vision_layers >= 1, "oft_llm_layers",
+                  (self.oft_llm_layers, self.oft_vision_layers), "must be >= 1")
         check(self.horizon >= 1, "horizon", self.horizon, "must be >= 1")
         check(1 <= self.execute_steps <= self.horizon, "execute_steps", self.execute_steps,
               f"must be in [1, horizon={self.horizon}]")
@@ -153,6 +174,8 @@ class Normalizer:
 class Policy(nn.Module):
     """Base class: backbone, optional value head, normalisation buffers, (de)serialisation."""
 
+    builtin_backbone = True  # False: the subclass builds its own model (no ``self.backbone``)
+
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
         super().__init__()
         self.config = config
@@ -171,10 +194,11 @@ class Policy(nn.Module):
         # state dims that never vary in the data carry no information: standardised to 0 whatever they read, so an
         # unseen value (e.g. a turned gripper when every demonstration kept it straight) is not amplified 1000x
         self.register_buffer("state_dim_mask", torch.tensor(norm.state_std) > 1e-6, persistent=False)
-        self.backbone = Backbone(d_model=c.d_model, heads=c.heads, fusion_layers=c.fusion_layers,
-                                 lang_layers=c.lang_layers, vocab_size=c.vocab_size, max_words=c.max_words,
-                                 channels=c.channels, num_views=c.num_views, image_size=c.image_size,
-                                 state_dim=c.state_dim, dropout=c.dropout)
+        if self.builtin_backbone:  # policies built on other models (oft) bring their own
+            self.backbone = Backbone(d_model=c.d_model, heads=c.heads, fusion_layers=c.fusion_layers,
+                                     lang_layers=c.lang_layers, vocab_size=c.vocab_size, max_words=c.max_words,
+                                     channels=c.channels, num_views=c.num_views, image_size=c.image_size,
+                                     state_dim=c.state_dim, dropout=c.dropout)
         self.value_head = ValueHead(c.d_model, c.value_hidden, c.detach_value_input) if c.value_head else None
         if self.unified:
             from reinforge.envs.embodiment import UNIFIED_DIM, get_embodiment
@@ -270,8 +294,8 @@ class Policy(nn.Module):
             texts, state = self._unify(obs, texts, state)
         if OBS_IMAGE_FEATURES in obs:
             feats = obs[OBS_IMAGE_FEATURES]
-            if feats.dim() != 3 or feats.shape[-1] != c.d_model:
-                raise ValueError(f"image features must be (B, N, {c.d_model}), got {tuple(feats.shape)}")
+            if feats.dim() != 3 or feats.shape[-1] != self.image_feature_dim:
+                raise ValueError(f"image features must be (B, N, {self.image_feature_dim}), got {tuple(feats.shape)}")
             return feats.to(dev), texts, self._state_input(obs, state)
         images = obs[OBS_IMAGE]
         if images.dim() != 5 or tuple(images.shape[1:]) != (c.num_views, 3, *c.image_size):
@@ -295,6 +319,11 @@ class Policy(nn.Module):
             keep = self.emb_state_mask[self.embodiment_ids(obs, x.shape[0])]
             x = torch.where(keep, x, torch.zeros_like(x))
         return x
+
+    @property
+    def image_feature_dim(self) -> int:
+        """The width of ``encode_images``' tokens."""
+        return self.config.d_model
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""The OpenVLA-OFT style policy (``kind: oft``, policies/oft.py): transformers' Llama + DINOv2 + SigLIP with
+bidirectional action decoding; tiny random towers, real local folders, and GRPO / PPO through the trainer."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from reinforge.config import load_config  # noqa: E402
+from reinforge.envs import TabletopEnv  # noqa: E402
+from reinforge.policies import PolicyConfig, make_policy  # noqa: E402
+from reinforge.train.rl import RLConfig, RLTrainer  # noqa: E402
+from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION  # noqa: E402
+
+TINY = dict(kind="oft", image_size=(32, 32), d_model=32, heads=2, horizon=4, execute_steps=2)
+
+
+def _obs(n=4):
+    env = TabletopEnv("spatial", n, image_size=32)
+    return env.reset(torch.arange(n) % 10, torch.arange(n))
+
+
+def _policy(**kw):
+    torch.manual_seed(0)
+    return make_policy(PolicyConfig(**{**TINY, **kw})).eval()
+
+
+def test_the_towers_are_transformers_classes_and_attention_is_bidirectional():
+    import transformers as tf
+
+    policy = _policy()
+    assert isinstance(policy.llm, tf.LlamaForCausalLM)
+    assert isinstance(policy.dino, tf.Dinov2Model) and isinstance(policy.siglip, tf.SiglipVisionModel)
+    obs = _obs(2)
+    logits, _ = policy.features(obs)
+    assert logits.shape == (2, 4, 7, 256)
+    # the image tokens come first: with causal attention nothing after them could change their hidden states;
+    # here the action logits move when the (later) prompt changes AND when only the (earlier) image changes
+    other = dict(obs)
+    other[OBS_INSTRUCTION] = ["pick up the black bowl next to the plate and place it on the cookie box"] * 2
+    assert not torch.allclose(policy.features(other)[0], logits)
+    seen = []
+    hook = policy.llm.model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple)
+                                                                                        else o))
+    policy.features(obs)
+    policy.features(other)
+    hook.remove()
+    assert not torch.allclose(seen[0][:, 0], seen[1][:, 0]), "the first token sees the later prompt tokens"
+
+
+def test_prompt_padding_changes_nothing():
+    """A row's logits are the same alone and next to a longer instruction (padded prompt tokens are masked)."""
+    policy = _policy()
+    obs = _obs(2)
+    obs[OBS_INSTRUCTION] = ["open the drawer", "put the black bowl on the plate next to the wooden cabinet"]
+    both, _ = policy.features(obs)
+    alone = {k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in obs.items()}
+    one, _ = policy.features(alone)
+    assert torch.allclose(both[:1], one, atol=1e-5)
+
+
+def test_cached_vision_features_give_the_same_log_probs():
+    policy = _policy()
+    obs = _obs()
+    out = policy.act(obs, mode="sample", temperature=1.6, generator=torch.Generator().manual_seed(0))
+    cached = {k: v for k, v in obs.items() if k != OBS_IMAGE}
+    cached[OBS_IMAGE_FEATURES] = policy.encode_images(obs[OBS_IMAGE])
+    lp, _, _ = policy.evaluate(cached, out.replay)
+    assert torch.allclose(lp, out.log_prob, atol=1e-5)
+    assert {id(p) for p in policy.vision_parameters()} == {id(p) for p in [*policy.dino.parameters(),
+                                                                             *policy.siglip.parameters()]}
+
+
+def test_towers_load_from_local_folders(tmp_path):
+    import transformers as tf
+
+    policy = _policy()
+    policy.llm.save_pretrained(tmp_path / "llm")
+    policy.dino.save_pretrained(tmp_path / "dino")
+    policy.siglip.save_pretrained(tmp_path / "siglip")
+    loaded = _policy(oft_llm=str(tmp_path / "llm"), oft_dinov2=str(tmp_path / "dino"),
+                     oft_siglip=str(tmp_path / "siglip"))
+    for name in ("llm", "dino", "siglip"):
+        a, b = getattr(policy, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert isinstance(loaded.llm, tf.LlamaForCausalLM)
+    with pytest.raises(ValueError, match="cannot load the language model from .*nowhere"):
+        _policy(oft_llm=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="d_model=64 must equal the language model's hidden size 32"):
+        _policy(d_model=64, heads=2, oft_llm=str(tmp_path / "llm"))
+
+
+def test_missing_transformers_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"pip install 'reinforge\[oft\]'"):
+        make_policy(PolicyConfig(**TINY))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_two_rl_iterations_on_the_built_in_world(tmp_path, algo):
+    torch.manual_seed(0)
+    make_policy(PolicyConfig(**TINY)).save_pretrained(tmp_path / "init")
+    extra = (["algo=ppo", "rollout.mode=autoreset", "rollout.num_envs=4", "rollout.chunks_per_rollout=3",
+              "ppo.minibatch_size=4", "ppo.epochs=1"] if algo == "ppo" else [])
+    cfg = load_config(RLConfig, None, [
+        f"init={tmp_path / 'init'}", f"out={tmp_path / 'rl'}", "rollout.num_groups=2", "rollout.group_size=2",
+        "rollout.max_episode_steps=6", "grpo.dynamic_sampling=false", "grpo.minibatch_size=8", "eval.every=0",
+        "eval.final_episodes_per_task=1", "eval.tasks=[0]", "eval.heldout=false", "eval.videos=0",
+        "iterations=2", "optim.lr=1e-3", *extra])
+    with RLTrainer(cfg) as trainer:
+        before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+        rows = [trainer.train_iteration() for _ in range(2)]
+        after = trainer.policy.state_dict()
+    assert all(r["rollout/episodes"] >= 1 for r in rows)
+    assert all(abs(r["train/ratio_mean"] - 1) < 0.2 for r in rows)  # the replayed log-probs match the rollout's
+    vision = [k for k in before if k.startswith(("dino.", "siglip."))]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision), "the frozen vision towers stay put"
+    if algo == "ppo":
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("llm."))
