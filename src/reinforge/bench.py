@@ -171,7 +171,9 @@ def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, fr
             overrides.append(("rollout.num_envs=" if algo == "ppo" else "rollout.num_groups=")
                              + str(num_envs if algo == "ppo" else max(1, num_envs // 8)))
         overrides += list(extra)
-        cfg = load_config(RLConfig, resolve_config(QUICKSTART_CONFIGS[(algo, kind)]), overrides)
+        # the oft policy is a token policy: it runs the token presets
+        preset = QUICKSTART_CONFIGS[(algo, "token" if kind == "oft" else kind)]
+        cfg = load_config(RLConfig, resolve_config(preset), overrides)
         rows = []
         with RLTrainer(cfg) as trainer:
             learner = trainer.algo
