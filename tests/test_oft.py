@@ -3,6 +3,7 @@ bidirectional action decoding; tiny random towers, real local folders, and GRPO 
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ pytest.importorskip("transformers")
 
 from reinforge.config import load_config  # noqa: E402
 from reinforge.envs import TabletopEnv  # noqa: E402
-from reinforge.policies import PolicyConfig, make_policy  # noqa: E402
+from reinforge.policies import PolicyConfig, load_pretrained, make_policy  # noqa: E402
 from reinforge.train.rl import RLConfig, RLTrainer  # noqa: E402
 from reinforge.types import OBS_IMAGE, OBS_IMAGE_FEATURES, OBS_INSTRUCTION  # noqa: E402
 
@@ -88,10 +89,18 @@ def test_towers_load_from_local_folders(tmp_path):
         a, b = getattr(policy, name).state_dict(), getattr(loaded, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert isinstance(loaded.llm, tf.LlamaForCausalLM)
+    # a policy started from those folders is saved self-contained: it loads with the folders gone
+    loaded.save_pretrained(tmp_path / "policy")
+    for name in ("llm", "dino", "siglip"):
+        shutil.rmtree(tmp_path / name)
+    again = load_pretrained(tmp_path / "policy")
+    obs = _obs(2)
+    assert torch.allclose(again.features(obs)[0], loaded.features(obs)[0], atol=1e-6)
     with pytest.raises(ValueError, match="cannot load the language model from .*nowhere"):
         _policy(oft_llm=str(tmp_path / "nowhere"))
+    policy.llm.save_pretrained(tmp_path / "llm2")
     with pytest.raises(ValueError, match="d_model=64 must equal the language model's hidden size 32"):
-        _policy(d_model=64, heads=2, oft_llm=str(tmp_path / "llm"))
+        _policy(d_model=64, heads=2, oft_llm=str(tmp_path / "llm2"))
 
 
 def test_missing_transformers_names_the_extra(monkeypatch):

@@ -23,12 +23,14 @@ from reinforge.policies.token import TokenPolicy
 POLICIES: dict[str, type[Policy]] = {"token": TokenPolicy, "flow": FlowPolicy}
 
 
-def make_policy(config: PolicyConfig, normalizer: Normalizer | None = None) -> Policy:
-    """Build the policy of ``config.kind`` (token | flow | oft)."""
+def make_policy(config: PolicyConfig, normalizer: Normalizer | None = None, *, folder: Path | None = None
+                ) -> Policy:
+    """Build the policy of ``config.kind`` (token | flow | oft). ``folder``: the saved policy it is being loaded
+    from (an oft policy builds its towers from the configs saved there, not from their source folders)."""
     if config.kind == "oft":  # transformers is an optional extra: imported only for this kind
         from reinforge.policies.oft import OFTPolicy
 
-        return OFTPolicy(config, normalizer)
+        return OFTPolicy(config, normalizer, saved=folder)
     if config.kind not in POLICIES:
         raise ValueError(f"unknown policy kind {config.kind!r}; known: {sorted([*POLICIES, 'oft'])}")
     return POLICIES[config.kind](config, normalizer)
@@ -45,7 +47,7 @@ def load_pretrained(path: str | Path, expect: PolicyConfig | None = None) -> Pol
         raise ValueError(f"checkpoint {path} has a different policy config: {diff} (checkpoint, expected)")
     normalizer = read_normalizer(path)
     try:
-        policy = make_policy(config, normalizer)
+        policy = make_policy(config, normalizer, folder=path)
     except ConfigError as e:
         raise ConfigError(f"{path / STATS_NAME} does not fit {path / 'config.json'}: {e}") from None
     load_weights(policy, path)

@@ -16,6 +16,7 @@ from local folders (``oft_llm``, ``oft_dinov2``, ``oft_siglip``, ``oft_tokenizer
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,18 +46,36 @@ def _pretrained(cls: Any, path: str, what: str) -> Any:
         raise ValueError(f"cannot load the {what} from {path!r} (a local Hugging Face folder): {e}") from None
 
 
+def _from_saved(cls: Any, folder: Path, what: str) -> Any:
+    """A tower built from the config a saved policy keeps of it (its weights come from model.safetensors)."""
+    try:
+        return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
+    except OSError as e:
+        raise ValueError(f"the saved policy's {what} config {folder} cannot be read: {e}") from None
+
+
+TOWERS = (("llm", "language model"), ("dino", "DINOv2 encoder"), ("siglip", "SigLIP encoder"))
+
+
 class OFTPolicy(TokenPolicy):
-    """``kind: oft``. ``d_model`` is the language model's hidden size."""
+    """``kind: oft``. ``d_model`` is the language model's hidden size.
+
+    A saved oft policy is self-contained: next to its weights it keeps each tower's config (``oft/llm``,
+    ``oft/dino``, ``oft/siglip``) and the tokenizer (``oft/tokenizer``), and loading it builds the towers from
+    those (``saved``), so the folders named in ``oft_llm`` etc. are needed only to start from them."""
 
     token_logprobs = True
     builtin_backbone = False
 
-    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None, saved: Path | None = None):
         Policy.__init__(self, config, normalizer)  # normalisation, value head; no built-in backbone
         tf = _transformers()
         c = config
         H, W = c.image_size
-        if c.oft_llm:
+        saved = Path(saved) / "oft" if saved is not None and (Path(saved) / "oft").is_dir() else None
+        if saved is not None:
+            self.llm = _from_saved(tf.LlamaForCausalLM, saved / "llm", "language model")
+        elif c.oft_llm:
             self.llm = _pretrained(tf.LlamaForCausalLM, c.oft_llm, "language model")
         else:
             self.llm = tf.LlamaForCausalLM(tf.LlamaConfig(
@@ -70,13 +89,17 @@ class OFTPolicy(TokenPolicy):
         if llm_cfg.vocab_size <= c.num_bins + 2:
             raise ValueError(f"the language model's vocabulary ({llm_cfg.vocab_size}) must exceed num_bins="
                              f"{c.num_bins} + 2 (action bins are its last num_bins entries)")
-        if c.oft_dinov2:
+        if saved is not None:
+            self.dino = _from_saved(tf.Dinov2Model, saved / "dino", "DINOv2 encoder")
+        elif c.oft_dinov2:
             self.dino = _pretrained(tf.Dinov2Model, c.oft_dinov2, "DINOv2 encoder")
         else:
             self.dino = tf.Dinov2Model(tf.Dinov2Config(
                 hidden_size=c.oft_vision_dim, num_hidden_layers=c.oft_vision_layers, num_attention_heads=2,
                 intermediate_size=4 * c.oft_vision_dim, patch_size=c.oft_patch_size, image_size=max(H, W)))
-        if c.oft_siglip:
+        if saved is not None:
+            self.siglip = _from_saved(tf.SiglipVisionModel, saved / "siglip", "SigLIP encoder")
+        elif c.oft_siglip:
             self.siglip = _pretrained(tf.SiglipVisionModel, c.oft_siglip, "SigLIP encoder")
         else:
             self.siglip = tf.SiglipVisionModel(tf.SiglipVisionConfig(
@@ -87,12 +110,21 @@ class OFTPolicy(TokenPolicy):
         self.projector = nn.Sequential(nn.Linear(d_vis, d), nn.GELU(), nn.Linear(d, d))
         self.proprio = nn.Sequential(nn.Linear(c.state_dim, d), nn.GELU(), nn.Linear(d, d))
         self.view_embed = nn.Parameter(torch.zeros(c.num_views, d))
-        if c.oft_tokenizer:
+        if saved is not None and (saved / "tokenizer").is_dir():
+            self.tokenizer = _pretrained(tf.AutoTokenizer, str(saved / "tokenizer"), "tokenizer")
+        elif c.oft_tokenizer:
             self.tokenizer = _pretrained(tf.AutoTokenizer, c.oft_tokenizer, "tokenizer")
         else:  # the prompt's words hash into the vocabulary below the action bins
             self.tokenizer = HashTokenizer(llm_cfg.vocab_size - c.num_bins, c.oft_max_prompt)
         self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+
+    def write_files(self, folder: Path) -> None:
+        super().write_files(folder)
+        for name, _ in TOWERS:
+            getattr(self, name).config.save_pretrained(folder / "oft" / name)
+        if not isinstance(self.tokenizer, HashTokenizer):
+            self.tokenizer.save_pretrained(folder / "oft" / "tokenizer")
 
     # ------------------------------------------------------------ the forward pass
 
