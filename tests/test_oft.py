@@ -130,3 +130,28 @@ def test_two_rl_iterations_on_the_built_in_world(tmp_path, algo):
     assert vision and all(torch.equal(before[k], after[k]) for k in vision), "the frozen vision towers stay put"
     if algo == "ppo":
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("llm."))
+
+
+def test_the_l1_regression_head_learns_a_batch_and_is_refused_by_rl(tmp_path):
+    policy = _policy(oft_action_head="l1").train()
+    obs = _obs(4)
+    actions = torch.rand(4, 4, 7) * 2 - 1
+    batch = {**obs, "actions": actions, "is_pad": torch.zeros(4, 4, dtype=torch.bool)}
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    first = None
+    for _ in range(300):
+        loss, metrics = policy.sft_loss(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.25 * first and "sft/l1" in metrics
+    policy.eval()
+    out = policy.act(obs, mode="greedy")
+    assert out.actions.shape == (4, 2, 7) and (out.actions - actions[:, :2]).abs().mean() < 0.15
+    with pytest.raises(ValueError, match="deterministic.*oft_action_head=tokens"):
+        policy.act(obs, mode="sample")
+    policy.save_pretrained(tmp_path / "init")
+    cfg = load_config(RLConfig, None, [f"init={tmp_path / 'init'}", f"out={tmp_path / 'rl'}"])
+    with pytest.raises(ValueError, match="deterministic"):
+        RLTrainer(cfg)

@@ -103,6 +103,7 @@ class PolicyConfig:
     oft_dinov2: str = ""
     oft_siglip: str = ""
     oft_tokenizer: str = ""
+    oft_action_head: Literal["tokens", "l1"] = "tokens"  # l1: OFT's regression head (SFT / evaluation only)
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)
@@ -125,6 +126,8 @@ class PolicyConfig:
                   "must be square for an oft policy (its SigLIP tower has a square position grid)")
             check(self.image_size[0] % self.oft_patch_size == 0, "oft_patch_size", self.oft_patch_size,
                   f"must divide image_size {self.image_size[0]}")
+            check(self.oft_action_head in ("tokens", "l1"), "oft_action_head", self.oft_action_head,
+                  "must be 'tokens' or 'l1'")
             check(self.oft_llm_layers >= 1 and self.oft_vision_layers >= 1, "oft_llm_layers",
                   (self.oft_llm_layers, self.oft_vision_layers), "must be >= 1")
         check(self.horizon >= 1, "horizon", self.horizon, "must be >= 1")
@@ -175,6 +178,11 @@ class Policy(nn.Module):
     """Base class: backbone, optional value head, normalisation buffers, (de)serialisation."""
 
     builtin_backbone = True  # False: the subclass builds its own model (no ``self.backbone``)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether ``act(mode="sample")`` and ``evaluate`` exist (RL needs them)."""
+        return True
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None):
         super().__init__()

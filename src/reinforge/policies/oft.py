@@ -26,7 +26,7 @@ from torch import nn
 from reinforge.policies.backbone import HashTokenizer, masked_mean
 from reinforge.policies.base import Normalizer, Policy, PolicyConfig
 from reinforge.policies.token import TokenPolicy
-from reinforge.types import OBS_IMAGE, Observation
+from reinforge.types import OBS_IMAGE, Observation, PolicyOutput
 
 PROMPT = "In: What action should the robot take to {}?\nOut:"
 
@@ -110,6 +110,8 @@ class OFTPolicy(TokenPolicy):
         self.projector = nn.Sequential(nn.Linear(d_vis, d), nn.GELU(), nn.Linear(d, d))
         self.proprio = nn.Sequential(nn.Linear(c.state_dim, d), nn.GELU(), nn.Linear(d, d))
         self.view_embed = nn.Parameter(torch.zeros(c.num_views, d))
+        if c.oft_action_head == "l1":  # OFT's continuous head: an MLP on each action placeholder's hidden state
+            self.l1_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         if saved is not None and (saved / "tokenizer").is_dir():
             self.tokenizer = _pretrained(tf.AutoTokenizer, str(saved / "tokenizer"), "tokenizer")
         elif c.oft_tokenizer:
@@ -161,6 +163,16 @@ class OFTPolicy(TokenPolicy):
 
     def features(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, H, D, num_bins) of the action tokens and value (B,) of one bidirectional forward pass."""
+        if self.config.oft_action_head != "tokens":
+            raise ValueError(self._deterministic)
+        h, value = self.hidden(obs)
+        c = self.config
+        logits = self.llm.lm_head(h)[..., -c.num_bins:]
+        return logits.view(h.shape[0], c.horizon, c.action_dim, c.num_bins), value
+
+    def hidden(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The language model's last hidden states at the H x D action placeholders (B, H * D, d_model) and the
+        value (B,) of one bidirectional forward pass."""
         images, texts, state = self.prepare(obs)
         c, dev = self.config, self.action_low.device
         feats = images if OBS_IMAGE not in obs else self._vision(images)  # cached features arrive projected-free
@@ -184,9 +196,48 @@ class OFTPolicy(TokenPolicy):
         pos = (keep.long().cumsum(1) - 1).clamp(min=0)
         out = self.llm.model(inputs_embeds=x, attention_mask=mask, position_ids=pos)
         h = out.last_hidden_state
-        logits = self.llm.lm_head(h[:, -n_act:])[..., -c.num_bins:]
-        logits = logits.view(B, c.horizon, c.action_dim, c.num_bins)
-        return logits, self.value(masked_mean(h[:, :-n_act], ~keep[:, :-n_act]))
+        return h[:, -n_act:], self.value(masked_mean(h[:, :-n_act], ~keep[:, :-n_act]))
+
+    # ------------------------------------------------------------ the L1-regression head (oft_action_head: l1)
+
+    _deterministic = ("an oft policy with the L1-regression head (policy.oft_action_head=l1) is deterministic: it "
+                      "has no log-probs for RL; train it with SFT and evaluate it, or use oft_action_head=tokens")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.config.oft_action_head == "tokens"
+
+    def regress(self, obs: Observation) -> torch.Tensor:
+        """Normalised actions (B, H, D) from the L1 head (one scalar per action placeholder)."""
+        h, _ = self.hidden(obs)
+        c = self.config
+        return self.l1_head(h).view(h.shape[0], c.horizon, c.action_dim)
+
+    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.config.oft_action_head == "tokens":
+            return super().sft_loss(batch)
+        pred = self.regress(batch)
+        target = self.normalize_actions(batch["actions"].to(pred.device)).clamp(-1, 1)
+        mask = self.loss_mask(batch)
+        loss = ((pred - target).abs() * mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"sft/loss": float(loss.detach()), "sft/l1": float(loss.detach())}
+
+    @torch.no_grad()
+    def act(self, obs: Observation, *, mode: str = "greedy", temperature: float = 1.0,
+            generator: torch.Generator | None = None, logprob: str = "chunk") -> PolicyOutput:
+        if self.config.oft_action_head == "tokens":
+            return super().act(obs, mode=mode, temperature=temperature, generator=generator, logprob=logprob)
+        if mode != "greedy":
+            raise ValueError(self._deterministic)
+        pred = self.regress(obs).clamp(-1, 1)
+        actions = self.to_native(self.unnormalize_actions(pred))
+        zeros = torch.zeros(pred.shape[0], device=pred.device)
+        return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=zeros,
+                            value=self.predict_value(obs), replay={})
+
+    @torch.no_grad()
+    def predict_value(self, obs: Observation) -> torch.Tensor | None:
+        return self.hidden(obs)[1]
 
     @torch.no_grad()
     def pooled_features(self, obs: Observation) -> torch.Tensor:

@@ -170,6 +170,8 @@ class RLTrainer:
                                         ("noise_max", cfg.flow_noise_max)) if v}
             if change:
                 self.policy.config = replace(self.policy.config, **change)
+        if not self.policy.stochastic:
+            raise ValueError(f"{cfg.init or 'the checkpoint'}: {self.policy._deterministic}")
         self.policy.to(self.device)
         opt = build_optimizer(self.policy, cfg.optim, freeze_vision=cfg.freeze_vision, train_critic=cfg.algo == "ppo",
                               freeze_backbone=cfg.freeze_backbone)
