@@ -8,8 +8,11 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
 LIBERO_VENV := .venv-libero
+LEROBOT_VENV := .venv-lerobot
+# LeRobot >= 0.5 needs Python >= 3.12 (this machine has one under pyenv)
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || echo $(HOME)/.pyenv/versions/3.12.1/bin/python)
 
-.PHONY: quickstart test test-slow test-libero test-gpu ray oft libero-ray lint bench clean
+.PHONY: quickstart test test-slow test-libero test-lerobot test-gpu ray oft libero-ray lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +54,18 @@ $(LIBERO_VENV)/.installed: pyproject.toml
 test-libero: $(LIBERO_VENV)/.installed
 	MUJOCO_GL=egl $(LIBERO_VENV)/bin/python -m pytest -q -m libero
 
+# LeRobot's pi0 (policy kind lerobot) in its own Python 3.12 venv (~2 min, ~5 GB: LeRobot 0.6.1 pins torch 2.11
+# and transformers 5.5); its tests build tiny random pi0 models offline
+$(LEROBOT_VENV)/.installed: pyproject.toml
+	$(PYTHON312) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install --quiet --upgrade pip
+	$(LEROBOT_VENV)/bin/pip install --quiet "lerobot[pi]==0.6.1"
+	$(LEROBOT_VENV)/bin/pip install --quiet -e . pytest
+	touch $@
+
+test-lerobot: $(LEROBOT_VENV)/.installed
+	$(LEROBOT_VENV)/bin/python -m pytest -q -m lerobot
+
 # Ray for distributed runs (distributed.backend=ray) in the default venv, and in the LIBERO one
 ray: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[ray]"
@@ -69,4 +84,4 @@ bench: $(STAMP)
 	$(BIN)/reinforge bench env --num-envs 256 --image-size 64 --json
 
 clean:
-	rm -rf $(VENV) $(LIBERO_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LIBERO_VENV) $(LEROBOT_VENV) runs .pytest_cache

@@ -57,7 +57,7 @@ class PolicyConfig:
     """Architecture of a VLA policy. ``kind`` picks the model: ``token`` / ``flow`` (the built-in backbone with a
     token or flow head) or ``oft`` (OpenVLA-OFT style, transformers' Llama + DINOv2 + SigLIP; policies/oft.py)."""
 
-    kind: Literal["token", "flow", "oft"] = "token"
+    kind: Literal["token", "flow", "oft", "lerobot"] = "token"
     image_size: tuple[int, int] = (64, 64)
     num_views: int = 2
     state_dim: int = 8
@@ -104,6 +104,16 @@ class PolicyConfig:
     oft_siglip: str = ""
     oft_tokenizer: str = ""
     oft_action_head: Literal["tokens", "l1"] = "tokens"  # l1: OFT's regression head (SFT / evaluation only)
+    # lerobot (policies/lerobot.py, LeRobot >= 0.6 on Python >= 3.12): d_model is PaliGemma's width; a tiny random
+    # pi0 of these sizes unless lerobot_path names a local LeRobot checkpoint folder
+    lerobot_model: str = "pi0"
+    lerobot_path: str = ""
+    lerobot_expert_width: int = 32
+    lerobot_depth: int = 2  # layers of both PaliGemma's Gemma and the action expert (LeRobot pairs them)
+    lerobot_head_dim: int = 16
+    lerobot_vocab: int = 1024
+    lerobot_vision_dim: int = 32
+    lerobot_patch_size: int = 8
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)
@@ -120,7 +130,8 @@ class PolicyConfig:
                     raise ConfigError(f"config field 'embodiments': {e}") from None
             check(not self.embodiment or not self.embodiments or self.embodiment in self.embodiments, "embodiment",
                   self.embodiment, f"must be one of embodiments {list(self.embodiments)}")
-        check(self.kind in ("token", "flow", "oft"), "kind", self.kind, "must be 'token', 'flow' or 'oft'")
+        check(self.kind in ("token", "flow", "oft", "lerobot"), "kind", self.kind,
+              "must be 'token', 'flow', 'oft' or 'lerobot'")
         if self.kind == "oft":
             check(self.image_size[0] == self.image_size[1], "image_size", self.image_size,
                   "must be square for an oft policy (its SigLIP tower has a square position grid)")
@@ -178,6 +189,7 @@ class Policy(nn.Module):
     """Base class: backbone, optional value head, normalisation buffers, (de)serialisation."""
 
     builtin_backbone = True  # False: the subclass builds its own model (no ``self.backbone``)
+    feature_cache = True  # rollouts may store ``encode_images`` tokens instead of images (frozen vision)
 
     @property
     def stochastic(self) -> bool:

@@ -190,7 +190,7 @@ class RLTrainer:
 
             limit = env_spec(cfg.env, image_size=self.policy.config.image_size).max_episode_steps
         env_kwargs = rollout_env_kwargs(cfg.rollout, self.policy.config.image_size, cfg.seed, limit)
-        collector_kw = {"cache_features": cfg.freeze_vision or cfg.freeze_backbone,
+        collector_kw = {"cache_features": (cfg.freeze_vision or cfg.freeze_backbone) and self.policy.feature_cache,
                         "cache_prefix": cfg.freeze_backbone and self.policy.cacheable_prefix,
                         "need_values": cfg.algo == "ppo", "logprob": self.algo.logprob}
         if cfg.distributed.enabled:

@@ -1,0 +1,260 @@
+"""LeRobot's pi0 behind the Policy contract (``kind: lerobot``), with OUR denoising loop over its ``denoise_step``.
+
+LeRobot (>= 0.6, Python >= 3.12: ``make test-lerobot`` builds that environment) implements pi0 as
+``PI0Pytorch``: ``embed_prefix`` (SigLIP image tokens + language tokens), a PaliGemma pass over the prefix that
+fills a KV cache, and ``denoise_step(state, prefix_pad_masks, past_key_values, x_t, t)`` -> the velocity from the
+Gemma action expert. Its convention is ours (t = 1 noise, t = 0 action, u = eps - a, x <- x - delta v), so the
+flow policy's samplers run unchanged on top of it: greedy ODE, Flow-SDE (one stochastic step, exact Gaussian
+log-prob, the chain stored for replay) and Flow-Noise (a noise head on the action expert's hidden state, read
+before ``action_out_proj``). SFT uses LeRobot's own flow-matching loss (``PI0Pytorch.forward``). A value head on
+the mean prefix hidden state serves PPO. Normalisation is ours (LeRobot 0.6 normalises in processor pipelines).
+
+Tiny random models build offline (``lerobot_*`` sizes: PaliGemma width = ``d_model``, a Gemma expert of
+``lerobot_expert_width``, a small SigLIP); a real checkpoint loads from a local folder (``lerobot_path``,
+``PI0Policy.from_pretrained(local_files_only=True)``). Not yet: pi0.5 and SmolVLA, vision-feature caching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from reinforge.config import ConfigError
+from reinforge.policies.backbone import HashTokenizer, masked, masked_mean
+from reinforge.policies.base import Normalizer, Policy, PolicyConfig
+from reinforge.policies.flow import FlowPolicy, bounded_sigma, gaussian_entropy, gaussian_log_prob, ode_step
+from reinforge.types import Observation
+
+NUM_HEADS = 8  # LeRobot's pi0 training forward assumes 8 attention heads
+
+
+def _lerobot() -> Any:
+    try:
+        import lerobot.policies.pi0.modeling_pi0 as pi0
+    except ImportError as e:
+        raise ImportError(f"policy kind 'lerobot' needs LeRobot >= 0.6 on Python >= 3.12 ({e}): `make test-lerobot` "
+                          "builds .venv-lerobot with it, or pip install 'lerobot[pi]==0.6.1'") from None
+    return pi0
+
+
+@contextlib.contextmanager
+def _tiny_pi0(pi0: Any, c: PolicyConfig):
+    """While building ``PI0Pytorch``: Gemma configs of our sizes and a PaliGemma with a small SigLIP tower and
+    vocabulary (LeRobot knows only gemma_300m / gemma_2b with a 400M-parameter SigLIP and a 257k vocabulary)."""
+    from transformers import CONFIG_MAPPING
+
+    head_dim = c.lerobot_head_dim
+
+    def gemma(variant: str):  # PI0Config's defaults name the PaliGemma (gemma_2b) and the expert (gemma_300m)
+        width = c.d_model if variant == "gemma_2b" else c.lerobot_expert_width
+        return pi0.GemmaConfig(width=width, depth=c.lerobot_depth, mlp_dim=2 * width, num_heads=NUM_HEADS,
+                               num_kv_heads=1, head_dim=head_dim)
+
+    base = pi0.PaliGemmaWithExpertModel
+
+    class TinyPaliGemmaWithExpert(base):
+        def __init__(self, vlm_config, action_expert_config, use_adarms=None, precision="float32", image_size=224,
+                     freeze_vision_encoder=False, train_expert_only=False):
+            nn.Module.__init__(self)
+            self.freeze_vision_encoder, self.train_expert_only = freeze_vision_encoder, train_expert_only
+            vlm = CONFIG_MAPPING["paligemma"]()
+            vlm._vocab_size = c.lerobot_vocab  # noqa: SLF001
+            vlm.image_token_index = c.lerobot_vocab
+            t = vlm.text_config
+            t.hidden_size, t.intermediate_size = vlm_config.width, vlm_config.mlp_dim
+            t.num_attention_heads, t.head_dim = vlm_config.num_heads, vlm_config.head_dim
+            t.num_hidden_layers, t.num_key_value_heads = vlm_config.depth, vlm_config.num_kv_heads
+            t.hidden_activation, t.dtype, t.vocab_size = "gelu_pytorch_tanh", "float32", c.lerobot_vocab
+            t.use_adarms, t.adarms_cond_dim = False, None
+            v = vlm.vision_config
+            v.image_size, v.patch_size = image_size, c.lerobot_patch_size
+            v.hidden_size, v.intermediate_size = c.lerobot_vision_dim, 2 * c.lerobot_vision_dim
+            v.num_hidden_layers, v.num_attention_heads = 1, 2
+            v.projection_dim, v.projector_hidden_act, v.dtype = vlm_config.width, "gelu_fast", "float32"
+            expert = CONFIG_MAPPING["gemma"](
+                head_dim=action_expert_config.head_dim, hidden_size=action_expert_config.width,
+                intermediate_size=action_expert_config.mlp_dim, num_attention_heads=action_expert_config.num_heads,
+                num_hidden_layers=action_expert_config.depth, num_key_value_heads=action_expert_config.num_kv_heads,
+                vocab_size=c.lerobot_vocab, hidden_activation="gelu_pytorch_tanh", dtype="float32", use_adarms=False,
+                adarms_cond_dim=None)
+            self.paligemma = pi0.PaliGemmaForConditionalGenerationWithPiGemma(config=vlm)
+            self.gemma_expert = pi0.PiGemmaForCausalLM(config=expert)
+            self.gemma_expert.model.embed_tokens = None
+            self.to_bfloat16_for_selected_params("float32")
+            self._set_requires_grad()
+
+    saved = pi0.get_gemma_config, pi0.PaliGemmaWithExpertModel
+    pi0.get_gemma_config, pi0.PaliGemmaWithExpertModel = gemma, TinyPaliGemmaWithExpert
+    try:
+        yield
+    finally:
+        pi0.get_gemma_config, pi0.PaliGemmaWithExpertModel = saved
+
+
+@dataclass
+class _Prefix:
+    """What the action expert conditions on: the prefix KV cache, its padding, pi0's (padded) state."""
+
+    cache: Any
+    pad_masks: torch.Tensor  # (B, P) True = a real prefix token (LeRobot's convention)
+    state: torch.Tensor  # (B, max_state_dim)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.state.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+
+class _Expert:
+    """The flow policy's ``expert`` interface over pi0's ``denoise_step``: (x (B, H, D), t (B,)) -> velocity and
+    the expert's hidden state at the action positions (for the Flow-Noise head)."""
+
+    def __init__(self, policy: LeRobotFlowPolicy):
+        self.policy = policy
+
+    @property
+    def training(self) -> bool:
+        return self.policy.training
+
+    def project_memory(self, prefix: Any) -> None:
+        return None
+
+    def noise(self, h: torch.Tensor) -> torch.Tensor:
+        return self.policy.noise_head(h)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, prefix: _Prefix, pad: Any = None, kv: Any = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.policy
+        model = p.model
+        B, H, D = x.shape
+        xp = torch.zeros(B, H, model.config.max_action_dim, device=x.device, dtype=x.dtype)
+        xp[..., :D] = x
+        seen: list[torch.Tensor] = []
+        hook = model.action_out_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        try:
+            v = model.denoise_step(prefix.state, prefix.pad_masks, prefix.cache, xp, t.to(x.dtype).expand(B))
+        finally:
+            hook.remove()
+        return v[..., :D], seen[-1]
+
+
+class LeRobotFlowPolicy(FlowPolicy):
+    """``kind: lerobot`` (``lerobot_model: pi0``). ``d_model`` is PaliGemma's width."""
+
+    builtin_backbone = False
+    cacheable_prefix = False
+    feature_cache = False  # pi0 embeds its images inside ``embed_prefix``: rollouts keep images
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None, saved: Any = None):
+        Policy.__init__(self, config, normalizer)
+        pi0 = _lerobot()
+        c = config
+        if c.lerobot_model != "pi0":
+            raise ConfigError(f"config field 'lerobot_model': {c.lerobot_model!r} is not built yet; use 'pi0'")
+        if c.lerobot_path:
+            from lerobot.policies.pi0.modeling_pi0 import PI0Policy
+
+            try:
+                self.model = PI0Policy.from_pretrained(c.lerobot_path, local_files_only=True).model
+            except OSError as e:
+                raise ValueError(f"cannot load pi0 from {c.lerobot_path!r} (a local LeRobot folder): {e}") from None
+        else:
+            from lerobot.policies.pi0.configuration_pi0 import PI0Config
+
+            pc = PI0Config(chunk_size=c.horizon, n_action_steps=c.execute_steps, num_inference_steps=c.num_steps,
+                           image_resolution=tuple(c.image_size), dtype="float32", device="cpu",
+                           max_state_dim=max(32, c.state_dim), max_action_dim=max(32, c.action_dim))
+            with _tiny_pi0(pi0, c):
+                self.model = pi0.PI0Pytorch(pc)
+        mc = self.model.config
+        if mc.chunk_size != c.horizon or mc.max_action_dim < c.action_dim or mc.max_state_dim < c.state_dim:
+            raise ValueError(f"the pi0 model (chunk {mc.chunk_size}, max action / state dims {mc.max_action_dim} / "
+                             f"{mc.max_state_dim}) does not fit policy horizon={c.horizon}, action_dim={c.action_dim}, "
+                             f"state_dim={c.state_dim}")
+        width = self.model.action_out_proj.in_features
+        self.noise_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, c.action_dim))
+        self.expert = _Expert(self)
+        vocab = self.model.paligemma_with_expert.paligemma.config.text_config.vocab_size
+        self.tokenizer = HashTokenizer(vocab, c.max_words)
+
+    # ------------------------------------------------------------ the prefix
+
+    @property
+    def image_feature_dim(self) -> int:
+        raise ValueError("a lerobot policy runs from images (no cached vision features)")
+
+    def vision_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.paligemma_with_expert.paligemma.model.vision_tower.parameters())
+
+    def _inputs(self, obs: Observation):
+        images, texts, state = self.prepare(obs)
+        mc, dev = self.model.config, self.action_low.device
+        B = images.shape[0]
+        views = [(images[:, v].float() / 255.0) * 2 - 1 for v in range(images.shape[1])]
+        masks = [torch.ones(B, dtype=torch.bool, device=dev) for _ in views]
+        ids, pad = self.tokenizer([t.lower() for t in texts], dev)
+        s = torch.zeros(B, mc.max_state_dim, device=dev)
+        s[:, : state.shape[1]] = state
+        return views, masks, ids, ~pad, s
+
+    def encode(self, obs: Observation) -> tuple[_Prefix, None, torch.Tensor | None]:
+        pi0 = _lerobot()
+        views, masks, ids, lang_masks, state = self._inputs(obs)
+        m = self.model
+        embs, pad_masks, att_masks = m.embed_prefix(views, masks, ids, lang_masks)
+        att = pi0.prepare_attention_masks_4d(pi0.make_att_2d_masks(pad_masks, att_masks))
+        pos = torch.cumsum(pad_masks, dim=1) - 1
+        m.paligemma_with_expert.paligemma.model.language_model.config._attn_implementation = "eager"  # noqa: SLF001
+        (out, _), cache = m.paligemma_with_expert.forward(attention_mask=att, position_ids=pos, past_key_values=None,
+                                                          inputs_embeds=[embs, None], use_cache=True)
+        value = self.value(masked_mean(out.float(), ~pad_masks))
+        return _Prefix(cache, pad_masks, state), None, value
+
+    def pooled_features(self, obs: Observation) -> torch.Tensor:
+        raise ValueError("a lerobot policy has no pooled features for the OOD monitor yet")
+
+    # ------------------------------------------------------------ losses
+
+    def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """LeRobot's flow-matching loss (``PI0Pytorch.forward``) over unpadded steps and real action dims."""
+        views, masks, ids, lang_masks, state = self._inputs(batch)
+        mask = self.loss_mask(batch)
+        a = self.normalize_actions(batch["actions"].to(state.device))
+        a = torch.where(mask, a, torch.zeros_like(a))
+        B, H, D = a.shape
+        mc = self.model.config
+        ap = torch.zeros(B, H, mc.max_action_dim, device=a.device)
+        ap[..., :D] = a
+        t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(a.device) * 0.999 + 0.001
+        noise = torch.randn_like(ap)
+        err = self.model.forward(views, masks, ids, lang_masks, state, ap, noise, t)[..., :D]
+        loss = masked(err, mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"sft/loss": float(loss.detach())}
+
+    def _noise_log_prob(self, prefix, pad, chain, mask):
+        """Flow-Noise log-likelihood of a stored chain: one expert call per denoising step (the KV cache of the
+        prefix cannot be tiled like the built-in expert's memory)."""
+        c = self.config
+        B, K = chain.shape[0], c.num_steps
+        grid = self._grid(chain.device)
+        steps, ents = [], []
+        for k in range(K):
+            x = chain[:, k]
+            v, h = self.expert(x, grid[k].expand(B), prefix)
+            mean = ode_step(x, v, grid[k] - grid[k + 1])
+            std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
+            steps.append(masked(gaussian_log_prob(chain[:, k + 1], mean, std), mask).sum((1, 2)))
+            ents.append(masked(gaussian_entropy(std), mask).sum((1, 2)))
+        x0 = chain[:, 0]
+        first = masked(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask).sum((1, 2))
+        return (first + torch.stack(steps, 1).sum(1)) / (K + 1), torch.stack(ents, 1).mean(1)
+
+
+__all__ = ["LeRobotFlowPolicy"]
