@@ -161,7 +161,7 @@ def project(f: Figures, B: int, K: int, cores_per_node: int, cpu_price: float, g
     disaggregated layout); each engine infers B / GPUs observations per call."""
     rows = []
     for L in gpus:
-        for N in (1, 2, 4, 8, 16, 32, 64, 128):
+        for N in (n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= B):  # a worker holds at least one env
             for S in (1, 2):
                 m = iteration(f, B, K, N, M=L, S=S, L=learner_gpus or L)
                 nodes = math.ceil((N + 1) / cores_per_node)
