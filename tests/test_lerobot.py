@@ -1,5 +1,6 @@
-"""LeRobot's pi0 behind the Policy contract (``kind: lerobot``, policies/lerobot.py): our denoising loop over its
-``denoise_step``, Flow-SDE / Flow-Noise log-prob replay, SFT through LeRobot's loss, GRPO / PPO through the trainer.
+"""LeRobot's pi0 and pi0.5 behind the Policy contract (``kind: lerobot``, policies/lerobot.py): our denoising loop
+over their ``denoise_step``, Flow-SDE / Flow-Noise log-prob replay, SFT through LeRobot's loss, GRPO / PPO through the
+trainer.
 
 Needs LeRobot >= 0.6 on Python >= 3.12, which lives in its own venv: ``make test-lerobot`` (builds
 ``.venv-lerobot``, ~2 min and ~5 GB, then runs ``pytest -m lerobot``). Skipped where LeRobot is not installed.
@@ -30,22 +31,37 @@ def _obs(n=4):
     return env.reset(torch.arange(n) % 10, torch.arange(n))
 
 
-def _policy(**kw):
+MODELS = ["pi0", "pi05"]
+
+
+def _policy(model="pi0", **kw):
     torch.manual_seed(0)
-    return make_policy(PolicyConfig(**{**TINY, **kw}), NORM).eval()
+    return make_policy(PolicyConfig(**{**TINY, "lerobot_model": model, **kw}), NORM).eval()
 
 
-def test_it_is_lerobots_pi0():
+def test_they_are_lerobots_models_and_read_the_state():
     from lerobot.policies.pi0.modeling_pi0 import PI0Pytorch
+    from lerobot.policies.pi05.modeling_pi05 import PI05Pytorch
 
-    policy = _policy()
-    assert isinstance(policy.model, PI0Pytorch)
-    assert policy.model.config.chunk_size == 4 and policy.model.config.max_action_dim >= 7
+    pi0, pi05 = _policy("pi0"), _policy("pi05")
+    assert isinstance(pi0.model, PI0Pytorch) and isinstance(pi05.model, PI05Pytorch)
+    assert pi0.model.config.chunk_size == 4 and pi0.model.config.max_action_dim >= 7
+    assert pi05.model.paligemma_with_expert.gemma_expert.config.use_adarms  # time enters pi0.5's expert by adaRMS
+    obs = _obs()
+    moved = {**obs, OBS_STATE: obs[OBS_STATE] + 0.5}
+    for policy in (pi0, pi05):  # pi0: a state token; pi0.5: state tokens in the prompt
+        g = torch.Generator().manual_seed(0)
+        a = policy.act(obs, mode="greedy", generator=g).actions
+        g = torch.Generator().manual_seed(0)
+        assert not torch.allclose(a, policy.act(moved, mode="greedy", generator=g).actions)
+    with pytest.raises(ValueError, match="lerobot_model.*smolvla"):
+        _policy("smolvla")
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mode,sampler", [("sample", "sde"), ("sample", "noise"), ("greedy", None)])
-def test_evaluate_recomputes_the_rollout_log_prob(mode, sampler):
-    policy = _policy()
+def test_evaluate_recomputes_the_rollout_log_prob(model, mode, sampler):
+    policy = _policy(model)
     obs = _obs()
     out = policy.act(obs, mode=mode, sampler=sampler, generator=torch.Generator().manual_seed(0))
     assert out.actions.shape == (4, 3, 7) and out.value.shape == (4,)
@@ -64,8 +80,9 @@ def test_evaluate_recomputes_the_rollout_log_prob(mode, sampler):
     assert torch.allclose(lp2, out.log_prob[idx], atol=1e-5)
 
 
-def test_sft_uses_lerobots_loss_and_masks_padding_and_constant_dims():
-    policy = _policy().train()
+@pytest.mark.parametrize("model", MODELS)
+def test_sft_uses_lerobots_loss_and_masks_padding_and_constant_dims(model):
+    policy = _policy(model).train()
     obs = _obs()
     actions = torch.rand(4, 4, 7) * 2 - 1
     actions[..., 3:6] = 0
@@ -91,8 +108,9 @@ def test_sft_uses_lerobots_loss_and_masks_padding_and_constant_dims():
     assert loss.item() < 0.5 * first
 
 
-def test_save_load_round_trip(tmp_path):
-    policy = _policy()
+@pytest.mark.parametrize("model", MODELS)
+def test_save_load_round_trip(tmp_path, model):
+    policy = _policy(model)
     obs = _obs()
     policy.save_pretrained(tmp_path / "p")
     loaded = load_pretrained(tmp_path / "p").eval()
@@ -101,9 +119,9 @@ def test_save_load_round_trip(tmp_path):
     assert torch.allclose(lp, out.log_prob, atol=1e-5) and torch.allclose(v, out.value)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_two_rl_iterations_on_the_built_in_world(tmp_path, algo):
-    _policy().save_pretrained(tmp_path / "init")
+@pytest.mark.parametrize("model,algo", [("pi0", "grpo"), ("pi0", "ppo"), ("pi05", "grpo"), ("pi05", "ppo")])
+def test_two_rl_iterations_on_the_built_in_world(tmp_path, model, algo):
+    _policy(model).save_pretrained(tmp_path / "init")
     extra = (["algo=ppo", "rollout.mode=autoreset", "rollout.num_envs=4", "rollout.chunks_per_rollout=3",
               "ppo.minibatch_size=4", "ppo.epochs=1"] if algo == "ppo" else ["flow_sampler=noise"])
     cfg = load_config(RLConfig, None, [

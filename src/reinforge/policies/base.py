@@ -106,7 +106,7 @@ class PolicyConfig:
     oft_action_head: Literal["tokens", "l1"] = "tokens"  # l1: OFT's regression head (SFT / evaluation only)
     # lerobot (policies/lerobot.py, LeRobot >= 0.6 on Python >= 3.12): d_model is PaliGemma's width; a tiny random
     # pi0 of these sizes unless lerobot_path names a local LeRobot checkpoint folder
-    lerobot_model: str = "pi0"
+    lerobot_model: str = "pi0"  # pi0 | pi05
     lerobot_path: str = ""
     lerobot_expert_width: int = 32
     lerobot_depth: int = 2  # layers of both PaliGemma's Gemma and the action expert (LeRobot pairs them)

@@ -1,4 +1,5 @@
-"""LeRobot's pi0 behind the Policy contract (``kind: lerobot``), with OUR denoising loop over its ``denoise_step``.
+"""LeRobot's pi0 and pi0.5 behind the Policy contract (``kind: lerobot``), with OUR denoising loop over their
+``denoise_step``.
 
 LeRobot (>= 0.6, Python >= 3.12: ``make test-lerobot`` builds that environment) implements pi0 as
 ``PI0Pytorch``: ``embed_prefix`` (SigLIP image tokens + language tokens), a PaliGemma pass over the prefix that
@@ -11,7 +12,9 @@ the mean prefix hidden state serves PPO. Normalisation is ours (LeRobot 0.6 norm
 
 Tiny random models build offline (``lerobot_*`` sizes: PaliGemma width = ``d_model``, a Gemma expert of
 ``lerobot_expert_width``, a small SigLIP); a real checkpoint loads from a local folder (``lerobot_path``,
-``PI0Policy.from_pretrained(local_files_only=True)``). Not yet: pi0.5 and SmolVLA, vision-feature caching.
+``PI0Policy.from_pretrained(local_files_only=True)``). pi0.5 (``lerobot_model: pi05``) differs in three places,
+all LeRobot's: an adaRMS time-conditioned expert, ``denoise_step`` without a state argument, and the state given as
+256-bin tokens in the prompt ("task: ..., state: ...; action:"). Not yet: SmolVLA, vision-feature caching.
 """
 
 from __future__ import annotations
@@ -32,17 +35,23 @@ from reinforge.types import Observation
 NUM_HEADS = 8  # LeRobot's pi0 training forward assumes 8 attention heads
 
 
-def _lerobot() -> Any:
+MODELS = {"pi0": ("pi0", "PI0Pytorch", "PI0Config", "PI0Policy"),
+          "pi05": ("pi05", "PI05Pytorch", "PI05Config", "PI05Policy")}
+
+
+def _lerobot(model: str = "pi0") -> Any:
+    """LeRobot's modeling module of ``model`` (pi0 | pi05)."""
+    import importlib
+
     try:
-        import lerobot.policies.pi0.modeling_pi0 as pi0
+        return importlib.import_module(f"lerobot.policies.{MODELS[model][0]}.modeling_{MODELS[model][0]}")
     except ImportError as e:
         raise ImportError(f"policy kind 'lerobot' needs LeRobot >= 0.6 on Python >= 3.12 ({e}): `make test-lerobot` "
                           "builds .venv-lerobot with it, or pip install 'lerobot[pi]==0.6.1'") from None
-    return pi0
 
 
 @contextlib.contextmanager
-def _tiny_pi0(pi0: Any, c: PolicyConfig):
+def _tiny_pi0(pi0: Any, c: PolicyConfig):  # pi0's and pi0.5's modules alike
     """While building ``PI0Pytorch``: Gemma configs of our sizes and a PaliGemma with a small SigLIP tower and
     vocabulary (LeRobot knows only gemma_300m / gemma_2b with a 400M-parameter SigLIP and a 257k vocabulary)."""
     from transformers import CONFIG_MAPPING
@@ -69,7 +78,7 @@ def _tiny_pi0(pi0: Any, c: PolicyConfig):
             t.num_attention_heads, t.head_dim = vlm_config.num_heads, vlm_config.head_dim
             t.num_hidden_layers, t.num_key_value_heads = vlm_config.depth, vlm_config.num_kv_heads
             t.hidden_activation, t.dtype, t.vocab_size = "gelu_pytorch_tanh", "float32", c.lerobot_vocab
-            t.use_adarms, t.adarms_cond_dim = False, None
+            t.use_adarms, t.adarms_cond_dim = bool(use_adarms and use_adarms[0]), None
             v = vlm.vision_config
             v.image_size, v.patch_size = image_size, c.lerobot_patch_size
             v.hidden_size, v.intermediate_size = c.lerobot_vision_dim, 2 * c.lerobot_vision_dim
@@ -79,8 +88,9 @@ def _tiny_pi0(pi0: Any, c: PolicyConfig):
                 head_dim=action_expert_config.head_dim, hidden_size=action_expert_config.width,
                 intermediate_size=action_expert_config.mlp_dim, num_attention_heads=action_expert_config.num_heads,
                 num_hidden_layers=action_expert_config.depth, num_key_value_heads=action_expert_config.num_kv_heads,
-                vocab_size=c.lerobot_vocab, hidden_activation="gelu_pytorch_tanh", dtype="float32", use_adarms=False,
-                adarms_cond_dim=None)
+                vocab_size=c.lerobot_vocab, hidden_activation="gelu_pytorch_tanh", dtype="float32",
+                use_adarms=bool(use_adarms and use_adarms[1]),  # pi0.5 conditions its expert on time by adaRMS
+                adarms_cond_dim=action_expert_config.width if use_adarms and use_adarms[1] else None)
             self.paligemma = pi0.PaliGemmaForConditionalGenerationWithPiGemma(config=vlm)
             self.gemma_expert = pi0.PiGemmaForCausalLM(config=expert)
             self.gemma_expert.model.embed_tokens = None
@@ -101,7 +111,7 @@ class _Prefix:
 
     cache: Any
     pad_masks: torch.Tensor  # (B, P) True = a real prefix token (LeRobot's convention)
-    state: torch.Tensor  # (B, max_state_dim)
+    state: torch.Tensor  # (B, max_state_dim) (pi0.5 reads its state from the prompt instead)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -139,14 +149,18 @@ class _Expert:
         seen: list[torch.Tensor] = []
         hook = model.action_out_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
         try:
-            v = model.denoise_step(prefix.state, prefix.pad_masks, prefix.cache, xp, t.to(x.dtype).expand(B))
+            t = t.to(x.dtype).expand(B)
+            if p.config.lerobot_model == "pi05":
+                v = model.denoise_step(prefix.pad_masks, prefix.cache, xp, t)
+            else:
+                v = model.denoise_step(prefix.state, prefix.pad_masks, prefix.cache, xp, t)
         finally:
             hook.remove()
         return v[..., :D], seen[-1]
 
 
 class LeRobotFlowPolicy(FlowPolicy):
-    """``kind: lerobot`` (``lerobot_model: pi0``). ``d_model`` is PaliGemma's width."""
+    """``kind: lerobot`` (``lerobot_model: pi0 | pi05``). ``d_model`` is PaliGemma's width."""
 
     builtin_backbone = False
     cacheable_prefix = False
@@ -154,25 +168,28 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None, saved: Any = None):
         Policy.__init__(self, config, normalizer)
-        pi0 = _lerobot()
         c = config
-        if c.lerobot_model != "pi0":
-            raise ConfigError(f"config field 'lerobot_model': {c.lerobot_model!r} is not built yet; use 'pi0'")
+        if c.lerobot_model not in MODELS:
+            raise ConfigError(f"config field 'lerobot_model': {c.lerobot_model!r} is not built yet; use one of "
+                              f"{sorted(MODELS)} (SmolVLA is not wrapped yet)")
+        mod = _lerobot(c.lerobot_model)
+        _, net, conf, pol = MODELS[c.lerobot_model]
         if c.lerobot_path:
-            from lerobot.policies.pi0.modeling_pi0 import PI0Policy
-
             try:
-                self.model = PI0Policy.from_pretrained(c.lerobot_path, local_files_only=True).model
+                self.model = getattr(mod, pol).from_pretrained(c.lerobot_path, local_files_only=True).model
             except OSError as e:
-                raise ValueError(f"cannot load pi0 from {c.lerobot_path!r} (a local LeRobot folder): {e}") from None
+                raise ValueError(f"cannot load {c.lerobot_model} from {c.lerobot_path!r} (a local LeRobot folder): "
+                                 f"{e}") from None
         else:
-            from lerobot.policies.pi0.configuration_pi0 import PI0Config
+            import importlib
 
-            pc = PI0Config(chunk_size=c.horizon, n_action_steps=c.execute_steps, num_inference_steps=c.num_steps,
-                           image_resolution=tuple(c.image_size), dtype="float32", device="cpu",
-                           max_state_dim=max(32, c.state_dim), max_action_dim=max(32, c.action_dim))
-            with _tiny_pi0(pi0, c):
-                self.model = pi0.PI0Pytorch(pc)
+            cfg_cls = getattr(importlib.import_module(f"lerobot.policies.{MODELS[c.lerobot_model][0]}."
+                                                      f"configuration_{MODELS[c.lerobot_model][0]}"), conf)
+            pc = cfg_cls(chunk_size=c.horizon, n_action_steps=c.execute_steps, num_inference_steps=c.num_steps,
+                         image_resolution=tuple(c.image_size), dtype="float32", device="cpu",
+                         max_state_dim=max(32, c.state_dim), max_action_dim=max(32, c.action_dim))
+            with _tiny_pi0(mod, c):
+                self.model = getattr(mod, net)(pc)
         mc = self.model.config
         if mc.chunk_size != c.horizon or mc.max_action_dim < c.action_dim or mc.max_state_dim < c.state_dim:
             raise ValueError(f"the pi0 model (chunk {mc.chunk_size}, max action / state dims {mc.max_action_dim} / "
@@ -199,13 +216,16 @@ class LeRobotFlowPolicy(FlowPolicy):
         B = images.shape[0]
         views = [(images[:, v].float() / 255.0) * 2 - 1 for v in range(images.shape[1])]
         masks = [torch.ones(B, dtype=torch.bool, device=dev) for _ in views]
+        if self.config.lerobot_model == "pi05":  # pi0.5 reads the state as 256-bin tokens in its prompt
+            bins = ((state.clamp(-1, 1) + 1) / 2 * 255).round().long().tolist()
+            texts = [f"task: {t.lower()}, state: {' '.join(map(str, b))}; action:" for t, b in zip(texts, bins)]
         ids, pad = self.tokenizer([t.lower() for t in texts], dev)
         s = torch.zeros(B, mc.max_state_dim, device=dev)
         s[:, : state.shape[1]] = state
         return views, masks, ids, ~pad, s
 
     def encode(self, obs: Observation) -> tuple[_Prefix, None, torch.Tensor | None]:
-        pi0 = _lerobot()
+        pi0 = _lerobot(self.config.lerobot_model)
         views, masks, ids, lang_masks, state = self._inputs(obs)
         m = self.model
         embs, pad_masks, att_masks = m.embed_prefix(views, masks, ids, lang_masks)
@@ -234,7 +254,10 @@ class LeRobotFlowPolicy(FlowPolicy):
         ap[..., :D] = a
         t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(a.device) * 0.999 + 0.001
         noise = torch.randn_like(ap)
-        err = self.model.forward(views, masks, ids, lang_masks, state, ap, noise, t)[..., :D]
+        if self.config.lerobot_model == "pi05":
+            err = self.model.forward(views, masks, ids, lang_masks, ap, noise, t)[..., :D]
+        else:
+            err = self.model.forward(views, masks, ids, lang_masks, state, ap, noise, t)[..., :D]
         loss = masked(err, mask).sum() / mask.sum().clamp(min=1)
         return loss, {"sft/loss": float(loss.detach())}
 
