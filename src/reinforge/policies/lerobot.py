@@ -14,7 +14,9 @@ Tiny random models build offline (``lerobot_*`` sizes: PaliGemma width = ``d_mod
 ``lerobot_expert_width``, a small SigLIP); a real checkpoint loads from a local folder (``lerobot_path``,
 ``PI0Policy.from_pretrained(local_files_only=True)``). pi0.5 (``lerobot_model: pi05``) differs in three places,
 all LeRobot's: an adaRMS time-conditioned expert, ``denoise_step`` without a state argument, and the state given as
-256-bin tokens in the prompt ("task: ..., state: ...; action:"). Not yet: SmolVLA, vision-feature caching.
+256-bin tokens in the prompt ("task: ..., state: ...; action:"). SmolVLA (``smolvla``): SmolVLM with a smaller
+expert (cross-attention to the prefix), the state as the last prefix token; its tiny build gives it a SmolVLM config
+of our sizes instead of the one it reads from the Hub by name. Not yet: vision-feature caching.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ NUM_HEADS = 8  # LeRobot's pi0 training forward assumes 8 attention heads
 
 
 MODELS = {"pi0": ("pi0", "PI0Pytorch", "PI0Config", "PI0Policy"),
-          "pi05": ("pi05", "PI05Pytorch", "PI05Config", "PI05Policy")}
+          "pi05": ("pi05", "PI05Pytorch", "PI05Config", "PI05Policy"),
+          "smolvla": ("smolvla", "VLAFlowMatching", "SmolVLAConfig", "SmolVLAPolicy")}
 
 
 def _lerobot(model: str = "pi0") -> Any:
@@ -105,6 +108,38 @@ def _tiny_pi0(pi0: Any, c: PolicyConfig):  # pi0's and pi0.5's modules alike
         pi0.get_gemma_config, pi0.PaliGemmaWithExpertModel = saved
 
 
+@contextlib.contextmanager
+def _tiny_smolvla(c: PolicyConfig):
+    """While building SmolVLA's ``VLAFlowMatching``: a SmolVLM config of our sizes instead of the one it reads by
+    name from the Hub, and the two image-marker token ids it reads from the processor's tokenizer (our prompt is
+    tokenised by reinforge, so no processor is needed)."""
+    import types
+
+    import lerobot.policies.smolvla.smolvlm_with_expert as sw
+    from transformers import SmolVLMConfig
+
+    V = c.lerobot_vocab
+    H = c.image_size[0]
+    cfg = SmolVLMConfig(
+        vision_config={"hidden_size": c.lerobot_vision_dim, "intermediate_size": 2 * c.lerobot_vision_dim,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": H,
+                       "patch_size": c.lerobot_patch_size},
+        text_config={"model_type": "llama", "hidden_size": c.d_model, "intermediate_size": 2 * c.d_model,
+                     "num_hidden_layers": c.lerobot_depth, "num_attention_heads": c.heads,
+                     "num_key_value_heads": max(1, c.heads // 2), "head_dim": c.lerobot_head_dim, "vocab_size": V,
+                     "max_position_embeddings": 1024},
+        scale_factor=2, image_token_id=V - 1, vocab_size=V)
+    processor = types.SimpleNamespace(tokenizer=types.SimpleNamespace(fake_image_token_id=V - 2,
+                                                                      global_image_token_id=V - 3))
+    saved = sw.AutoConfig, sw.AutoProcessor
+    sw.AutoConfig = types.SimpleNamespace(from_pretrained=lambda *a, **k: cfg)
+    sw.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda *a, **k: processor)
+    try:
+        yield
+    finally:
+        sw.AutoConfig, sw.AutoProcessor = saved
+
+
 @dataclass
 class _Prefix:
     """What the action expert conditions on: the prefix KV cache, its padding, pi0's (padded) state."""
@@ -150,7 +185,7 @@ class _Expert:
         hook = model.action_out_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
         try:
             t = t.to(x.dtype).expand(B)
-            if p.config.lerobot_model == "pi05":
+            if p.config.lerobot_model in ("pi05", "smolvla"):
                 v = model.denoise_step(prefix.pad_masks, prefix.cache, xp, t)
             else:
                 v = model.denoise_step(prefix.state, prefix.pad_masks, prefix.cache, xp, t)
@@ -170,8 +205,7 @@ class LeRobotFlowPolicy(FlowPolicy):
         Policy.__init__(self, config, normalizer)
         c = config
         if c.lerobot_model not in MODELS:
-            raise ConfigError(f"config field 'lerobot_model': {c.lerobot_model!r} is not built yet; use one of "
-                              f"{sorted(MODELS)} (SmolVLA is not wrapped yet)")
+            raise ConfigError(f"config field 'lerobot_model': {c.lerobot_model!r} is not one of {sorted(MODELS)}")
         mod = _lerobot(c.lerobot_model)
         _, net, conf, pol = MODELS[c.lerobot_model]
         if c.lerobot_path:
@@ -185,11 +219,19 @@ class LeRobotFlowPolicy(FlowPolicy):
 
             cfg_cls = getattr(importlib.import_module(f"lerobot.policies.{MODELS[c.lerobot_model][0]}."
                                                       f"configuration_{MODELS[c.lerobot_model][0]}"), conf)
-            pc = cfg_cls(chunk_size=c.horizon, n_action_steps=c.execute_steps, num_inference_steps=c.num_steps,
-                         image_resolution=tuple(c.image_size), dtype="float32", device="cpu",
-                         max_state_dim=max(32, c.state_dim), max_action_dim=max(32, c.action_dim))
-            with _tiny_pi0(mod, c):
-                self.model = getattr(mod, net)(pc)
+            common = {"chunk_size": c.horizon, "n_action_steps": c.execute_steps, "device": "cpu",
+                      "max_state_dim": max(32, c.state_dim), "max_action_dim": max(32, c.action_dim)}
+            if c.lerobot_model == "smolvla":  # reinforge's optimizer decides what trains (freeze_vision)
+                pc = cfg_cls(num_steps=c.num_steps, load_vlm_weights=False,
+                             resize_imgs_with_padding=tuple(c.image_size), num_vlm_layers=c.lerobot_depth,
+                             train_expert_only=False, freeze_vision_encoder=False, **common)
+                with _tiny_smolvla(c):
+                    self.model = getattr(mod, net)(pc)
+            else:
+                pc = cfg_cls(num_inference_steps=c.num_steps, image_resolution=tuple(c.image_size), dtype="float32",
+                             **common)
+                with _tiny_pi0(mod, c):
+                    self.model = getattr(mod, net)(pc)
         mc = self.model.config
         if mc.chunk_size != c.horizon or mc.max_action_dim < c.action_dim or mc.max_state_dim < c.state_dim:
             raise ValueError(f"the pi0 model (chunk {mc.chunk_size}, max action / state dims {mc.max_action_dim} / "
@@ -198,7 +240,7 @@ class LeRobotFlowPolicy(FlowPolicy):
         width = self.model.action_out_proj.in_features
         self.noise_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, c.action_dim))
         self.expert = _Expert(self)
-        vocab = self.model.paligemma_with_expert.paligemma.config.text_config.vocab_size
+        vocab = self._vlm().config.text_config.vocab_size
         self.tokenizer = HashTokenizer(vocab, c.max_words)
 
     # ------------------------------------------------------------ the prefix
@@ -207,7 +249,14 @@ class LeRobotFlowPolicy(FlowPolicy):
     def image_feature_dim(self) -> int:
         raise ValueError("a lerobot policy runs from images (no cached vision features)")
 
+    def _vlm(self) -> nn.Module:
+        if self.config.lerobot_model == "smolvla":
+            return self.model.vlm_with_expert.vlm
+        return self.model.paligemma_with_expert.paligemma
+
     def vision_parameters(self) -> list[nn.Parameter]:
+        if self.config.lerobot_model == "smolvla":
+            return list(self.model.vlm_with_expert.get_vlm_model().vision_model.parameters())
         return list(self.model.paligemma_with_expert.paligemma.model.vision_tower.parameters())
 
     def _inputs(self, obs: Observation):
@@ -225,15 +274,23 @@ class LeRobotFlowPolicy(FlowPolicy):
         return views, masks, ids, ~pad, s
 
     def encode(self, obs: Observation) -> tuple[_Prefix, None, torch.Tensor | None]:
-        pi0 = _lerobot(self.config.lerobot_model)
+        mod = _lerobot(self.config.lerobot_model)
         views, masks, ids, lang_masks, state = self._inputs(obs)
         m = self.model
-        embs, pad_masks, att_masks = m.embed_prefix(views, masks, ids, lang_masks)
-        att = pi0.prepare_attention_masks_4d(pi0.make_att_2d_masks(pad_masks, att_masks))
-        pos = torch.cumsum(pad_masks, dim=1) - 1
-        m.paligemma_with_expert.paligemma.model.language_model.config._attn_implementation = "eager"  # noqa: SLF001
-        (out, _), cache = m.paligemma_with_expert.forward(attention_mask=att, position_ids=pos, past_key_values=None,
-                                                          inputs_embeds=[embs, None], use_cache=True)
+        if self.config.lerobot_model == "smolvla":  # its state is the last prefix token; a 2-D attention mask
+            embs, pad_masks, att_masks = m.embed_prefix(views, masks, ids, lang_masks, state=state)
+            att = mod.make_att_2d_masks(pad_masks, att_masks)
+            pos = torch.cumsum(pad_masks, dim=1) - 1
+            (out, _), cache = m.vlm_with_expert.forward(attention_mask=att, position_ids=pos, past_key_values=None,
+                                                        inputs_embeds=[embs, None], use_cache=True)
+        else:
+            embs, pad_masks, att_masks = m.embed_prefix(views, masks, ids, lang_masks)
+            att = mod.prepare_attention_masks_4d(mod.make_att_2d_masks(pad_masks, att_masks))
+            pos = torch.cumsum(pad_masks, dim=1) - 1
+            m.paligemma_with_expert.paligemma.model.language_model.config._attn_implementation = "eager"  # noqa: SLF001
+            (out, _), cache = m.paligemma_with_expert.forward(attention_mask=att, position_ids=pos,
+                                                              past_key_values=None, inputs_embeds=[embs, None],
+                                                              use_cache=True)
         value = self.value(masked_mean(out.float(), ~pad_masks))
         return _Prefix(cache, pad_masks, state), None, value
 
@@ -256,6 +313,8 @@ class LeRobotFlowPolicy(FlowPolicy):
         noise = torch.randn_like(ap)
         if self.config.lerobot_model == "pi05":
             err = self.model.forward(views, masks, ids, lang_masks, ap, noise, t)[..., :D]
+        elif self.config.lerobot_model == "smolvla":
+            err = self.model.forward(views, masks, ids, lang_masks, state, ap, noise=noise, time=t)[..., :D]
         else:
             err = self.model.forward(views, masks, ids, lang_masks, state, ap, noise, t)[..., :D]
         loss = masked(err, mask).sum() / mask.sum().clamp(min=1)
