@@ -78,6 +78,8 @@ POLICY_PRESETS: dict[str, dict[str, Any]] = {
                    "oft_vision_layers": 6, "oft_patch_size": 16, "image_size": 224},  # ~59 M params
     # LeRobot's pi0 (Python >= 3.12, .venv-lerobot); the real one is a PaliGemma 3B with a 300M Gemma expert
     "lerobot-tiny": {"kind": "lerobot", "d_model": 64},
+    "lerobot-pi05-tiny": {"kind": "lerobot", "lerobot_model": "pi05", "d_model": 64},
+    "lerobot-smolvla-tiny": {"kind": "lerobot", "lerobot_model": "smolvla", "d_model": 64},
     "lerobot-medium": {"kind": "lerobot", "d_model": 512, "lerobot_expert_width": 256, "lerobot_depth": 6,
                        "lerobot_head_dim": 64, "lerobot_vision_dim": 384, "lerobot_patch_size": 16, "image_size": 224},
 }

@@ -588,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rl benchmark: a config override for every row (repeatable), e.g. rollout.max_episode_steps=40")
     b.add_argument("--batch", type=int, default=512, help="policy benchmark: observations per act() call")
     b.add_argument("--kinds", default="token,flow", help="policy benchmark: comma list of architectures (token, flow, "
-                   "oft-tiny, oft-medium: pip install 'reinforge[oft]'; lerobot-tiny, lerobot-medium: .venv-lerobot)")
+                   "oft-tiny, oft-medium: pip install 'reinforge[oft]'; lerobot-tiny (pi0), lerobot-pi05-tiny, "
+                   "lerobot-smolvla-tiny, lerobot-medium (pi0): .venv-lerobot)")
     b.add_argument("--num-envs", type=int, default=256)
     b.add_argument("--workers", default=None, help="env benchmark: comma list of worker counts (envs that use "
                                                    "worker processes, e.g. 1,2)")
