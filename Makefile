@@ -9,8 +9,10 @@ TEST_STAMP := $(VENV)/.installed-test
 
 LIBERO_VENV := .venv-libero
 LEROBOT_VENV := .venv-lerobot
-# LeRobot >= 0.5 needs Python >= 3.12 (this machine has one under pyenv)
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || echo $(HOME)/.pyenv/versions/3.12.1/bin/python)
+# LeRobot >= 0.5 needs Python >= 3.12: the first interpreter here that runs and is new enough (a pyenv shim of an
+# inactive version does not run; this machine's 3.12 lives under ~/.pyenv/versions)
+PYTHON312 ?= $(shell for p in python3.12 python3.13 $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python); do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && { command -v $$p; break; }; done)
 
 .PHONY: quickstart test test-slow test-libero test-lerobot test-gpu ray oft libero-ray lint bench clean
 
@@ -57,6 +59,7 @@ test-libero: $(LIBERO_VENV)/.installed
 # LeRobot's pi0 (policy kind lerobot) in its own Python 3.12 venv (~2 min, ~5 GB: LeRobot 0.6.1 pins torch 2.11
 # and transformers 5.5); its tests build tiny random pi0 models offline
 $(LEROBOT_VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "make test-lerobot needs Python >= 3.12: install one or pass PYTHON312=/path/to/python3.12"; exit 2; }
 	$(PYTHON312) -m venv $(LEROBOT_VENV)
 	$(LEROBOT_VENV)/bin/pip install --quiet --upgrade pip
 	$(LEROBOT_VENV)/bin/pip install --quiet "lerobot[pi]==0.6.1"
