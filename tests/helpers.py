@@ -37,3 +37,24 @@ def move_to(scene, state, target, close, step_fn, max_steps=60):
         a = (err / MAX_STEP).clamp(-1, 1)
         state = step_fn(scene, state, action(*a.tolist(), close=close))
     return state
+
+
+def two_rl_iterations(init, out, algo: str, *extra: str):
+    """Two RLTrainer iterations of a tiny GRPO (episodic) or PPO (auto-reset) run from policy folder ``init``:
+    (metrics rows, state dict before, state dict after, names of the vision parameters)."""
+    from reinforge.config import load_config
+    from reinforge.train.rl import RLConfig, RLTrainer
+
+    ppo = ["algo=ppo", "rollout.mode=autoreset", "rollout.num_envs=4", "rollout.chunks_per_rollout=3",
+           "ppo.minibatch_size=4", "ppo.epochs=1"] if algo == "ppo" else []
+    cfg = load_config(RLConfig, None, [
+        f"init={init}", f"out={out}", "rollout.num_groups=2", "rollout.group_size=2", "rollout.max_episode_steps=6",
+        "grpo.dynamic_sampling=false", "grpo.minibatch_size=8", "eval.every=0", "eval.final_episodes_per_task=1",
+        "eval.tasks=[0]", "eval.heldout=false", "eval.videos=0", "iterations=2", "optim.lr=1e-3", *ppo, *extra])
+    with RLTrainer(cfg) as trainer:
+        before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+        rows = [trainer.train_iteration() for _ in range(2)]
+        after = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+        ids = {id(p) for p in trainer.policy.vision_parameters()}
+        vision = [k for k, p in trainer.policy.named_parameters() if id(p) in ids]
+    return rows, before, after, vision

@@ -13,10 +13,9 @@ import torch
 
 pytest.importorskip("lerobot.policies.pi0.modeling_pi0")
 
-from reinforge.config import load_config  # noqa: E402
+from helpers import two_rl_iterations  # noqa: E402
 from reinforge.envs import TabletopEnv  # noqa: E402
 from reinforge.policies import Normalizer, PolicyConfig, load_pretrained, make_policy  # noqa: E402
-from reinforge.train.rl import RLConfig, RLTrainer  # noqa: E402
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE  # noqa: E402
 
 pytestmark = pytest.mark.lerobot
@@ -127,19 +126,8 @@ def test_save_load_round_trip(tmp_path, model):
 @pytest.mark.parametrize("model,algo", [(m, a) for m in MODELS for a in ("grpo", "ppo")])
 def test_two_rl_iterations_on_the_built_in_world(tmp_path, model, algo):
     _policy(model).save_pretrained(tmp_path / "init")
-    extra = (["algo=ppo", "rollout.mode=autoreset", "rollout.num_envs=4", "rollout.chunks_per_rollout=3",
-              "ppo.minibatch_size=4", "ppo.epochs=1"] if algo == "ppo" else ["flow_sampler=noise"])
-    cfg = load_config(RLConfig, None, [
-        f"init={tmp_path / 'init'}", f"out={tmp_path / 'rl'}", "rollout.num_groups=2", "rollout.group_size=2",
-        "rollout.max_episode_steps=6", "grpo.dynamic_sampling=false", "grpo.minibatch_size=8", "eval.every=0",
-        "eval.final_episodes_per_task=1", "eval.tasks=[0]", "eval.heldout=false", "eval.videos=0",
-        "iterations=2", "optim.lr=1e-3", *extra])
-    with RLTrainer(cfg) as trainer:
-        before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-        rows = [trainer.train_iteration() for _ in range(2)]
-        after = trainer.policy.state_dict()
-        ids = {id(p) for p in trainer.policy.vision_parameters()}
-        vision = [k for k, p in trainer.policy.named_parameters() if id(p) in ids]
+    extra = [] if algo == "ppo" else ["flow_sampler=noise"]
+    rows, before, after, vision = two_rl_iterations(tmp_path / "init", tmp_path / "rl", algo, *extra)
     assert all(r["rollout/episodes"] >= 1 for r in rows)
     # (replay exactness is tested above; here the ratio drifts as the minibatches update the policy)
     assert all(torch.isfinite(torch.tensor(r["train/ratio_mean"])) for r in rows)

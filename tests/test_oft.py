@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from helpers import two_rl_iterations  # noqa: E402
 from reinforge.config import load_config  # noqa: E402
 from reinforge.envs import TabletopEnv  # noqa: E402
 from reinforge.policies import PolicyConfig, load_pretrained, make_policy  # noqa: E402
@@ -113,21 +114,11 @@ def test_missing_transformers_names_the_extra(monkeypatch):
 def test_two_rl_iterations_on_the_built_in_world(tmp_path, algo):
     torch.manual_seed(0)
     make_policy(PolicyConfig(**TINY)).save_pretrained(tmp_path / "init")
-    extra = (["algo=ppo", "rollout.mode=autoreset", "rollout.num_envs=4", "rollout.chunks_per_rollout=3",
-              "ppo.minibatch_size=4", "ppo.epochs=1"] if algo == "ppo" else [])
-    cfg = load_config(RLConfig, None, [
-        f"init={tmp_path / 'init'}", f"out={tmp_path / 'rl'}", "rollout.num_groups=2", "rollout.group_size=2",
-        "rollout.max_episode_steps=6", "grpo.dynamic_sampling=false", "grpo.minibatch_size=8", "eval.every=0",
-        "eval.final_episodes_per_task=1", "eval.tasks=[0]", "eval.heldout=false", "eval.videos=0",
-        "iterations=2", "optim.lr=1e-3", *extra])
-    with RLTrainer(cfg) as trainer:
-        before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-        rows = [trainer.train_iteration() for _ in range(2)]
-        after = trainer.policy.state_dict()
+    rows, before, after, vision = two_rl_iterations(tmp_path / "init", tmp_path / "rl", algo)
     assert all(r["rollout/episodes"] >= 1 for r in rows)
     assert all(abs(r["train/ratio_mean"] - 1) < 0.2 for r in rows)  # the replayed log-probs match the rollout's
-    vision = [k for k in before if k.startswith(("dino.", "siglip."))]
-    assert vision and all(torch.equal(before[k], after[k]) for k in vision), "the frozen vision towers stay put"
+    assert vision and all(k.startswith(("dino.", "siglip.")) for k in vision)
+    assert all(torch.equal(before[k], after[k]) for k in vision), "the frozen vision towers stay put"
     if algo == "ppo":
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("llm."))
 

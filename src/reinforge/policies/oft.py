@@ -73,15 +73,16 @@ class OFTPolicy(TokenPolicy):
         c = config
         H, W = c.image_size
         saved = Path(saved) / "oft" if saved is not None and (Path(saved) / "oft").is_dir() else None
-        if saved is not None:
-            self.llm = _from_saved(tf.LlamaForCausalLM, saved / "llm", "language model")
-        elif c.oft_llm:
-            self.llm = _pretrained(tf.LlamaForCausalLM, c.oft_llm, "language model")
-        else:
-            self.llm = tf.LlamaForCausalLM(tf.LlamaConfig(
-                vocab_size=c.oft_vocab_size, hidden_size=c.d_model, intermediate_size=4 * c.d_model,
-                num_hidden_layers=c.oft_llm_layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
-                max_position_embeddings=c.oft_max_tokens, tie_word_embeddings=False))
+        def tower(name: str, cls: Any, source: str, what: str, tiny: Any) -> Any:
+            """The saved policy's tower (from its kept config), else the named local folder, else tiny random."""
+            if saved is not None:
+                return _from_saved(cls, saved / name, what)
+            return _pretrained(cls, source, what) if source else cls(tiny)
+
+        self.llm = tower("llm", tf.LlamaForCausalLM, c.oft_llm, "language model", tf.LlamaConfig(
+            vocab_size=c.oft_vocab_size, hidden_size=c.d_model, intermediate_size=4 * c.d_model,
+            num_hidden_layers=c.oft_llm_layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
+            max_position_embeddings=c.oft_max_tokens, tie_word_embeddings=False))
         llm_cfg = self.llm.config
         if llm_cfg.hidden_size != c.d_model:
             raise ValueError(f"policy d_model={c.d_model} must equal the language model's hidden size "
@@ -89,22 +90,12 @@ class OFTPolicy(TokenPolicy):
         if llm_cfg.vocab_size <= c.num_bins + 2:
             raise ValueError(f"the language model's vocabulary ({llm_cfg.vocab_size}) must exceed num_bins="
                              f"{c.num_bins} + 2 (action bins are its last num_bins entries)")
-        if saved is not None:
-            self.dino = _from_saved(tf.Dinov2Model, saved / "dino", "DINOv2 encoder")
-        elif c.oft_dinov2:
-            self.dino = _pretrained(tf.Dinov2Model, c.oft_dinov2, "DINOv2 encoder")
-        else:
-            self.dino = tf.Dinov2Model(tf.Dinov2Config(
-                hidden_size=c.oft_vision_dim, num_hidden_layers=c.oft_vision_layers, num_attention_heads=2,
-                intermediate_size=4 * c.oft_vision_dim, patch_size=c.oft_patch_size, image_size=max(H, W)))
-        if saved is not None:
-            self.siglip = _from_saved(tf.SiglipVisionModel, saved / "siglip", "SigLIP encoder")
-        elif c.oft_siglip:
-            self.siglip = _pretrained(tf.SiglipVisionModel, c.oft_siglip, "SigLIP encoder")
-        else:
-            self.siglip = tf.SiglipVisionModel(tf.SiglipVisionConfig(
-                hidden_size=c.oft_vision_dim, num_hidden_layers=c.oft_vision_layers, num_attention_heads=2,
-                intermediate_size=4 * c.oft_vision_dim, patch_size=c.oft_patch_size, image_size=H))
+        vision = {"hidden_size": c.oft_vision_dim, "num_hidden_layers": c.oft_vision_layers, "num_attention_heads": 2,
+                  "intermediate_size": 4 * c.oft_vision_dim, "patch_size": c.oft_patch_size}
+        self.dino = tower("dino", tf.Dinov2Model, c.oft_dinov2, "DINOv2 encoder",
+                          tf.Dinov2Config(image_size=max(H, W), **vision))
+        self.siglip = tower("siglip", tf.SiglipVisionModel, c.oft_siglip, "SigLIP encoder",
+                            tf.SiglipVisionConfig(image_size=H, **vision))
         d_vis = self.dino.config.hidden_size + self.siglip.config.hidden_size
         d = c.d_model
         self.projector = nn.Sequential(nn.Linear(d_vis, d), nn.GELU(), nn.Linear(d, d))
