@@ -36,7 +36,7 @@ def test_the_towers_are_transformers_classes_and_attention_is_bidirectional():
 
     policy = _policy()
     assert isinstance(policy.llm, tf.LlamaForCausalLM)
-    assert isinstance(policy.dino, tf.Dinov2Model) and isinstance(policy.siglip, tf.SiglipVisionModel)
+    assert isinstance(policy.dino, tf.Dinov2WithRegistersModel) and isinstance(policy.siglip, tf.SiglipVisionModel)
     obs = _obs(2)
     logits, _ = policy.features(obs)
     assert logits.shape == (2, 4, 7, 256)

@@ -1,4 +1,4 @@
-"""The ``reinforge`` command: quickstart, demos, sft, train, eval, wm, bench, suites, envs, embodiments.
+"""The ``reinforge`` command: quickstart, demos, sft, train, eval, wm, bench, convert, suites, envs, embodiments.
 
 The CLI parses and prints; the work happens in library functions. Every command reaches environments through
 the registry: ``--env NAME`` (default ``tabletop``), ``--suite``, ``--env-device`` and ``--env-opt KEY=VALUE``
@@ -524,6 +524,28 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from reinforge.policies.convert_openvla import convert_openvla_oft
+
+    try:
+        heads = tuple(int(x) for x in args.vision_heads.split(",")) if args.vision_heads else (0, 0)
+    except ValueError:
+        heads = ()
+    if len(heads) != 2:
+        raise ValueError(f"--vision-heads must look like DINO,SIGLIP (e.g. 16,16), got {args.vision_heads!r}")
+    s = convert_openvla_oft(args.src, args.out, unnorm_key=args.unnorm_key, num_views=args.num_views,
+                            image_size=args.image_size, horizon=args.horizon, execute_steps=args.execute_steps,
+                            normalization=args.normalization, action_head=args.action_head,
+                            proprio_projector=args.proprio_projector, tokenizer=args.tokenizer,
+                            prompt_end_ids=args.prompt_end_ids, vision_heads=heads, overwrite=args.overwrite)
+    head = "L1-regression head" if s["head"] == "l1" else "action tokens"
+    console.print(f"wrote {s['out']}: oft policy, {s['params'] / 1e6:.1f} M parameters, {head}, "
+                  f"{'proprio token, ' if s['proprio'] else ''}statistics of {s['unnorm_key']!r}; it expects "
+                  f"{s['num_views']} view(s) of {s['image_size']}x{s['image_size']}, a {s['state_dim']}-dim state and "
+                  f"acts in {s['horizon']}-step chunks of {s['action_dim']}-dim actions")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reinforge", description="RL fine-tuning of Vision-Language-Action policies")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors")
@@ -717,6 +739,28 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the results as JSON")
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(fn=cmd_stages)
+    cv = sub.add_parser("convert", help="convert a released checkpoint into a reinforge policy (openvla-oft)")
+    cv.add_argument("format", choices=("openvla-oft",), help="the source format")
+    cv.add_argument("src", help="the checkpoint folder (config.json, model*.safetensors, dataset_statistics.json, "
+                                "tokenizer, action_head--*.pt, proprio_projector--*.pt)")
+    cv.add_argument("--out", required=True, help="the policy folder to write")
+    cv.add_argument("--unnorm-key", default="", help="the dataset whose action statistics to use (if several)")
+    cv.add_argument("--num-views", type=int, default=2, help="camera views per observation (OFT on LIBERO: 2, "
+                                                              "third-person + wrist; SimpleVLA-RL: 1)")
+    cv.add_argument("--image-size", type=int, default=224, help="the env's image side (resized to the towers')")
+    cv.add_argument("--horizon", type=int, default=8, help="action chunk length (OFT on LIBERO: 8; ALOHA: 25)")
+    cv.add_argument("--execute-steps", type=int, default=0, help="chunk steps executed per call (default: all)")
+    cv.add_argument("--normalization", default="bounds_q99", choices=("bounds_q99", "bounds"),
+                    help="OpenVLA's action/proprio normalisation (LIBERO: bounds_q99; ALOHA: bounds)")
+    cv.add_argument("--action-head", default="auto", help="auto (action_head--*checkpoint.pt in SRC), none, or PATH")
+    cv.add_argument("--proprio-projector", default="auto", help="auto (proprio_projector--*checkpoint.pt), none, "
+                                                                "or PATH")
+    cv.add_argument("--tokenizer", default="", help="tokenizer folder (default: SRC)")
+    cv.add_argument("--prompt-end-ids", default="auto", help="token ids after the prompt (auto: the tokenizer's "
+                                                             "empty word, 29871 for Llama 2), or none")
+    cv.add_argument("--vision-heads", default="", help="DINO,SIGLIP attention heads for unknown timm towers")
+    cv.add_argument("--overwrite", action="store_true", help="replace an existing --out policy")
+    cv.set_defaults(fn=cmd_convert)
     em = sub.add_parser("embodiments", help="list the embodiments: native action/state layouts and unified slots")
     em.add_argument("--json", action="store_true", help="print JSON")
     em.set_defaults(fn=cmd_embodiments)

@@ -93,12 +93,17 @@ class PolicyConfig:
     # oft: d_model is the language model's hidden size and heads its attention heads; tiny random towers unless
     # local Hugging Face folders are named (oft_llm, oft_dinov2, oft_siglip, oft_tokenizer)
     oft_llm_layers: int = 2
-    oft_vocab_size: int = 1024  # the last num_bins entries are the action bins
+    oft_vocab_size: int = 1024  # the action tokens are the num_bins entries below oft_action_token_end
     oft_vision_dim: int = 32
-    oft_vision_layers: int = 1
+    oft_vision_layers: int = 2
     oft_patch_size: int = 8
+    oft_registers: int = 4  # DINOv2's register tokens (OpenVLA's ViT-L/14 has 4)
+    oft_feature_layer: int = -2  # the towers' hidden state read (OpenVLA: the second-to-last layer's output)
     oft_max_prompt: int = 32  # prompt tokens
     oft_max_tokens: int = 512  # the language model's positions
+    oft_proprio: bool = True  # one proprio token after the image patches (OpenVLA-OFT's proprio projector)
+    oft_action_token_end: int = 0  # action token of bin b is (end - 1 - b); 0 = the vocabulary's size
+    oft_prompt_end_ids: tuple[int, ...] = ()  # tokens after the prompt (OpenVLA on Llama 2: 29871, the empty word)
     oft_llm: str = ""
     oft_dinov2: str = ""
     oft_siglip: str = ""
@@ -119,6 +124,7 @@ class PolicyConfig:
         self.image_size = tuple(self.image_size)
         self.channels = tuple(self.channels)
         self.embodiments = tuple(self.embodiments)
+        self.oft_prompt_end_ids = tuple(self.oft_prompt_end_ids)
         check(self.action_space in ("native", "unified"), "action_space", self.action_space, "must be native|unified")
         if self.action_space == "unified":  # the dims and the table may come from the data (SFT fills them in)
             from reinforge.envs.embodiment import get_embodiment
@@ -133,14 +139,13 @@ class PolicyConfig:
         check(self.kind in ("token", "flow", "oft", "lerobot"), "kind", self.kind,
               "must be 'token', 'flow', 'oft' or 'lerobot'")
         if self.kind == "oft":
-            check(self.image_size[0] == self.image_size[1], "image_size", self.image_size,
-                  "must be square for an oft policy (its SigLIP tower has a square position grid)")
-            check(self.image_size[0] % self.oft_patch_size == 0, "oft_patch_size", self.oft_patch_size,
-                  f"must divide image_size {self.image_size[0]}")
             check(self.oft_action_head in ("tokens", "l1"), "oft_action_head", self.oft_action_head,
                   "must be 'tokens' or 'l1'")
             check(self.oft_llm_layers >= 1 and self.oft_vision_layers >= 1, "oft_llm_layers",
                   (self.oft_llm_layers, self.oft_vision_layers), "must be >= 1")
+            check(-self.oft_vision_layers - 1 <= self.oft_feature_layer <= self.oft_vision_layers,
+                  "oft_feature_layer", self.oft_feature_layer,
+                  f"must index the towers' {self.oft_vision_layers + 1} hidden states")
         check(self.horizon >= 1, "horizon", self.horizon, "must be >= 1")
         check(1 <= self.execute_steps <= self.horizon, "execute_steps", self.execute_steps,
               f"must be in [1, horizon={self.horizon}]")
@@ -205,12 +210,8 @@ class Policy(nn.Module):
             raise ConfigError(f"normalisation stats have action dim {len(norm.action_low)} / state dim "
                               f"{len(norm.state_mean)} but the policy config says {c.action_dim} / {c.state_dim}")
         self.normalizer = norm
-        low, high = torch.tensor(norm.action_low), torch.tensor(norm.action_high)
-        self.register_buffer("action_low", low)
-        self.register_buffer("action_high", high)
-        self.register_buffer("action_dim_mask", (high - low) > 1e-6)
-        self.register_buffer("state_mean", torch.tensor(norm.state_mean))
-        self.register_buffer("state_std", torch.tensor(norm.state_std).clamp(min=1e-3))
+        for name, value in self.normalization_buffers(norm).items():
+            self.register_buffer(name, value)
         # state dims that never vary in the data carry no information: standardised to 0 whatever they read, so an
         # unseen value (e.g. a turned gripper when every demonstration kept it straight) is not amplified 1000x
         self.register_buffer("state_dim_mask", torch.tensor(norm.state_std) > 1e-6, persistent=False)
@@ -232,6 +233,13 @@ class Policy(nn.Module):
             self.register_buffer("emb_state_mask", torch.stack([e.slot_mask("state") for e in self._embodiments]),
                                  persistent=False)
             self.acting = c.embodiments.index(c.embodiment) if c.embodiment else 0
+
+    @staticmethod
+    def normalization_buffers(norm: Normalizer) -> dict[str, torch.Tensor]:
+        """The saved buffers that hold a normaliser's statistics (part of every policy's weights)."""
+        low, high = torch.tensor(norm.action_low), torch.tensor(norm.action_high)
+        return {"action_low": low, "action_high": high, "action_dim_mask": (high - low) > 1e-6,
+                "state_mean": torch.tensor(norm.state_mean), "state_std": torch.tensor(norm.state_std).clamp(min=1e-3)}
 
     # ---------------------------------------------------------------- embodiments
 
@@ -287,8 +295,9 @@ class Policy(nn.Module):
         x = (state.to(self.state_mean.device).float() - self.state_mean) / self.state_std
         return torch.where(self.state_dim_mask, x, torch.zeros_like(x))
 
-    def unnormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
-        a = (x.clamp(-1, 1) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
+    def unnormalize_actions(self, x: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """[-1, 1] -> native actions (``clip=False``: a regression head's values beyond the bounds extrapolate)."""
+        a = ((x.clamp(-1, 1) if clip else x) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
         return torch.where(self.action_dim_mask, a, self.action_low.expand_as(a))
 
     def entry_mask(self, obs: Observation | None = None) -> torch.Tensor:

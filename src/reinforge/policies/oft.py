@@ -1,17 +1,27 @@
-"""OpenVLA-OFT style token policy built from stock ``transformers`` classes (``kind: oft``; arXiv 2502.19645).
+"""OpenVLA-OFT's architecture built from stock ``transformers`` classes (``kind: oft``; arXiv 2502.19645).
 
-The real architecture, at any size: a ``LlamaForCausalLM`` language model; DINOv2 and SigLIP vision towers
-(``Dinov2Model``, ``SiglipVisionModel``) whose patch features are concatenated channel-wise and mapped into the
-LLM by an MLP projector; a proprio projector (one state token); H x D zeroed placeholder embeddings, one per
-action token, decoded in ONE forward pass with bidirectional attention (a 4-D additive mask, which transformers
-uses as given); each placeholder's logits over the last ``num_bins`` vocabulary entries are its 256-bin action
-token distribution, as OpenVLA's action tokenizer. (OpenVLA-OFT also has an L1-regression head; it is
-deterministic, so RL uses the token head here.)
+Layer for layer what a released OpenVLA-OFT checkpoint computes (``reinforge convert openvla-oft`` turns one into
+this policy; policies/convert_openvla.py), at any size:
+
+- vision: DINOv2 with registers and SigLIP (``Dinov2WithRegistersModel``, ``SiglipVisionModel``); each view is
+  resized to the towers' resolution and normalised per tower (ImageNet mean/std for DINOv2, 0.5/0.5 for SigLIP),
+  the patch tokens of the second-to-last layer's output (``oft_feature_layer``; no final norm, CLS and registers
+  dropped) are concatenated channel-wise, views one after the other;
+- Prismatic's fused projector (fc1: d_vis -> 4 d_vis, GELU, fc2 -> d, GELU, fc3) and OFT's proprio projector
+  (one token);
+- a ``LlamaForCausalLM`` over ``[BOS] [patches] [proprio] [prompt] [prompt end] [H x D placeholders] [STOP]``,
+  the placeholders' input embeddings zeroed, with bidirectional attention (a 4-D additive mask, which
+  transformers uses as given; OpenVLA-OFT patches Llama's attention to the same effect);
+- action token k of the chunk is read from the hidden state one position before its placeholder (the causal-LM
+  shift OpenVLA was trained with): its logits over OpenVLA's 256 action tokens (vocabulary ids end-1 ... end-256,
+  ``oft_action_token_end``) are the token head, bins decoded as OpenVLA's action tokenizer does (uniform edges on
+  [-1, 1], 255 bin centres); or the H x D hidden states go through OFT's L1-regression head (an MLP-ResNet over
+  each step's D hidden states).
 
 Sampling, greedy decoding, log-prob replay (chunk / token level) and the SFT loss are the built-in token
-policy's (``TokenPolicy``): only the forward pass differs. Tiny random configs build offline; real weights load
-from local folders (``oft_llm``, ``oft_dinov2``, ``oft_siglip``, ``oft_tokenizer``: HF-format folders, read with
-``local_files_only=True`` and without remote code).
+policy's (``TokenPolicy``): only the forward pass and the bins differ. Tiny random configs build offline; real
+weights load from local folders (``oft_llm``, ``oft_dinov2``, ``oft_siglip``, ``oft_tokenizer``: HF-format
+folders, read with ``local_files_only=True`` and without remote code) or from a converted OpenVLA-OFT checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from reinforge.policies.token import TokenPolicy
 from reinforge.types import OBS_IMAGE, Observation, PolicyOutput
 
 PROMPT = "In: What action should the robot take to {}?\nOut:"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINOv2's input normalisation
+BOS_ID, STOP_ID, FIRST_WORD_ID = 1, 2, 3  # the hashed-prompt layout (Llama's BOS / EOS ids; words from 3 on)
 
 
 def _transformers() -> Any:
@@ -48,13 +60,67 @@ def _pretrained(cls: Any, path: str, what: str) -> Any:
 
 def _from_saved(cls: Any, folder: Path, what: str) -> Any:
     """A tower built from the config a saved policy keeps of it (its weights come from model.safetensors)."""
+    tf = _transformers()
     try:
-        return cls(cls.config_class.from_pretrained(folder, local_files_only=True))
-    except OSError as e:
+        config = tf.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
         raise ValueError(f"the saved policy's {what} config {folder} cannot be read: {e}") from None
+    return _build(cls, config)
+
+
+def _build(cls: Any, config: Any) -> Any:
+    """A randomly initialised model of ``config``: through an Auto class's ``from_config``, or the class itself."""
+    return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
 
 
 TOWERS = (("llm", "language model"), ("dino", "DINOv2 encoder"), ("siglip", "SigLIP encoder"))
+
+
+class FusedProjector(nn.Module):
+    """Prismatic's projector for fused (DINOv2 + SigLIP) patch features: d_vis -> 4 d_vis -> d -> d."""
+
+    def __init__(self, d_vis: int, d: int):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(d_vis, 4 * d_vis), nn.Linear(4 * d_vis, d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class ProprioProjector(nn.Module):
+    """OFT's proprio projector: the normalised state -> one token."""
+
+    def __init__(self, state_dim: int, d: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(state_dim, d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class ResidualMLPBlock(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.ffn = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ffn(x)
+
+
+class MLPResNet(nn.Module):
+    """OFT's L1-regression head: per chunk step, the D action tokens' hidden states (D * d) -> D actions."""
+
+    def __init__(self, d_in: int, d: int, d_out: int, blocks: int = 2):
+        super().__init__()
+        self.layer_norm1, self.fc1 = nn.LayerNorm(d_in), nn.Linear(d_in, d)
+        self.mlp_resnet_blocks = nn.ModuleList(ResidualMLPBlock(d) for _ in range(blocks))
+        self.layer_norm2, self.fc2 = nn.LayerNorm(d), nn.Linear(d, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc1(self.layer_norm1(x)))
+        for block in self.mlp_resnet_blocks:
+            x = block(x)
+        return self.fc2(self.layer_norm2(x))
 
 
 class OFTPolicy(TokenPolicy):
@@ -71,15 +137,21 @@ class OFTPolicy(TokenPolicy):
         Policy.__init__(self, config, normalizer)  # normalisation, value head; no built-in backbone
         tf = _transformers()
         c = config
-        H, W = c.image_size
         saved = Path(saved) / "oft" if saved is not None and (Path(saved) / "oft").is_dir() else None
-        def tower(name: str, cls: Any, source: str, what: str, tiny: Any) -> Any:
+        tiny = saved is None and not (c.oft_dinov2 and c.oft_siglip)
+        if tiny:  # the random towers see the env's images as they are
+            H, W = c.image_size
+            if H != W or H % c.oft_patch_size:
+                raise ValueError(f"tiny oft towers need square images whose side oft_patch_size={c.oft_patch_size} "
+                                 f"divides, got image_size {c.image_size}")
+
+        def tower(name: str, cls: Any, source: str, what: str, tiny_config: Any) -> Any:
             """The saved policy's tower (from its kept config), else the named local folder, else tiny random."""
             if saved is not None:
                 return _from_saved(cls, saved / name, what)
-            return _pretrained(cls, source, what) if source else cls(tiny)
+            return _pretrained(cls, source, what) if source else _build(cls, tiny_config)
 
-        self.llm = tower("llm", tf.LlamaForCausalLM, c.oft_llm, "language model", tf.LlamaConfig(
+        self.llm = tower("llm", tf.AutoModelForCausalLM, c.oft_llm, "language model", tf.LlamaConfig(
             vocab_size=c.oft_vocab_size, hidden_size=c.d_model, intermediate_size=4 * c.d_model,
             num_hidden_layers=c.oft_llm_layers, num_attention_heads=c.heads, num_key_value_heads=c.heads,
             max_position_embeddings=c.oft_max_tokens, tie_word_embeddings=False))
@@ -87,30 +159,53 @@ class OFTPolicy(TokenPolicy):
         if llm_cfg.hidden_size != c.d_model:
             raise ValueError(f"policy d_model={c.d_model} must equal the language model's hidden size "
                              f"{llm_cfg.hidden_size}")
-        if llm_cfg.vocab_size <= c.num_bins + 2:
-            raise ValueError(f"the language model's vocabulary ({llm_cfg.vocab_size}) must exceed num_bins="
-                             f"{c.num_bins} + 2 (action bins are its last num_bins entries)")
+        end = c.oft_action_token_end or llm_cfg.vocab_size
+        if not c.num_bins + 8 <= end <= llm_cfg.vocab_size:
+            raise ValueError(f"the action tokens (oft_action_token_end={c.oft_action_token_end}, num_bins="
+                             f"{c.num_bins}) must lie inside the language model's vocabulary of "
+                             f"{llm_cfg.vocab_size} above the special tokens")
+        self.register_buffer("action_token_ids", end - 1 - torch.arange(c.num_bins), persistent=False)
         vision = {"hidden_size": c.oft_vision_dim, "num_hidden_layers": c.oft_vision_layers, "num_attention_heads": 2,
-                  "intermediate_size": 4 * c.oft_vision_dim, "patch_size": c.oft_patch_size}
-        self.dino = tower("dino", tf.Dinov2Model, c.oft_dinov2, "DINOv2 encoder",
-                          tf.Dinov2Config(image_size=max(H, W), **vision))
+                  "intermediate_size": 4 * c.oft_vision_dim, "patch_size": c.oft_patch_size,
+                  "image_size": c.image_size[0]}
+        self.dino = tower("dino", tf.AutoModel, c.oft_dinov2, "DINOv2 encoder", tf.Dinov2WithRegistersConfig(
+            num_register_tokens=c.oft_registers, **{k: v for k, v in vision.items() if k != "intermediate_size"}))
         self.siglip = tower("siglip", tf.SiglipVisionModel, c.oft_siglip, "SigLIP encoder",
-                            tf.SiglipVisionConfig(image_size=H, **vision))
-        d_vis = self.dino.config.hidden_size + self.siglip.config.hidden_size
+                            tf.SiglipVisionConfig(vision_use_head=False, hidden_act="gelu", **vision))
+        grids = [(t.config.image_size // t.config.patch_size) for t in (self.dino, self.siglip)]
+        if grids[0] != grids[1]:
+            raise ValueError(f"the DINOv2 and SigLIP towers must cut images into the same patch grid to fuse them, "
+                             f"got {grids[0]}^2 and {grids[1]}^2 patches")
+        for t in (self.dino, self.siglip):
+            n = t.config.num_hidden_layers
+            if not -n - 1 <= c.oft_feature_layer <= n:
+                raise ValueError(f"oft_feature_layer={c.oft_feature_layer} does not index the {n + 1} hidden states "
+                                 f"of the {n}-layer {type(t).__name__}")
+        d_vis = self.image_feature_dim
         d = c.d_model
-        self.projector = nn.Sequential(nn.Linear(d_vis, d), nn.GELU(), nn.Linear(d, d))
-        self.proprio = nn.Sequential(nn.Linear(c.state_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.projector = FusedProjector(d_vis, d)
+        self.proprio = ProprioProjector(c.state_dim, d) if c.oft_proprio else None
         self.view_embed = nn.Parameter(torch.zeros(c.num_views, d))
-        if c.oft_action_head == "l1":  # OFT's continuous head: an MLP on each action placeholder's hidden state
-            self.l1_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        if c.oft_action_head == "l1":  # OFT's continuous head over each chunk step's D action hidden states
+            self.l1_head = MLPResNet(c.action_dim * d, d, c.action_dim)
         if saved is not None and (saved / "tokenizer").is_dir():
             self.tokenizer = _pretrained(tf.AutoTokenizer, str(saved / "tokenizer"), "tokenizer")
         elif c.oft_tokenizer:
             self.tokenizer = _pretrained(tf.AutoTokenizer, c.oft_tokenizer, "tokenizer")
-        else:  # the prompt's words hash into the vocabulary below the action bins
-            self.tokenizer = HashTokenizer(llm_cfg.vocab_size - c.num_bins, c.oft_max_prompt)
-        self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
+        else:  # the prompt's words hash into the ids between the special tokens and the action tokens
+            self.tokenizer = HashTokenizer(end - c.num_bins - FIRST_WORD_ID + 1, c.oft_max_prompt)
+        if isinstance(self.tokenizer, HashTokenizer):
+            self.bos_id, self.stop_id = BOS_ID, STOP_ID
+        else:
+            if self.tokenizer.pad_token is None:  # any id will do: padded positions are masked out
+                self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+            self.bos_id, self.stop_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+            if self.bos_id is None or self.stop_id is None:
+                raise ValueError("the oft tokenizer needs BOS and EOS tokens (OpenVLA's sequence starts with BOS and "
+                                 "ends with EOS as its stop token)")
+        self.register_buffer("prompt_end_ids", torch.tensor(c.oft_prompt_end_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("dino_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("dino_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def write_files(self, folder: Path) -> None:
         super().write_files(folder)
@@ -118,6 +213,18 @@ class OFTPolicy(TokenPolicy):
             getattr(self, name).config.save_pretrained(folder / "oft" / name)
         if not isinstance(self.tokenizer, HashTokenizer):
             self.tokenizer.save_pretrained(folder / "oft" / "tokenizer")
+
+    # ------------------------------------------------------------ bins (OpenVLA's action tokenizer)
+
+    def to_bins(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised actions -> bin b (action token end-1-b): ``np.digitize`` on num_bins uniform edges, minus 1."""
+        edges = torch.linspace(-1, 1, self.config.num_bins, device=x.device)
+        return (torch.bucketize(x.clamp(-1, 1).contiguous(), edges, right=True) - 1).clamp(0, self.config.num_bins - 1)
+
+    def from_bins(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bin b -> the centre of edges b, b+1 (the last bin, reached only at exactly +1, shares the last centre)."""
+        n = self.config.num_bins - 1
+        return -1 + (2 * tokens.clamp(0, n - 1).float() + 1) / n
 
     # ------------------------------------------------------------ the forward pass
 
@@ -132,25 +239,37 @@ class OFTPolicy(TokenPolicy):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self._vision(images.to(self.action_low.device))
 
+    def _tower(self, tower: Any, x: torch.Tensor, mean: torch.Tensor | float, std: torch.Tensor | float
+               ) -> torch.Tensor:
+        """Patch tokens (B', N, d) of one tower at ``oft_feature_layer`` for images x in [0, 1]."""
+        size = tower.config.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        out = tower(pixel_values=(x - mean) / std, output_hidden_states=True)
+        h = out.hidden_states[self.config.oft_feature_layer]
+        prefix = h.shape[1] - (size // tower.config.patch_size) ** 2  # CLS and register tokens
+        return h[:, prefix:]
+
     def _vision(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, V, 3, H, W) uint8 -> (B, V * N, d_dino + d_siglip) fused patch features (DINOv2's CLS and
-        register tokens dropped)."""
+        """(B, V, 3, H, W) uint8 -> (B, V * N, d_dino + d_siglip) fused patch features."""
         B, V = images.shape[:2]
         x = images.flatten(0, 1).float() / 255.0
-        x = (x - self.pixel_mean) / self.pixel_std
-        dino = self.dino(pixel_values=x).last_hidden_state
-        sig = self.siglip(pixel_values=x).last_hidden_state
-        dino = dino[:, dino.shape[1] - sig.shape[1]:]  # the patch tokens (same grid as SigLIP's)
-        return torch.cat([dino, sig], -1).view(B, V * sig.shape[1], -1)
+        feats = torch.cat([self._tower(self.dino, x, self.dino_mean, self.dino_std),
+                           self._tower(self.siglip, x, 0.5, 0.5)], -1)
+        return feats.view(B, V * feats.shape[1], -1)
 
     def _prompt(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) prompt token ids and padding mask (True = padding)."""
+        """(B, L) prompt token ids without BOS, left-padded, and the padding mask (True = padding)."""
         prompts = [PROMPT.format(t.lower().rstrip(".")) for t in texts]
         if isinstance(self.tokenizer, HashTokenizer):
-            return self.tokenizer(prompts, device)
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.config.oft_max_prompt)
-        return enc["input_ids"].to(device), ~enc["attention_mask"].bool().to(device)
+            ids, pad = self.tokenizer(prompts, device)
+            ids = torch.where(pad, ids, ids + FIRST_WORD_ID - 1)
+        else:
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.config.oft_max_prompt, add_special_tokens=False)
+            ids, pad = enc["input_ids"].to(device), ~enc["attention_mask"].bool().to(device)
+        order = torch.argsort((~pad).long(), dim=1, stable=True)  # padding first, the words in order after it
+        return ids.gather(1, order), pad.gather(1, order)
 
     def features(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, H, D, num_bins) of the action tokens and value (B,) of one bidirectional forward pass."""
@@ -158,12 +277,14 @@ class OFTPolicy(TokenPolicy):
             raise ValueError(self._deterministic)
         h, value = self.hidden(obs)
         c = self.config
-        logits = self.llm.lm_head(h)[..., -c.num_bins:]
+        head = self.llm.get_output_embeddings()
+        logits = F.linear(h, head.weight[self.action_token_ids],
+                          None if head.bias is None else head.bias[self.action_token_ids])
         return logits.view(h.shape[0], c.horizon, c.action_dim, c.num_bins), value
 
     def hidden(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The language model's last hidden states at the H x D action placeholders (B, H * D, d_model) and the
-        value (B,) of one bidirectional forward pass."""
+        """The language model's last hidden states that predict the H x D action tokens (B, H * D, d_model: one
+        position before each placeholder) and the value (B,) of one bidirectional forward pass."""
         images, texts, state = self.prepare(obs)
         c, dev = self.config, self.action_low.device
         feats = images if OBS_IMAGE not in obs else self._vision(images)  # cached features arrive projected-free
@@ -173,10 +294,15 @@ class OFTPolicy(TokenPolicy):
         ids, pad = self._prompt(texts, dev)
         embed = self.llm.get_input_embeddings()
         n_act = c.horizon * c.action_dim
-        x = torch.cat([vis, self.proprio(state)[:, None], embed(ids),
-                       torch.zeros(B, n_act, c.d_model, device=dev, dtype=vis.dtype)], 1)
-        keep = torch.cat([torch.ones(B, vis.shape[1] + 1, dtype=torch.bool, device=dev), ~pad,
-                          torch.ones(B, n_act, dtype=torch.bool, device=dev)], 1)
+        special = torch.tensor([self.bos_id, self.stop_id], device=dev)
+        bos, stop = embed(special).to(vis.dtype).unsqueeze(0).expand(B, -1, -1).split(1, dim=1)
+        parts = [bos, vis, *([self.proprio(state)[:, None]] if self.proprio is not None else []), embed(ids),
+                 embed(self.prompt_end_ids)[None].expand(B, -1, -1),
+                 torch.zeros(B, n_act, c.d_model, device=dev, dtype=vis.dtype), stop]
+        x = torch.cat(parts, 1)
+        n_pre = 1 + vis.shape[1] + (self.proprio is not None)
+        keep = torch.cat([torch.ones(B, n_pre, dtype=torch.bool, device=dev), ~pad,
+                          torch.ones(B, x.shape[1] - n_pre - pad.shape[1], dtype=torch.bool, device=dev)], 1)
         if x.shape[1] > self.llm.config.max_position_embeddings:
             raise ValueError(f"the sequence has {x.shape[1]} tokens, more than the language model's "
                              f"{self.llm.config.max_position_embeddings} positions: raise oft_max_tokens or use "
@@ -185,9 +311,9 @@ class OFTPolicy(TokenPolicy):
         mask = torch.zeros(B, 1, x.shape[1], x.shape[1], dtype=x.dtype, device=dev)
         mask = mask.masked_fill(~keep[:, None, None, :], torch.finfo(x.dtype).min)
         pos = (keep.long().cumsum(1) - 1).clamp(min=0)
-        out = self.llm.model(inputs_embeds=x, attention_mask=mask, position_ids=pos)
-        h = out.last_hidden_state
-        return h[:, -n_act:], self.value(masked_mean(h[:, :-n_act], ~keep[:, :-n_act]))
+        h = self.llm.model(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+        context = h[:, : -n_act - 1]  # everything before the placeholders
+        return h[:, -n_act - 2:-2], self.value(masked_mean(context, ~keep[:, : -n_act - 1]))
 
     # ------------------------------------------------------------ the L1-regression head (oft_action_head: l1)
 
@@ -199,10 +325,10 @@ class OFTPolicy(TokenPolicy):
         return self.config.oft_action_head == "tokens"
 
     def regress(self, obs: Observation) -> torch.Tensor:
-        """Normalised actions (B, H, D) from the L1 head (one scalar per action placeholder)."""
+        """Normalised actions (B, H, D) from the L1 head."""
         h, _ = self.hidden(obs)
         c = self.config
-        return self.l1_head(h).view(h.shape[0], c.horizon, c.action_dim)
+        return self.l1_head(h.reshape(h.shape[0], c.horizon, c.action_dim * c.d_model))
 
     def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         if self.config.oft_action_head == "tokens":
@@ -220,8 +346,8 @@ class OFTPolicy(TokenPolicy):
             return super().act(obs, mode=mode, temperature=temperature, generator=generator, logprob=logprob)
         if mode != "greedy":
             raise ValueError(self._deterministic)
-        pred = self.regress(obs).clamp(-1, 1)
-        actions = self.to_native(self.unnormalize_actions(pred))
+        pred = self.regress(obs)  # not clipped: OFT's head extrapolates past the q01 / q99 bounds
+        actions = self.to_native(self.unnormalize_actions(pred, clip=False))
         zeros = torch.zeros(pred.shape[0], device=pred.device)
         return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=zeros,
                             value=self.predict_value(obs), replay={})

@@ -70,10 +70,18 @@ class TokenPolicy(Policy):
     def predict_value(self, obs: Observation) -> torch.Tensor | None:
         return self.features(obs)[1]
 
+    def to_bins(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised actions -> the bin ids the head's logits index (uniform bins here)."""
+        return bin_tokens(x, self.config.num_bins)
+
+    def from_bins(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bin ids -> normalised actions."""
+        return bin_centers(tokens, self.config.num_bins)
+
     def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy of the demo's action tokens; padded steps and constant dims are masked out."""
         logits, _ = self.features(batch)
-        target = bin_tokens(self.normalize_actions(batch["actions"].to(logits.device)), self.config.num_bins)
+        target = self.to_bins(self.normalize_actions(batch["actions"].to(logits.device)))
         mask = self.loss_mask(batch)  # unpadded steps x the dims (unified: the embodiment's slots) that count
         ce = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view_as(target)
         loss = masked(ce, mask).sum() / mask.sum().clamp(min=1)
@@ -104,7 +112,7 @@ class TokenPolicy(Policy):
             tokens = torch.multinomial(probs.flatten(0, 2), 1, generator=generator).view(probs.shape[:-1])
         temp = torch.full((tokens.shape[0],), float(temperature), device=tokens.device)
         lp, _ = token_log_probs(logits, tokens, temp)
-        actions = self.to_native(self.unnormalize_actions(bin_centers(tokens, self.config.num_bins)))
+        actions = self.to_native(self.unnormalize_actions(self.from_bins(tokens)))
         return PolicyOutput(actions=actions[:, : self.config.execute_steps], log_prob=self._reduce(lp, logprob, obs),
                             value=value, replay={"tokens": tokens, "temperature": temp})
 
