@@ -203,7 +203,7 @@ def _obs():
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (2, V, 3, IMG, IMG), dtype=torch.uint8, generator=g)
     lo, hi = torch.tensor(STATS["proprio"]["q01"]), torch.tensor(STATS["proprio"]["q99"])
-    state = lo + (hi - lo) * torch.rand(2, S, generator=g)
+    state = lo + (hi - lo) * (1.4 * torch.rand(2, S, generator=g) - 0.2)  # some beyond the bounds (clipped)
     return {OBS_IMAGE: images, OBS_STATE: state, OBS_INSTRUCTION: ["put the cream cheese in the bowl",
                                                                    "pick up the black bowl and place it on the plate"]}
 

@@ -73,7 +73,7 @@ def bench_env(env: EnvConfig | None = None, num_envs: int = 256, image_size: int
 POLICY_PRESETS: dict[str, dict[str, Any]] = {
     "token": {"kind": "token"},
     "flow": {"kind": "flow"},
-    "oft-tiny": {"kind": "oft"},  # d_model 64, 2 Llama layers, 1-layer 32-wide towers, patch 8: ~0.35 M params
+    "oft-tiny": {"kind": "oft"},  # d_model 64, 2 Llama layers, 2-layer 32-wide towers, patch 8: ~0.4 M params
     "oft-medium": {"kind": "oft", "d_model": 512, "heads": 8, "oft_llm_layers": 8, "oft_vision_dim": 384,
                    "oft_vision_layers": 6, "oft_patch_size": 16, "image_size": 224},  # ~59 M params
     # LeRobot's pi0 (Python >= 3.12, .venv-lerobot); the real one is a PaliGemma 3B with a 300M Gemma expert

@@ -745,8 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "tokenizer, action_head--*.pt, proprio_projector--*.pt)")
     cv.add_argument("--out", required=True, help="the policy folder to write")
     cv.add_argument("--unnorm-key", default="", help="the dataset whose action statistics to use (if several)")
-    cv.add_argument("--num-views", type=int, default=2, help="camera views per observation (OFT on LIBERO: 2, "
-                                                              "third-person + wrist; SimpleVLA-RL: 1)")
+    cv.add_argument("--num-views", type=int, default=2, help="camera views per observation, as the checkpoint "
+                                                              "was trained (OFT on LIBERO: 2, third-person + wrist)")
     cv.add_argument("--image-size", type=int, default=224, help="the env's image side (resized to the towers')")
     cv.add_argument("--horizon", type=int, default=8, help="action chunk length (OFT on LIBERO: 8; ALOHA: 25)")
     cv.add_argument("--execute-steps", type=int, default=0, help="chunk steps executed per call (default: all)")

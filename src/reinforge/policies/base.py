@@ -167,6 +167,7 @@ class Normalizer:
     state_mean: list[float]
     state_std: list[float]
     extra: dict[str, Any] = field(default_factory=dict)
+    state_clip: float = 0.0  # > 0: standardised states are clipped to [-state_clip, state_clip] (OpenVLA-OFT: 1)
 
     def __post_init__(self) -> None:
         import math
@@ -293,6 +294,8 @@ class Policy(nn.Module):
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         x = (state.to(self.state_mean.device).float() - self.state_mean) / self.state_std
+        if self.normalizer.state_clip > 0:
+            x = x.clamp(-self.normalizer.state_clip, self.normalizer.state_clip)
         return torch.where(self.state_dim_mask, x, torch.zeros_like(x))
 
     def unnormalize_actions(self, x: torch.Tensor, clip: bool = True) -> torch.Tensor:

@@ -149,7 +149,7 @@ def _bounds(stats: dict, what: str, normalization: str) -> tuple[list[float], li
 def normalizer_from_stats(stats: dict, normalization: str, with_state: bool, state_dim: int) -> Normalizer:
     """OpenVLA's bounds normalisation as reinforge's normaliser: actions 2 (a - lo) / (hi - lo) - 1 on the dims
     whose mask is true (the others pass through: bounds -1, 1); the proprio the same way, written as a
-    standardisation with mean (lo + hi) / 2 and std (hi - lo) / 2."""
+    standardisation with mean (lo + hi) / 2 and std (hi - lo) / 2, clipped to [-1, 1]."""
     lo, hi, mask = _bounds(stats, "action", normalization)
     a_lo = [x if m else -1.0 for x, m in zip(lo, mask)]
     a_hi = [x if m else 1.0 for x, m in zip(hi, mask)]
@@ -158,7 +158,7 @@ def normalizer_from_stats(stats: dict, normalization: str, with_state: bool, sta
     lo, hi, mask = _bounds(stats, "proprio", normalization)
     mean = [(a + b) / 2 if m else 0.0 for a, b, m in zip(lo, hi, mask)]
     std = [(b - a) / 2 if m else 1.0 for a, b, m in zip(lo, hi, mask)]
-    return Normalizer(a_lo, a_hi, mean, std)
+    return Normalizer(a_lo, a_hi, mean, std, state_clip=1.0)  # OFT clips the normalised proprio to [-1, 1]
 
 
 # ---------------------------------------------------------------- tower configs from the weights
@@ -323,6 +323,9 @@ def convert_openvla_oft(src: str | Path, out: str | Path, *, unnorm_key: str = "
     src, out = Path(src), Path(out)
     if not (src / CONFIG_NAME).is_file():
         raise ConversionError(f"{src} is not a checkpoint folder ({CONFIG_NAME} is missing)")
+    if num_views < 1 or image_size < 1 or horizon < 1 or execute_steps < 0:
+        raise ConversionError(f"--num-views, --image-size and --horizon must be >= 1 and --execute-steps >= 0, got "
+                              f"{num_views}, {image_size}, {horizon}, {execute_steps}")
     if normalization not in ("bounds_q99", "bounds"):
         raise ConversionError(f"--normalization must be bounds_q99 or bounds, got {normalization!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
