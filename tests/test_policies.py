@@ -176,3 +176,20 @@ def test_bad_inputs_and_configs():
         load_config(SFTConfig, None, ["policy.horizn=4"])
     with pytest.raises(ConfigError, match="normalisation stats have action dim 7"):
         make_policy(PolicyConfig(action_dim=6), NORM)
+
+
+@pytest.mark.parametrize("norm,normalized,back", [
+    (Normalizer([-1, 0, 0], [1, 1, 2], [0.0] * 8, [1.0] * 8), [-1, 0, 1], [-1, 0.5, 2]),  # q01/q99 bounds, clamped
+    (Normalizer([-1, 0, 0], [1, 1, 2], [0.0] * 8, [1.0] * 8, action_clip=False), [-2, 0, 2], [-2, 0.5, 3]),
+    (Normalizer([-1, 0, 0], [1, 1, 2], [0.0] * 8, [1.0] * 8, action_mean=[0.5, 0.0, 1.0],  # LeRobot's MEAN_STD
+                action_std=[2.0, 0.5, 0.0]), [-1.25, 1, 0], [-2, 0.5, 1]),  # a constant dim decodes to its mean
+])
+def test_normalisation_modes_round_trip_and_persist(tmp_path, norm, normalized, back):
+    policy = make_policy(PolicyConfig(**{**SMALL, "action_dim": 3}), norm)
+    actions = torch.tensor([[[-2.0, 0.5, 3.0]]])
+    x = policy.normalize_actions(actions)
+    assert torch.allclose(x, torch.tensor([[normalized]], dtype=torch.float32))
+    assert torch.allclose(policy.unnormalize_actions(x), torch.tensor([[back]], dtype=torch.float32))
+    policy.save_pretrained(tmp_path / "p")
+    again = load_pretrained(tmp_path / "p")
+    assert again.normalizer == norm and torch.allclose(again.unnormalize_actions(x), policy.unnormalize_actions(x))

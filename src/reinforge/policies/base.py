@@ -160,7 +160,12 @@ class PolicyConfig:
 
 @dataclass
 class Normalizer:
-    """Per-dimension action range (q01, q99) and state mean/std from a dataset's stats."""
+    """Per-dimension action range (q01, q99) and state mean/std from a dataset's stats.
+
+    Actions map [low, high] -> [-1, 1], clamped (``action_clip``: false lets values beyond the bounds extrapolate,
+    as LeRobot's quantile / min-max normalisation does); with ``action_mean`` / ``action_std`` they are
+    standardised instead (LeRobot's MEAN_STD, pi0's and SmolVLA's choice; never clamped). States are standardised
+    (``state_clip`` > 0 clips the result, as OpenVLA-OFT's proprio)."""
 
     action_low: list[float]
     action_high: list[float]
@@ -168,11 +173,14 @@ class Normalizer:
     state_std: list[float]
     extra: dict[str, Any] = field(default_factory=dict)
     state_clip: float = 0.0  # > 0: standardised states are clipped to [-state_clip, state_clip] (OpenVLA-OFT: 1)
+    action_mean: list[float] = field(default_factory=list)  # non-empty: actions are standardised
+    action_std: list[float] = field(default_factory=list)
+    action_clip: bool = True
 
     def __post_init__(self) -> None:
         import math
 
-        for name in ("action_low", "action_high", "state_mean", "state_std"):
+        for name in ("action_low", "action_high", "state_mean", "state_std", "action_mean", "action_std"):
             v = getattr(self, name)
             if not isinstance(v, list | tuple) or not all(isinstance(x, int | float) and math.isfinite(x) for x in v):
                 raise ConfigError(f"normalisation field {name!r} must be a list of finite numbers, got {v!r}")
@@ -180,6 +188,14 @@ class Normalizer:
             raise ConfigError(f"normalisation stats disagree in length: action_low {len(self.action_low)}, "
                               f"action_high {len(self.action_high)}, state_mean {len(self.state_mean)}, "
                               f"state_std {len(self.state_std)}")
+        if (self.action_mean or self.action_std) and not (
+                len(self.action_mean) == len(self.action_std) == len(self.action_low)):
+            raise ConfigError(f"normalisation fields action_mean / action_std must both have the action dim "
+                              f"{len(self.action_low)}, got {len(self.action_mean)} / {len(self.action_std)}")
+
+    @property
+    def standardized(self) -> bool:
+        return bool(self.action_mean)
 
     @classmethod
     def from_stats(cls, stats: dict[str, dict[str, list[float]]]) -> Normalizer:
@@ -239,8 +255,12 @@ class Policy(nn.Module):
     def normalization_buffers(norm: Normalizer) -> dict[str, torch.Tensor]:
         """The saved buffers that hold a normaliser's statistics (part of every policy's weights)."""
         low, high = torch.tensor(norm.action_low), torch.tensor(norm.action_high)
-        return {"action_low": low, "action_high": high, "action_dim_mask": (high - low) > 1e-6,
-                "state_mean": torch.tensor(norm.state_mean), "state_std": torch.tensor(norm.state_std).clamp(min=1e-3)}
+        out = {"action_low": low, "action_high": high, "action_dim_mask": (high - low) > 1e-6,
+               "state_mean": torch.tensor(norm.state_mean), "state_std": torch.tensor(norm.state_std).clamp(min=1e-3)}
+        if norm.standardized:
+            std = torch.tensor(norm.action_std)
+            out.update(action_mean=torch.tensor(norm.action_mean), action_std=std, action_dim_mask=std > 1e-6)
+        return out
 
     # ---------------------------------------------------------------- embodiments
 
@@ -288,9 +308,13 @@ class Policy(nn.Module):
     # ---------------------------------------------------------------- normalisation
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        span = (self.action_high - self.action_low).clamp(min=1e-6)
-        x = 2 * (actions - self.action_low) / span - 1
-        return torch.where(self.action_dim_mask, x.clamp(-1, 1), torch.zeros_like(x))
+        if self.normalizer.standardized:
+            x = (actions - self.action_mean) / self.action_std.clamp(min=1e-6)
+        else:
+            span = (self.action_high - self.action_low).clamp(min=1e-6)
+            x = 2 * (actions - self.action_low) / span - 1
+            x = x.clamp(-1, 1) if self.normalizer.action_clip else x
+        return torch.where(self.action_dim_mask, x, torch.zeros_like(x))
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         x = (state.to(self.state_mean.device).float() - self.state_mean) / self.state_std
@@ -299,8 +323,14 @@ class Policy(nn.Module):
         return torch.where(self.state_dim_mask, x, torch.zeros_like(x))
 
     def unnormalize_actions(self, x: torch.Tensor, clip: bool = True) -> torch.Tensor:
-        """[-1, 1] -> native actions (``clip=False``: a regression head's values beyond the bounds extrapolate)."""
-        a = ((x.clamp(-1, 1) if clip else x) + 1) / 2 * (self.action_high - self.action_low) + self.action_low
+        """Normalised -> native actions. Bounds: [-1, 1] -> [low, high], values beyond clamped unless ``clip`` is
+        false (a regression head's extrapolation) or the normaliser says ``action_clip: false``; standardised
+        actions are never clamped. Dims that never vary decode to their constant."""
+        if self.normalizer.standardized:
+            a = x * self.action_std + self.action_mean
+            return torch.where(self.action_dim_mask, a, self.action_mean.expand_as(a))
+        x = x.clamp(-1, 1) if clip and self.normalizer.action_clip else x
+        a = (x + 1) / 2 * (self.action_high - self.action_low) + self.action_low
         return torch.where(self.action_dim_mask, a, self.action_low.expand_as(a))
 
     def entry_mask(self, obs: Observation | None = None) -> torch.Tensor:
