@@ -8,6 +8,8 @@ Needs LeRobot >= 0.6 on Python >= 3.12, which lives in its own venv: ``make test
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -135,3 +137,53 @@ def test_two_rl_iterations_on_the_built_in_world(tmp_path, model, algo):
     assert vision and not moved, f"the frozen vision tower stays put: {moved[:3]}"
     if algo == "ppo":
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model."))
+
+
+@pytest.mark.parametrize("model", ["smolvla", "pi0"])
+def test_a_policy_saved_from_a_lerobot_folder_loads_without_it(tmp_path, monkeypatch, model):
+    """A policy started from ``lerobot_path`` keeps the LeRobot config under ``lerobot/``: loaded back, it is
+    rebuilt from that (and its weights from ours) with the LeRobot folder gone. SmolVLA's kept SmolVLM config makes
+    its load need nothing else; pi0 knows only its full-size Gemma variants by name, so its small checkpoint is
+    built and loaded inside the tiny build's swaps."""
+    import importlib
+    import shutil
+
+    import lerobot.policies.smolvla.smolvlm_with_expert as sw
+
+    from reinforge.policies import lerobot as lr
+
+    config = PolicyConfig(**{**TINY, "lerobot_model": model})
+    mod = importlib.import_module(f"lerobot.policies.{model}.modeling_{model}")
+    swaps = (lambda: lr._tiny_smolvla(config)) if model == "smolvla" else (lambda: lr._tiny_pi0(mod, config))
+    torch.manual_seed(0)
+    with swaps():  # a small LeRobot checkpoint: LeRobot's policy around the tiny network, saved LeRobot's way
+        tiny = make_policy(config, NORM).model
+        lerobot_policy = getattr(mod, lr.MODELS[model][3])(tiny.config)
+        lerobot_policy.model.load_state_dict(tiny.state_dict())
+        lerobot_policy.save_pretrained(tmp_path / "lerobot")
+    from_folder = PolicyConfig(**{**TINY, "lerobot_model": model, "lerobot_path": str(tmp_path / "lerobot")})
+    torch.manual_seed(1)
+    with swaps():
+        policy = make_policy(from_folder, NORM).eval()
+    for k, v in tiny.state_dict().items():  # the checkpoint's weights, not a fresh random network
+        assert torch.equal(policy.model.state_dict()[k], v), k
+    policy.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "lerobot" / "config.json").is_file()
+    shutil.rmtree(tmp_path / "lerobot")
+
+    def no_hub(*a, **k):
+        raise AssertionError("a saved smolvla policy read its SmolVLM config or processor by name")
+
+    monkeypatch.setattr(sw, "AutoConfig", type("NoHub", (), {"from_pretrained": staticmethod(no_hub)}))
+    monkeypatch.setattr(sw, "AutoProcessor", type("NoHub", (), {"from_pretrained": staticmethod(no_hub)}))
+    with swaps() if model == "pi0" else contextlib.nullcontext():
+        loaded = load_pretrained(tmp_path / "p").eval()
+    obs = _obs()
+    a = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(0)).actions
+    b = loaded.act(obs, mode="greedy", generator=torch.Generator().manual_seed(0)).actions
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    with pytest.raises(ValueError, match=r"cannot load \w+ from .*\(a local LeRobot folder\): no such folder"):
+        make_policy(from_folder, NORM)
+    shutil.rmtree(tmp_path / "p" / "lerobot")  # without the kept config the (gone) source folder is needed again
+    with pytest.raises(ValueError, match=r"cannot load \w+ from .*\(a local LeRobot folder\): no such folder"):
+        load_pretrained(tmp_path / "p")

@@ -34,7 +34,7 @@ def make_policy(config: PolicyConfig, normalizer: Normalizer | None = None, *, f
     if config.kind == "lerobot":  # LeRobot (Python >= 3.12): imported only for this kind
         from reinforge.policies.lerobot import LeRobotFlowPolicy
 
-        return LeRobotFlowPolicy(config, normalizer)
+        return LeRobotFlowPolicy(config, normalizer, saved=folder)
     if config.kind not in POLICIES:
         raise ValueError(f"unknown policy kind {config.kind!r}; known: {sorted([*POLICIES, 'oft', 'lerobot'])}")
     return POLICIES[config.kind](config, normalizer)

@@ -12,17 +12,21 @@ the mean prefix hidden state serves PPO. Normalisation is ours (LeRobot 0.6 norm
 
 Tiny random models build offline (``lerobot_*`` sizes: PaliGemma width = ``d_model``, a Gemma expert of
 ``lerobot_expert_width``, a small SigLIP); a real checkpoint loads from a local folder (``lerobot_path``,
-``PI0Policy.from_pretrained(local_files_only=True)``). pi0.5 (``lerobot_model: pi05``) differs in three places,
-all LeRobot's: an adaRMS time-conditioned expert, ``denoise_step`` without a state argument, and the state given as
-256-bin tokens in the prompt ("task: ..., state: ...; action:"). SmolVLA (``smolvla``): SmolVLM with a smaller
-expert (cross-attention to the prefix), the state as the last prefix token; its tiny build gives it a SmolVLM config
-of our sizes instead of the one it reads from the Hub by name. Not yet: vision-feature caching.
+``PI0Policy.from_pretrained(local_files_only=True)``); a policy saved from it keeps the LeRobot config (and SmolVLA's
+SmolVLM config) under ``lerobot/`` and is rebuilt from that, without the source folder. pi0.5 (``lerobot_model:
+pi05``) differs in three places, all LeRobot's: an adaRMS time-conditioned expert, ``denoise_step`` without a state
+argument, and the state given as 256-bin tokens in the prompt ("task: ..., state: ...; action:"). SmolVLA
+(``smolvla``): SmolVLM with a smaller expert (cross-attention to the prefix), the state as the last prefix token;
+its tiny build gives it a SmolVLM config of our sizes instead of the one it reads from the Hub by name. Not yet:
+vision-feature caching.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -109,13 +113,27 @@ def _tiny_pi0(pi0: Any, c: PolicyConfig):  # pi0's and pi0.5's modules alike
 
 
 @contextlib.contextmanager
-def _tiny_smolvla(c: PolicyConfig):
-    """While building SmolVLA's ``VLAFlowMatching``: a SmolVLM config of our sizes instead of the one it reads by
-    name from the Hub, and the two image-marker token ids it reads from the processor's tokenizer (our prompt is
+def _smolvlm(cfg: Any, fake_image_token_id: int, global_image_token_id: int):
+    """While building SmolVLA's ``VLAFlowMatching``: the SmolVLM config ``cfg`` instead of the one it reads by name
+    from the Hub, and the two image-marker token ids it reads from the processor's tokenizer (our prompt is
     tokenised by reinforge, so no processor is needed)."""
     import types
 
     import lerobot.policies.smolvla.smolvlm_with_expert as sw
+
+    processor = types.SimpleNamespace(tokenizer=types.SimpleNamespace(fake_image_token_id=fake_image_token_id,
+                                                                      global_image_token_id=global_image_token_id))
+    saved = sw.AutoConfig, sw.AutoProcessor
+    sw.AutoConfig = types.SimpleNamespace(from_pretrained=lambda *a, **k: cfg)
+    sw.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda *a, **k: processor)
+    try:
+        yield
+    finally:
+        sw.AutoConfig, sw.AutoProcessor = saved
+
+
+def _tiny_smolvla(c: PolicyConfig):
+    """``_smolvlm`` with a SmolVLM config of our sizes."""
     from transformers import SmolVLMConfig
 
     V = c.lerobot_vocab
@@ -129,15 +147,41 @@ def _tiny_smolvla(c: PolicyConfig):
                      "num_key_value_heads": max(1, c.heads // 2), "head_dim": c.lerobot_head_dim, "vocab_size": V,
                      "max_position_embeddings": 1024},
         scale_factor=2, image_token_id=V - 1, vocab_size=V)
-    processor = types.SimpleNamespace(tokenizer=types.SimpleNamespace(fake_image_token_id=V - 2,
-                                                                      global_image_token_id=V - 3))
-    saved = sw.AutoConfig, sw.AutoProcessor
-    sw.AutoConfig = types.SimpleNamespace(from_pretrained=lambda *a, **k: cfg)
-    sw.AutoProcessor = types.SimpleNamespace(from_pretrained=lambda *a, **k: processor)
+    return _smolvlm(cfg, V - 2, V - 3)
+
+
+KEPT = "lerobot"  # a saved policy's folder of the LeRobot config(s) its network is rebuilt from
+SMOLVLM = "smolvlm"  # ... and, for SmolVLA, of the SmolVLM config (``KEPT/SMOLVLM``) and its image-marker ids
+IMAGE_TOKENS = "image_tokens.json"
+
+
+def _kept(saved: Any) -> Path | None:
+    """The ``lerobot/`` folder of a saved policy that holds its LeRobot config, else None."""
+    if saved is None:
+        return None
+    kept = Path(saved) / KEPT
+    return kept if (kept / "config.json").is_file() else None
+
+
+def _from_kept(mod: Any, net: str, kept: Path, model: str) -> nn.Module:
+    """The network of a saved policy, built from the LeRobot config it keeps (no source folder is read and no
+    pretrained weights are loaded: they come from the policy's model.safetensors)."""
+    from lerobot.configs.policies import PreTrainedConfig
+
     try:
-        yield
-    finally:
-        sw.AutoConfig, sw.AutoProcessor = saved
+        pc = PreTrainedConfig.from_pretrained(kept, local_files_only=True)
+        if model == "smolvla":
+            from transformers import AutoConfig
+
+            vlm = AutoConfig.from_pretrained(kept / SMOLVLM, local_files_only=True, trust_remote_code=False)
+            ids = json.loads((kept / SMOLVLM / IMAGE_TOKENS).read_text())
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"the saved policy's LeRobot config {kept} cannot be read: {e}") from None
+    if model == "smolvla":
+        pc.load_vlm_weights = False  # the weights come from our model.safetensors, not from the Hub
+        with _smolvlm(vlm, ids["fake_image_token_id"], ids["global_image_token_id"]):
+            return getattr(mod, net)(pc)
+    return getattr(mod, net)(pc)
 
 
 @dataclass
@@ -208,12 +252,17 @@ class LeRobotFlowPolicy(FlowPolicy):
             raise ConfigError(f"config field 'lerobot_model': {c.lerobot_model!r} is not one of {sorted(MODELS)}")
         mod = _lerobot(c.lerobot_model)
         _, net, conf, pol = MODELS[c.lerobot_model]
-        if c.lerobot_path:
+        self.from_lerobot = bool(c.lerobot_path)  # keep the LeRobot config(s) when saved (``write_files``)
+        kept = _kept(saved)
+        if kept is not None:  # a saved policy: its network from the kept config, its weights from ours
+            self.model = _from_kept(mod, net, kept, c.lerobot_model)
+        elif c.lerobot_path:
             try:
                 self.model = getattr(mod, pol).from_pretrained(c.lerobot_path, local_files_only=True).model
-            except OSError as e:
+            except (OSError, ValueError) as e:  # a missing folder reads as a malformed Hub repo id (ValueError)
+                why = e if Path(c.lerobot_path).exists() else "no such folder"
                 raise ValueError(f"cannot load {c.lerobot_model} from {c.lerobot_path!r} (a local LeRobot folder): "
-                                 f"{e}") from None
+                                 f"{why}") from None
         else:
             import importlib
 
@@ -242,6 +291,21 @@ class LeRobotFlowPolicy(FlowPolicy):
         self.expert = _Expert(self)
         vocab = self._vlm().config.text_config.vocab_size
         self.tokenizer = HashTokenizer(vocab, c.max_words)
+
+    def write_files(self, folder: Path) -> None:
+        """The policy's files and, for a network loaded from ``lerobot_path``, its LeRobot config under
+        ``lerobot/`` (SmolVLA's also its SmolVLM config under ``lerobot/smolvlm``), so that ``load_pretrained``
+        rebuilds the network from those and never reads ``lerobot_path`` again."""
+        super().write_files(folder)
+        if not self.from_lerobot:  # a tiny random network is rebuilt from the policy config alone
+            return
+        kept = Path(folder) / KEPT
+        self.model.config.save_pretrained(kept)
+        if self.config.lerobot_model == "smolvla":
+            self.model.vlm_with_expert.config.save_pretrained(kept / SMOLVLM)
+            ids = {"fake_image_token_id": int(self.model.fake_image_token),
+                   "global_image_token_id": int(self.model.global_image_token)}
+            (kept / SMOLVLM / IMAGE_TOKENS).write_text(json.dumps(ids, indent=2))
 
     # ------------------------------------------------------------ the prefix
 
