@@ -161,7 +161,8 @@ def test_a_policy_saved_from_a_lerobot_folder_loads_without_it(tmp_path, monkeyp
         lerobot_policy = getattr(mod, lr.MODELS[model][3])(tiny.config)
         lerobot_policy.model.load_state_dict(tiny.state_dict())
         lerobot_policy.save_pretrained(tmp_path / "lerobot")
-    from_folder = PolicyConfig(**{**TINY, "lerobot_model": model, "lerobot_path": str(tmp_path / "lerobot")})
+    from_folder = PolicyConfig(**{**TINY, "lerobot_model": model, "lerobot_path": str(tmp_path / "lerobot"),
+                                  "lerobot_tokenizer": "hash"})
     torch.manual_seed(1)
     with swaps():
         policy = make_policy(from_folder, NORM).eval()
@@ -187,3 +188,88 @@ def test_a_policy_saved_from_a_lerobot_folder_loads_without_it(tmp_path, monkeyp
     shutil.rmtree(tmp_path / "p" / "lerobot")  # without the kept config the (gone) source folder is needed again
     with pytest.raises(ValueError, match=r"cannot load \w+ from .*\(a local LeRobot folder\): no such folder"):
         load_pretrained(tmp_path / "p")
+
+
+def _word_tokenizer():
+    """A small stand-in for the VLM's tokenizer (PaliGemma's cannot be downloaded here)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    words = "put pick place the a bowl plate on in of and it up black red blue Task State Action : ; , ."
+    words = [*words.split(" "), *map(str, range(-1, 258))]  # the numbers: pi0.5's state bins
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{w: 4 + i for i, w in enumerate(dict.fromkeys(words))}}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_converted_lerobot_checkpoint_acts_as_lerobots_own_pipeline(tmp_path, monkeypatch, model):
+    """``reinforge convert lerobot``: a small LeRobot checkpoint with its processor pipelines (LeRobot's own
+    factories: normalisation statistics, prompt format, tokenizer) is converted; on the same observations and initial
+    noise the converted policy's greedy chunk equals LeRobot's preprocessor -> predict_action_chunk -> postprocessor
+    (images of another size resized with padding; pi0 / pi0.5 also get a third camera the env lacks, blank and
+    masked; pi0.5's state as 256-bin prompt tokens; standardised (pi0, SmolVLA) or quantile (pi0.5) actions)."""
+    import importlib
+    import shutil
+
+    import lerobot.processor.tokenizer_processor as tp
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from reinforge.cli import main
+    from reinforge.policies import lerobot as lr
+
+    mod = importlib.import_module(f"lerobot.policies.{model}.modeling_{model}")
+    proc = importlib.import_module(f"lerobot.policies.{model}.processor_{model}")
+    conf = getattr(importlib.import_module(f"lerobot.policies.{model}.configuration_{model}"), lr.MODELS[model][2])
+    tok = _word_tokenizer()
+    tok.save_pretrained(tmp_path / "tokenizer")
+    monkeypatch.setattr(tp, "AutoTokenizer", type("Local", (), {"from_pretrained": staticmethod(lambda *a, **k: tok)}))
+    cams = 2 if model == "smolvla" else 3
+    feats = {f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)) for i in range(cams)}
+    feats["observation.state"] = PolicyFeature(FeatureType.STATE, (8,))
+    common = dict(chunk_size=4, n_action_steps=3, max_state_dim=8, max_action_dim=7, device="cpu",
+                  tokenizer_max_length=48, input_features=feats,
+                  output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))})
+    c = PolicyConfig(**{**TINY, "lerobot_model": model})
+    if model == "smolvla":
+        pc = conf(num_steps=4, load_vlm_weights=False, resize_imgs_with_padding=(32, 32),
+                  num_vlm_layers=c.lerobot_depth, **common)
+    else:
+        pc = conf(num_inference_steps=4, image_resolution=(32, 32), dtype="float32", **common)
+    swaps = (lambda: lr._tiny_smolvla(c)) if model == "smolvla" else (lambda: lr._tiny_pi0(mod, c))
+    g = torch.Generator().manual_seed(3)
+    stats = {k: {"mean": torch.randn(n, generator=g) * 0.3, "std": torch.rand(n, generator=g) + 0.5,
+                 "q01": -1 - torch.rand(n, generator=g), "q99": 1 + torch.rand(n, generator=g),
+                 "min": -torch.full((n,), 3.0), "max": torch.full((n,), 3.0)}
+             for k, n in (("observation.state", 8), ("action", 7))}
+    torch.manual_seed(0)
+    with swaps():
+        lerobot_policy = getattr(mod, lr.MODELS[model][3])(pc).eval()
+    pre, post = getattr(proc, f"make_{model}_pre_post_processors")(pc, stats)
+    src = tmp_path / "lerobot"
+    for part in (lerobot_policy, pre, post):
+        part.save_pretrained(src)
+
+    with swaps():
+        assert main(["convert", "lerobot", str(src), "--out", str(tmp_path / "p"), "--tokenizer",
+                     str(tmp_path / "tokenizer"), "--image-size", "24", "--num-views", "2"]) == 0
+    shutil.rmtree(src)
+    shutil.rmtree(tmp_path / "tokenizer")
+    with swaps() if model != "smolvla" else contextlib.nullcontext():
+        policy = load_pretrained(tmp_path / "p").eval()
+
+    env = TabletopEnv("spatial", 2, image_size=24)
+    obs = env.reset(torch.tensor([0, 4]), torch.tensor([0, 1]))
+    obs[OBS_STATE] = torch.rand(2, 8, generator=g) * 5 - 2.5  # spread over (and past) the statistics' range
+    batch = {f"observation.images.cam{i}": obs[OBS_IMAGE][:, i].float() / 255 for i in range(2)}
+    batch |= {"observation.state": obs[OBS_STATE].float(), "task": list(obs[OBS_INSTRUCTION])}
+    noise = torch.randn(2, 4, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = post(lerobot_policy.predict_action_chunk(pre(batch), noise=noise))
+    ours = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(0)).actions
+    assert ours.shape == (2, 3, 7)
+    assert torch.allclose(ours, expected[:, :3], atol=1e-4), (ours - expected[:, :3]).abs().max()

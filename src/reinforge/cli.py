@@ -525,6 +525,16 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    if args.format == "lerobot":
+        from reinforge.policies.convert_lerobot import convert_lerobot
+
+        s = convert_lerobot(args.src, args.out, tokenizer=args.tokenizer, image_size=args.image_size or 0,
+                            num_views=args.num_views or 0, overwrite=args.overwrite)
+        console.print(f"wrote {s['out']}: lerobot policy ({s['model']}), {s['params'] / 1e6:.1f} M parameters, "
+                      f"{s['normalization']} actions; it expects {s['views']} view(s) of {s['image_size']}x"
+                      f"{s['image_size']} (resized with padding), a {s['state_dim']}-dim state and acts in "
+                      f"{s['horizon']}-step chunks of {s['action_dim']}-dim actions ({s['execute_steps']} executed)")
+        return 0
     from reinforge.policies.convert_openvla import convert_openvla_oft
 
     try:
@@ -533,8 +543,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         heads = ()
     if len(heads) != 2:
         raise ValueError(f"--vision-heads must look like DINO,SIGLIP (e.g. 16,16), got {args.vision_heads!r}")
-    s = convert_openvla_oft(args.src, args.out, unnorm_key=args.unnorm_key, num_views=args.num_views,
-                            image_size=args.image_size, horizon=args.horizon, execute_steps=args.execute_steps,
+    s = convert_openvla_oft(args.src, args.out, unnorm_key=args.unnorm_key, num_views=args.num_views or 2,
+                            image_size=args.image_size or 224, horizon=args.horizon, execute_steps=args.execute_steps,
                             normalization=args.normalization, action_head=args.action_head,
                             proprio_projector=args.proprio_projector, tokenizer=args.tokenizer,
                             prompt_end_ids=args.prompt_end_ids, vision_heads=heads, overwrite=args.overwrite)
@@ -739,15 +749,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the results as JSON")
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(fn=cmd_stages)
-    cv = sub.add_parser("convert", help="convert a released checkpoint into a reinforge policy (openvla-oft)")
-    cv.add_argument("format", choices=("openvla-oft",), help="the source format")
-    cv.add_argument("src", help="the checkpoint folder (config.json, model*.safetensors, dataset_statistics.json, "
-                                "tokenizer, action_head--*.pt, proprio_projector--*.pt)")
+    cv = sub.add_parser("convert", help="convert a released checkpoint into a reinforge policy (openvla-oft, "
+                                        "lerobot)")
+    cv.add_argument("format", choices=("openvla-oft", "lerobot"),
+                    help="the source: an OpenVLA-OFT (Prismatic) folder, or a LeRobot pi0 / pi0.5 / SmolVLA folder "
+                         "(LeRobot >= 0.6, Python >= 3.12)")
+    cv.add_argument("src", help="the checkpoint folder (openvla-oft: config.json, model*.safetensors, "
+                                "dataset_statistics.json, tokenizer, action_head--*.pt, proprio_projector--*.pt; "
+                                "lerobot: config.json, model.safetensors, policy_*processor*)")
     cv.add_argument("--out", required=True, help="the policy folder to write")
     cv.add_argument("--unnorm-key", default="", help="the dataset whose action statistics to use (if several)")
-    cv.add_argument("--num-views", type=int, default=2, help="camera views per observation, as the checkpoint "
-                                                              "was trained (OFT on LIBERO: 2, third-person + wrist)")
-    cv.add_argument("--image-size", type=int, default=224, help="the env's image side (resized to the towers')")
+    cv.add_argument("--num-views", type=int, default=0, help="camera views per observation (openvla-oft: as the "
+                    "checkpoint was trained, default 2 = OFT on LIBERO's third-person + wrist; lerobot: the env's, "
+                    "default the checkpoint's cameras, the missing ones blank)")
+    cv.add_argument("--image-size", type=int, default=0, help="the env's image side, resized to the model's "
+                                                                "(default: openvla-oft 224, lerobot the checkpoint's)")
     cv.add_argument("--horizon", type=int, default=8, help="action chunk length (OFT on LIBERO: 8; ALOHA: 25)")
     cv.add_argument("--execute-steps", type=int, default=0, help="chunk steps executed per call (default: all)")
     cv.add_argument("--normalization", default="bounds_q99", choices=("bounds_q99", "bounds"),
@@ -755,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--action-head", default="auto", help="auto (action_head--*checkpoint.pt in SRC), none, or PATH")
     cv.add_argument("--proprio-projector", default="auto", help="auto (proprio_projector--*checkpoint.pt), none, "
                                                                 "or PATH")
-    cv.add_argument("--tokenizer", default="", help="tokenizer folder (default: SRC)")
+    cv.add_argument("--tokenizer", default="", help="tokenizer folder (openvla-oft default: SRC; lerobot: required, "
+                                                    "the VLM's, or 'hash')")
     cv.add_argument("--prompt-end-ids", default="auto", help="token ids after the prompt (auto: the tokenizer's "
                                                              "empty word, 29871 for Llama 2), or none")
     cv.add_argument("--vision-heads", default="", help="DINO,SIGLIP attention heads for unknown timm towers")

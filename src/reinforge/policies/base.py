@@ -113,6 +113,9 @@ class PolicyConfig:
     # pi0 of these sizes unless lerobot_path names a local LeRobot checkpoint folder
     lerobot_model: str = "pi0"  # pi0 | pi05
     lerobot_path: str = ""
+    # the VLM's tokenizer (a local folder; LeRobot's prompt formats), or "hash" (hashed words: tiny models, tests);
+    # a checkpoint from lerobot_path needs its real tokenizer ("" is refused there)
+    lerobot_tokenizer: str = ""
     lerobot_expert_width: int = 32
     lerobot_depth: int = 2  # layers of both PaliGemma's Gemma and the action expert (LeRobot pairs them)
     lerobot_head_dim: int = 16

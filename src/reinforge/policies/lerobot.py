@@ -151,6 +151,16 @@ def _tiny_smolvla(c: PolicyConfig):
 
 
 KEPT = "lerobot"  # a saved policy's folder of the LeRobot config(s) its network is rebuilt from
+TOKENIZER = "tokenizer"  # ... and of the VLM's tokenizer (``KEPT/TOKENIZER``)
+
+
+def _auto_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the tokenizer from {path!r} (a local Hugging Face folder): {e}") from None
 SMOLVLM = "smolvlm"  # ... and, for SmolVLA, of the SmolVLM config (``KEPT/SMOLVLM``) and its image-marker ids
 IMAGE_TOKENS = "image_tokens.json"
 
@@ -245,7 +255,10 @@ class LeRobotFlowPolicy(FlowPolicy):
     cacheable_prefix = False
     feature_cache = False  # pi0 embeds its images inside ``embed_prefix``: rollouts keep images
 
-    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None, saved: Any = None):
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None, saved: Any = None,
+                 network: nn.Module | None = None):
+        """``saved``: the saved policy being loaded; ``network``: a LeRobot network already loaded from
+        ``lerobot_path`` (the converter's; not read again)."""
         Policy.__init__(self, config, normalizer)
         c = config
         if c.lerobot_model not in MODELS:
@@ -254,7 +267,9 @@ class LeRobotFlowPolicy(FlowPolicy):
         _, net, conf, pol = MODELS[c.lerobot_model]
         self.from_lerobot = bool(c.lerobot_path)  # keep the LeRobot config(s) when saved (``write_files``)
         kept = _kept(saved)
-        if kept is not None:  # a saved policy: its network from the kept config, its weights from ours
+        if network is not None:
+            self.model = network
+        elif kept is not None:  # a saved policy: its network from the kept config, its weights from ours
             self.model = _from_kept(mod, net, kept, c.lerobot_model)
         elif c.lerobot_path:
             try:
@@ -289,17 +304,33 @@ class LeRobotFlowPolicy(FlowPolicy):
         width = self.model.action_out_proj.in_features
         self.noise_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, c.action_dim))
         self.expert = _Expert(self)
-        vocab = self._vlm().config.text_config.vocab_size
-        self.tokenizer = HashTokenizer(vocab, c.max_words)
+        text = self._vlm().config.text_config
+        if self.value_head is not None and text.hidden_size != c.d_model:
+            raise ValueError(f"policy d_model={c.d_model} must equal the {c.lerobot_model} VLM's width "
+                             f"{text.hidden_size} (its value head reads the prefix states)")
+        vocab = text.vocab_size
+        kept_tok = Path(saved) / KEPT / TOKENIZER if saved is not None else None
+        if kept_tok is not None and kept_tok.is_dir():
+            self.tokenizer = _auto_tokenizer(str(kept_tok))
+        elif c.lerobot_tokenizer not in ("", "hash"):
+            self.tokenizer = _auto_tokenizer(c.lerobot_tokenizer)
+        elif c.lerobot_path and not c.lerobot_tokenizer:
+            raise ValueError(f"a {c.lerobot_model} checkpoint reads its prompt with its VLM's tokenizer: pass "
+                             "policy.lerobot_tokenizer=FOLDER (a local copy of PaliGemma's for pi0 / pi0.5, "
+                             "SmolVLM2's for SmolVLA), or 'hash' to hash words instead (its language goes unused)")
+        else:
+            self.tokenizer = HashTokenizer(vocab, c.max_words)
 
     def write_files(self, folder: Path) -> None:
         """The policy's files and, for a network loaded from ``lerobot_path``, its LeRobot config under
         ``lerobot/`` (SmolVLA's also its SmolVLM config under ``lerobot/smolvlm``), so that ``load_pretrained``
         rebuilds the network from those and never reads ``lerobot_path`` again."""
         super().write_files(folder)
+        kept = Path(folder) / KEPT
+        if not isinstance(self.tokenizer, HashTokenizer):
+            self.tokenizer.save_pretrained(kept / TOKENIZER)
         if not self.from_lerobot:  # a tiny random network is rebuilt from the policy config alone
             return
-        kept = Path(folder) / KEPT
         self.model.config.save_pretrained(kept)
         if self.config.lerobot_model == "smolvla":
             self.model.vlm_with_expert.config.save_pretrained(kept / SMOLVLM)
@@ -323,19 +354,62 @@ class LeRobotFlowPolicy(FlowPolicy):
             return list(self.model.vlm_with_expert.get_vlm_model().vision_model.parameters())
         return list(self.model.paligemma_with_expert.paligemma.model.vision_tower.parameters())
 
+    def _views(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """LeRobot's image preparation: each view resized with padding to the model's resolution (pi0 / pi0.5:
+        centred; SmolVLA: its own padding), scaled to [-1, 1]; cameras the checkpoint expects beyond the env's
+        views are blank (-1) and masked out."""
+        mod, mc = _lerobot(self.config.lerobot_model), self.model.config
+        smolvla = self.config.lerobot_model == "smolvla"
+        size = tuple(mc.resize_imgs_with_padding or ()) if smolvla else tuple(mc.image_resolution)
+        B, V = images.shape[:2]
+        views, masks = [], []
+        for v in range(V):
+            x = images[:, v].float() / 255.0
+            if smolvla and size:
+                x = mod.resize_with_pad(x, size[1], size[0], pad_value=0)
+            elif not smolvla and tuple(x.shape[-2:]) != size:
+                x = mod.resize_with_pad_torch(x.permute(0, 2, 3, 1), *size).permute(0, 3, 1, 2)
+            views.append(x * 2 - 1)
+            masks.append(torch.ones(B, dtype=torch.bool, device=images.device))
+        missing = max(0, len(getattr(mc, "image_features", None) or {}) - V)
+        if smolvla:
+            missing = min(missing, mc.empty_cameras)
+        for _ in range(missing):
+            views.append(-torch.ones_like(views[-1]))
+            masks.append(torch.zeros_like(masks[-1]))
+        return views, masks
+
+    def _prompt(self, texts: list[str], state: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) and attention mask (True = a real token). With the VLM's tokenizer: LeRobot's prompts
+        (pi0 / SmolVLA: the task and a newline; pi0.5: "Task: ..., State: <256-bin normalised state>;\nAction: "),
+        padded as its processors pad them. With hashed words: the same content, lower-cased."""
+        c, mc = self.config, self.model.config
+        if isinstance(self.tokenizer, HashTokenizer):
+            if c.lerobot_model == "pi05":  # pi0.5 reads the state as 256-bin tokens in its prompt
+                bins = ((state.clamp(-1, 1) + 1) / 2 * 255).round().long().tolist()
+                texts = [f"task: {t.lower()}, state: {' '.join(map(str, b))}; action:" for t, b in zip(texts, bins)]
+            ids, pad = self.tokenizer([t.lower() for t in texts], dev)
+            return ids, ~pad
+        if c.lerobot_model == "pi05":
+            edges = torch.linspace(-1, 1, 257, device=state.device)[:-1]
+            bins = (torch.bucketize(state.contiguous(), edges, right=True) - 1).tolist()
+            texts = [f"Task: {t.strip().replace('_', ' ').replace(chr(10), ' ')}, State: {' '.join(map(str, b))};"
+                     "\nAction: " for t, b in zip(texts, bins)]
+        else:
+            texts = [t if t.endswith("\n") else t + "\n" for t in texts]
+        padding = mc.pad_language_to if c.lerobot_model == "smolvla" else "max_length"
+        enc = self.tokenizer(texts, max_length=mc.tokenizer_max_length, truncation=True, padding=padding,
+                             padding_side="right", return_tensors="pt")
+        return enc["input_ids"].to(dev), enc["attention_mask"].to(dev).bool()
+
     def _inputs(self, obs: Observation):
         images, texts, state = self.prepare(obs)
         mc, dev = self.model.config, self.action_low.device
-        B = images.shape[0]
-        views = [(images[:, v].float() / 255.0) * 2 - 1 for v in range(images.shape[1])]
-        masks = [torch.ones(B, dtype=torch.bool, device=dev) for _ in views]
-        if self.config.lerobot_model == "pi05":  # pi0.5 reads the state as 256-bin tokens in its prompt
-            bins = ((state.clamp(-1, 1) + 1) / 2 * 255).round().long().tolist()
-            texts = [f"task: {t.lower()}, state: {' '.join(map(str, b))}; action:" for t, b in zip(texts, bins)]
-        ids, pad = self.tokenizer([t.lower() for t in texts], dev)
-        s = torch.zeros(B, mc.max_state_dim, device=dev)
+        views, masks = self._views(images)
+        ids, lang_masks = self._prompt(texts, state, dev)
+        s = torch.zeros(images.shape[0], mc.max_state_dim, device=dev)
         s[:, : state.shape[1]] = state
-        return views, masks, ids, ~pad, s
+        return views, masks, ids, lang_masks, s
 
     def encode(self, obs: Observation) -> tuple[_Prefix, None, torch.Tensor | None]:
         mod = _lerobot(self.config.lerobot_model)

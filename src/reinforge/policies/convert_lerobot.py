@@ -1,0 +1,155 @@
+"""``reinforge convert lerobot SRC --out OUT --tokenizer TOK``: a LeRobot pi0 / pi0.5 / SmolVLA checkpoint -> a
+reinforge ``kind: lerobot`` policy that acts as LeRobot's own pipeline does (LeRobot >= 0.6, Python >= 3.12).
+
+A LeRobot checkpoint is the network (``config.json`` + ``model.safetensors``, read with LeRobot's own
+``from_pretrained``) plus its processor pipelines (``policy_preprocessor.json`` / ``policy_postprocessor.json``)
+whose normaliser steps keep the dataset statistics in safetensors files. The statistics become reinforge's
+normaliser exactly: MEAN_STD states and actions are standardised (pi0, SmolVLA), QUANTILES / MIN_MAX map the
+bounds to [-1, 1] without clamping (pi0.5). The prompt is tokenised with the VLM's tokenizer from a local folder
+(``--tokenizer``; the checkpoint names it by Hub id, which cannot be fetched offline) in LeRobot's formats, and the
+images are resized with padding as LeRobot does (policies/lerobot.py). The written policy is self-contained (the
+LeRobot config and the tokenizer are kept under ``lerobot/``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reinforge.policies.base import Normalizer, PolicyConfig
+
+
+class ConversionError(ValueError):
+    """The LeRobot checkpoint cannot be converted (the message says why and what to do)."""
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path} cannot be read as JSON ({e})") from None
+
+
+def _step(src: Path, pipeline: str, registry: str) -> tuple[dict, dict[str, list[float]]]:
+    """The config and statistics of the ``registry`` step of a saved processor pipeline."""
+    from safetensors.torch import load_file
+
+    f = src / f"{pipeline}.json"
+    if not f.is_file():
+        raise ConversionError(f"{src} has no {f.name}: a LeRobot >= 0.5 checkpoint keeps its normalisation statistics "
+                              "in its processor pipelines")
+    for step in _json(f).get("steps", []):
+        if step.get("registry_name") == registry:
+            if "state_file" not in step:
+                raise ConversionError(f"the {registry} step of {f.name} has no statistics (state_file)")
+            try:
+                stats = load_file(str(src / step["state_file"]))
+            except Exception as e:
+                raise ConversionError(f"{src / step['state_file']} is not a readable safetensors file ({e})") from None
+            return step.get("config", {}), {k: v.flatten().tolist() for k, v in stats.items()}
+    raise ConversionError(f"{f.name} has no {registry} step")
+
+
+def normalizer_from_processors(src: Path, state_key: str, action_key: str) -> Normalizer:
+    """LeRobot's normaliser statistics as reinforge's normaliser (states from the preprocessor, actions from the
+    postprocessor's un-normaliser)."""
+    cfg, stats = _step(src, "policy_preprocessor", "normalizer_processor")
+    try:
+        _, out_stats = _step(src, "policy_postprocessor", "unnormalizer_processor")
+    except ConversionError:
+        out_stats = stats
+    modes = cfg.get("norm_map", {})
+
+    def get(table: dict, key: str, stat: str) -> list[float]:
+        if f"{key}.{stat}" not in table:
+            raise ConversionError(f"the processor statistics have no {key}.{stat} (needed for {key}'s normalisation)")
+        return table[f"{key}.{stat}"]
+
+    def bounds(table: dict, key: str, mode: str) -> tuple[list[float], list[float]]:
+        lo, hi = {"QUANTILES": ("q01", "q99"), "QUANTILE10": ("q10", "q90"), "MIN_MAX": ("min", "max")}[mode]
+        return get(table, key, lo), get(table, key, hi)
+
+    s_mode, a_mode = modes.get("STATE", "IDENTITY"), modes.get("ACTION", "IDENTITY")
+    known = ("IDENTITY", "MEAN_STD", "QUANTILES", "QUANTILE10", "MIN_MAX")
+    if s_mode not in known or a_mode not in known:
+        raise ConversionError(f"unknown LeRobot normalisation modes STATE={s_mode}, ACTION={a_mode}")
+    a_dim = len(out_stats.get(f"{action_key}.mean") or out_stats.get(f"{action_key}.q01") or
+                out_stats.get(f"{action_key}.min") or [])
+    s_dim = len(stats.get(f"{state_key}.mean") or stats.get(f"{state_key}.q01") or stats.get(f"{state_key}.min") or [])
+    if a_mode == "MEAN_STD":
+        mean, std = get(out_stats, action_key, "mean"), get(out_stats, action_key, "std")
+        lo, hi = [m - 3 * s for m, s in zip(mean, std)], [m + 3 * s for m, s in zip(mean, std)]
+        action = {"action_low": lo, "action_high": hi, "action_mean": mean, "action_std": std}
+    elif a_mode == "IDENTITY":
+        action = {"action_low": [-1.0] * a_dim, "action_high": [1.0] * a_dim, "action_clip": False}
+    else:
+        lo, hi = bounds(out_stats, action_key, a_mode)
+        action = {"action_low": lo, "action_high": hi, "action_clip": False}
+    if s_mode == "MEAN_STD":
+        state = {"state_mean": get(stats, state_key, "mean"), "state_std": get(stats, state_key, "std")}
+    elif s_mode == "IDENTITY":
+        state = {"state_mean": [0.0] * s_dim, "state_std": [1.0] * s_dim}
+    else:  # 2 (x - lo) / (hi - lo) - 1 is a standardisation with mean (lo + hi) / 2 and std (hi - lo) / 2
+        lo, hi = bounds(stats, state_key, s_mode)
+        state = {"state_mean": [(a + b) / 2 for a, b in zip(lo, hi)],
+                 "state_std": [(b - a) / 2 for a, b in zip(lo, hi)]}
+    return Normalizer(**action, **state)
+
+
+def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_size: int = 0, num_views: int = 0,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """``num_views``: the env's cameras (default: the checkpoint's); cameras the checkpoint expects beyond them are
+    given to it blank and masked, as LeRobot does."""
+    """Convert the LeRobot checkpoint folder ``src`` into a reinforge policy at ``out``; returns a summary."""
+    from reinforge.fsutil import check_replaceable
+    from reinforge.policies.lerobot import MODELS, LeRobotFlowPolicy, _lerobot
+
+    src, out = Path(src), Path(out)
+    if not (src / "config.json").is_file():
+        raise ConversionError(f"{src} is not a LeRobot checkpoint folder (config.json is missing)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConversionError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    check_replaceable(out, "policy")
+    kind = _json(src / "config.json").get("type")
+    if kind not in MODELS:
+        raise ConversionError(f"{src} holds a LeRobot {kind!r} policy; reinforge converts {', '.join(MODELS)}")
+    if not tokenizer:
+        raise ConversionError(f"a {kind} checkpoint reads its prompt with its VLM's tokenizer, which cannot be fetched "
+                              "offline: pass --tokenizer FOLDER (a local copy of google/paligemma-3b-pt-224 for pi0 / "
+                              "pi0.5, of the SmolVLM2 model named in config.json for SmolVLA), or 'hash'")
+    mod = _lerobot(kind)
+    try:
+        lerobot_policy = getattr(mod, MODELS[kind][3]).from_pretrained(str(src), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"LeRobot cannot load {src}: {e}") from None
+    pc = lerobot_policy.config
+    if getattr(pc, "use_relative_actions", False):
+        raise ConversionError(f"{src} predicts relative actions (use_relative_actions); reinforge's envs take absolute "
+                              "ones: not supported yet")
+    state_key = next((k for k, f in pc.input_features.items() if f.type.name == "STATE"), None)
+    views = [k for k, f in pc.input_features.items() if f.type.name == "VISUAL"]
+    action_key = next((k for k, f in pc.output_features.items() if f.type.name == "ACTION"), None)
+    if state_key is None or action_key is None or not views:
+        raise ConversionError(f"{src}'s config names no state, action or camera features (input_features / "
+                              "output_features)")
+    if not 0 <= num_views <= len(views):
+        raise ConversionError(f"--num-views {num_views}: the checkpoint takes 1 to {len(views)} cameras "
+                              f"({', '.join(views)})")
+    norm = normalizer_from_processors(src, state_key, action_key)
+    network = lerobot_policy.model
+    vlm = network.vlm_with_expert.config if kind == "smolvla" else network.paligemma_with_expert.paligemma.config
+    side = image_size or pc.input_features[views[0]].shape[-1]
+    config = PolicyConfig(
+        kind="lerobot", lerobot_model=kind, lerobot_path=str(src.resolve()), lerobot_tokenizer=tokenizer,
+        image_size=(side, side), num_views=num_views or len(views), state_dim=len(norm.state_mean),
+        action_dim=len(norm.action_low),
+        horizon=pc.chunk_size, execute_steps=pc.n_action_steps, d_model=vlm.text_config.hidden_size,
+        num_steps=getattr(pc, "num_inference_steps", None) or getattr(pc, "num_steps", 10))
+    policy = LeRobotFlowPolicy(config, norm, network=network)
+    policy.save_pretrained(out)
+    return {"out": str(out), "model": kind, "params": sum(p.numel() for p in policy.parameters()),
+            "views": config.num_views, "image_size": side, "state_dim": config.state_dim,
+            "action_dim": config.action_dim,
+            "horizon": config.horizon, "execute_steps": config.execute_steps,
+            "normalization": "standardised" if norm.standardized else "bounds"}
