@@ -273,3 +273,14 @@ def test_a_converted_lerobot_checkpoint_acts_as_lerobots_own_pipeline(tmp_path, 
     ours = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(0)).actions
     assert ours.shape == (2, 3, 7)
     assert torch.allclose(ours, expected[:, :3], atol=1e-4), (ours - expected[:, :3]).abs().max()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pooled_features_summarise_the_prefix(model):
+    """The OOD / progress monitors' input: the mean prefix state, (B, d_model), moved by the instruction."""
+    policy = _policy(model)
+    obs = _obs(2)
+    f = policy.pooled_features(obs)
+    assert f.shape == (2, 64) and torch.isfinite(f).all()
+    other = {**obs, OBS_INSTRUCTION: ["open the top drawer and put the bowl inside"] * 2}
+    assert not torch.allclose(policy.pooled_features(other), f)

@@ -82,6 +82,12 @@ POLICY_PRESETS: dict[str, dict[str, Any]] = {
     "lerobot-smolvla-tiny": {"kind": "lerobot", "lerobot_model": "smolvla", "d_model": 64},
     "lerobot-medium": {"kind": "lerobot", "d_model": 512, "lerobot_expert_width": 256, "lerobot_depth": 6,
                        "lerobot_head_dim": 64, "lerobot_vision_dim": 384, "lerobot_patch_size": 16, "image_size": 224},
+    "lerobot-pi05-medium": {"kind": "lerobot", "lerobot_model": "pi05", "d_model": 512, "lerobot_expert_width": 256,
+                            "lerobot_depth": 6, "lerobot_head_dim": 64, "lerobot_vision_dim": 384,
+                            "lerobot_patch_size": 16, "image_size": 224},
+    "lerobot-smolvla-medium": {"kind": "lerobot", "lerobot_model": "smolvla", "d_model": 512,
+                               "lerobot_expert_width": 256, "lerobot_depth": 6, "lerobot_head_dim": 64,
+                               "lerobot_vision_dim": 384, "lerobot_patch_size": 16, "image_size": 224},
 }
 
 

@@ -429,11 +429,15 @@ class LeRobotFlowPolicy(FlowPolicy):
             (out, _), cache = m.paligemma_with_expert.forward(attention_mask=att, position_ids=pos,
                                                               past_key_values=None, inputs_embeds=[embs, None],
                                                               use_cache=True)
-        value = self.value(masked_mean(out.float(), ~pad_masks))
-        return _Prefix(cache, pad_masks, state), None, value
+        self._pooled = masked_mean(out.float(), ~pad_masks)  # the prefix summary (value head, monitors)
+        return _Prefix(cache, pad_masks, state), None, self.value(self._pooled)
 
+    @torch.no_grad()
     def pooled_features(self, obs: Observation) -> torch.Tensor:
-        raise ValueError("a lerobot policy has no pooled features for the OOD monitor yet")
+        """(B, d_model) the VLM's prefix states (images, prompt, state) averaged: the input of the value head and of
+        the OOD / progress monitors."""
+        self.encode(obs)
+        return self._pooled
 
     # ------------------------------------------------------------ losses
 
