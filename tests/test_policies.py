@@ -104,7 +104,7 @@ def test_overfits_a_tiny_batch(kind):
     batch = _batch(_obs(4))
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     first = None
-    for _ in range(150):
+    for _ in range(250 if kind == "oft" else 150):  # oft's 255 OpenVLA bins and deeper towers take a few more steps
         torch.manual_seed(0)  # same flow-matching noise each step: a fixed regression target
         loss, metrics = policy.sft_loss(batch)
         first = first if first is not None else loss.item()
