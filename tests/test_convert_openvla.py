@@ -283,3 +283,16 @@ def test_conversion_errors_are_one_line(checkpoint, tmp_path, capsys):
     error(src, tmp_path / "taken", match="pass --overwrite")
     error(src, tmp_path / "taken", "--overwrite", match="")  # refused: not a reinforge folder
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_a_converted_token_policy_trains_with_ppo(checkpoint, tmp_path):
+    """The converted policy is an RL policy as it is: 2 PPO iterations on the built-in world (64 px views resized
+    to the towers' 28 px), the rollout's log-probs replayed, the language model updated."""
+    from helpers import two_rl_iterations
+
+    src, _ = checkpoint
+    assert main(["convert", "openvla-oft", str(src), "--out", str(tmp_path / "p"), "--image-size", "64",
+                 "--horizon", str(H), "--execute-steps", "2", "--action-head", "none"]) == 0
+    rows, before, after, _ = two_rl_iterations(tmp_path / "p", tmp_path / "rl", "ppo")
+    assert all(r["rollout/episodes"] >= 1 and abs(r["train/ratio_mean"] - 1) < 0.2 for r in rows)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("llm."))
