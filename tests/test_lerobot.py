@@ -231,7 +231,7 @@ def test_a_converted_lerobot_checkpoint_acts_as_lerobots_own_pipeline(tmp_path, 
     cams = 2 if model == "smolvla" else 3
     feats = {f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)) for i in range(cams)}
     feats["observation.state"] = PolicyFeature(FeatureType.STATE, (8,))
-    common = dict(chunk_size=4, n_action_steps=3, max_state_dim=8, max_action_dim=7, device="cpu",
+    common = dict(chunk_size=4, n_action_steps=3, max_state_dim=8, max_action_dim=10, device="cpu",
                   tokenizer_max_length=48, input_features=feats,
                   output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))})
     c = PolicyConfig(**{**TINY, "lerobot_model": model})
@@ -267,7 +267,7 @@ def test_a_converted_lerobot_checkpoint_acts_as_lerobots_own_pipeline(tmp_path, 
     obs[OBS_STATE] = torch.rand(2, 8, generator=g) * 5 - 2.5  # spread over (and past) the statistics' range
     batch = {f"observation.images.cam{i}": obs[OBS_IMAGE][:, i].float() / 255 for i in range(2)}
     batch |= {"observation.state": obs[OBS_STATE].float(), "task": list(obs[OBS_INSTRUCTION])}
-    noise = torch.randn(2, 4, 7, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 10, generator=torch.Generator().manual_seed(0))  # 3 padding dims, integrated too
     with torch.no_grad():
         expected = post(lerobot_policy.predict_action_chunk(pre(batch), noise=noise))
     ours = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(0)).actions

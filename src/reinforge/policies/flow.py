@@ -162,6 +162,25 @@ class FlowPolicy(Policy):
         self.expert = ActionExpert(c.d_model, c.heads, c.expert_layers, c.horizon, c.action_dim, c.dropout)
 
     cacheable_prefix = True  # the action expert cross-attends to the fused tokens only
+    # dims the expert denoises beyond the action's (LeRobot pads actions to max_action_dim and integrates the padding
+    # from noise too): drawn as noise, always moved by the ODE step, never scored, never acted on
+    latent_dims: int = 0
+
+    def _full(self, mask: torch.Tensor) -> torch.Tensor:
+        """An (…, D) entry mask extended with False over the latent dims."""
+        return F.pad(mask, (0, self.latent_dims), value=False) if self.latent_dims else mask
+
+    def _noise_std(self, h: torch.Tensor) -> torch.Tensor:
+        """Flow-Noise's std (…, D), extended with ones over the latent dims (which take the ODE step)."""
+        c = self.config
+        std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
+        return F.pad(std, (0, self.latent_dims), value=1.0) if self.latent_dims else std
+
+    def _ode_on_latent(self, x: torch.Tensor, ode: torch.Tensor) -> torch.Tensor:
+        """x with the latent dims replaced by the ODE step's."""
+        if not self.latent_dims:
+            return x
+        return torch.cat([x[..., : self.config.action_dim], ode[..., self.config.action_dim:]], -1)
 
     def encode(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         prefix, pad = self.fused(obs)
@@ -214,9 +233,9 @@ class FlowPolicy(Policy):
             return torch.randn(*shape, generator=generator, device=dev) if generator is not None else torch.randn(
                 *shape, device=dev)
 
-        x = randn(B, c.horizon, c.action_dim)
+        x = randn(B, c.horizon, c.action_dim + self.latent_dims)
         chain = [x]
-        mask = self.entry_mask(obs)
+        mask = self._full(self.entry_mask(obs))
         log_prob = torch.zeros(B, device=dev)
         k_star = torch.randint(0, K, (B,), generator=generator, device=dev) if generator is not None else \
             torch.randint(0, K, (B,), device=dev)
@@ -236,15 +255,15 @@ class FlowPolicy(Policy):
                 here = k_star == k
                 lp = masked(gaussian_log_prob(x_sde, mean, std.expand_as(mean)), mask).sum((1, 2))
                 log_prob = torch.where(here, lp, log_prob)
-                x = torch.where(here[:, None, None], x_sde, ode)
+                x = self._ode_on_latent(torch.where(here[:, None, None], x_sde, ode), ode)
             else:
-                std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
-                x = ode + std * randn(*x.shape)
+                std = self._noise_std(h)
+                x = self._ode_on_latent(ode + std * randn(*x.shape), ode)
                 log_prob = log_prob + masked(gaussian_log_prob(x, ode, std), mask).sum((1, 2))
             chain.append(x)
         if mode == "sample" and sampler == "noise":
             log_prob = log_prob / (K + 1)
-        actions = self.to_native(self.unnormalize_actions(x)[:, : c.execute_steps])
+        actions = self.to_native(self.unnormalize_actions(x[..., : c.action_dim])[:, : c.execute_steps])
         if mode == "greedy":
             return PolicyOutput(actions=actions, log_prob=None, value=value, replay={})
         replay = {"chain": torch.stack(chain, 1), "k_star": k_star,
@@ -260,7 +279,7 @@ class FlowPolicy(Policy):
         sampler = int(replay["sampler"][0])
         if not bool((replay["sampler"] == sampler).all()):
             raise ValueError("a replay batch mixes Flow-SDE and Flow-Noise chains; evaluate them separately")
-        mask = self.entry_mask(obs)
+        mask = self._full(self.entry_mask(obs))
         if sampler == SAMPLER_IDS["sde"]:
             lp, ent = self._sde_log_prob(prefix, pad, chain, replay["k_star"].to(prefix.device), mask)
         else:
@@ -293,7 +312,7 @@ class FlowPolicy(Policy):
         mem_pad = pad.repeat_interleave(K, 0)
         v, h = self.expert(xs, t, mem, mem_pad)
         mean = ode_step(xs, v, delta)
-        std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
+        std = self._noise_std(h)
         step_mask = mask.repeat_interleave(K, 0) if mask.dim() == 3 else mask
         steps = masked(gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std), step_mask).sum((1, 2)).view(B, K)
         x0 = chain[:, 0]

@@ -35,7 +35,7 @@ from torch import nn
 from reinforge.config import ConfigError
 from reinforge.policies.backbone import HashTokenizer, masked, masked_mean
 from reinforge.policies.base import Normalizer, Policy, PolicyConfig
-from reinforge.policies.flow import FlowPolicy, bounded_sigma, gaussian_entropy, gaussian_log_prob, ode_step
+from reinforge.policies.flow import FlowPolicy, gaussian_entropy, gaussian_log_prob, ode_step
 from reinforge.types import Observation
 
 NUM_HEADS = 8  # LeRobot's pi0 training forward assumes 8 attention heads
@@ -301,6 +301,8 @@ class LeRobotFlowPolicy(FlowPolicy):
             raise ValueError(f"the pi0 model (chunk {mc.chunk_size}, max action / state dims {mc.max_action_dim} / "
                              f"{mc.max_state_dim}) does not fit policy horizon={c.horizon}, action_dim={c.action_dim}, "
                              f"state_dim={c.state_dim}")
+        # LeRobot denoises max_action_dim dims, the padding from noise too: those are the flow's latent dims
+        self.latent_dims = mc.max_action_dim - c.action_dim
         width = self.model.action_out_proj.in_features
         self.noise_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, c.action_dim))
         self.expert = _Expert(self)
@@ -473,7 +475,7 @@ class LeRobotFlowPolicy(FlowPolicy):
             x = chain[:, k]
             v, h = self.expert(x, grid[k].expand(B), prefix)
             mean = ode_step(x, v, grid[k] - grid[k + 1])
-            std = bounded_sigma(self.expert.noise(h.detach()), c.noise_min, c.noise_max)
+            std = self._noise_std(h)
             steps.append(masked(gaussian_log_prob(chain[:, k + 1], mean, std), mask).sum((1, 2)))
             ents.append(masked(gaussian_entropy(std), mask).sum((1, 2)))
         x0 = chain[:, 0]
