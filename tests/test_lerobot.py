@@ -284,3 +284,30 @@ def test_pooled_features_summarise_the_prefix(model):
     assert f.shape == (2, 64) and torch.isfinite(f).all()
     other = {**obs, OBS_INSTRUCTION: ["open the top drawer and put the bowl inside"] * 2}
     assert not torch.allclose(policy.pooled_features(other), f)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_cached_vision_features_give_the_same_chunks_and_log_probs(model):
+    """With a frozen vision tower, rollouts store ``encode_images`` (each view's ``embed_image`` tokens) instead of
+    images: the policy acting and replaying from them matches the images exactly, and the tower is not run."""
+    from reinforge.types import OBS_IMAGE_FEATURES
+
+    policy = _policy(model)
+    obs = _obs(3)
+    feats = policy.encode_images(obs[OBS_IMAGE])
+    assert feats.shape[0] == 3 and feats.shape[2] == policy.image_feature_dim
+    cached = {k: v for k, v in obs.items() if k != OBS_IMAGE}
+    cached[OBS_IMAGE_FEATURES] = feats
+    for sampler in ("sde", "noise"):
+        out = policy.act(obs, mode="sample", sampler=sampler, generator=torch.Generator().manual_seed(0))
+        again = policy.act(cached, mode="sample", sampler=sampler, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(out.actions, again.actions, atol=1e-5)
+        lp, _, _ = policy.evaluate(cached, out.replay)
+        assert torch.allclose(lp, out.log_prob, atol=1e-5)
+    calls = []
+    tower = (policy.model.vlm_with_expert.get_vlm_model().vision_model if model == "smolvla"
+             else policy.model.paligemma_with_expert.paligemma.model.vision_tower)
+    handle = tower.register_forward_hook(lambda *a: calls.append(1))
+    policy.evaluate(cached, out.replay)
+    handle.remove()
+    assert not calls, "the vision tower ran on cached features"

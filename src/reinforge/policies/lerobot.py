@@ -1,5 +1,5 @@
-"""LeRobot's pi0 and pi0.5 behind the Policy contract (``kind: lerobot``), with OUR denoising loop over their
-``denoise_step``.
+"""LeRobot's pi0, pi0.5 and SmolVLA behind the Policy contract (``kind: lerobot``), with OUR denoising loop over
+their ``denoise_step``.
 
 LeRobot (>= 0.6, Python >= 3.12: ``make test-lerobot`` builds that environment) implements pi0 as
 ``PI0Pytorch``: ``embed_prefix`` (SigLIP image tokens + language tokens), a PaliGemma pass over the prefix that
@@ -7,18 +7,25 @@ fills a KV cache, and ``denoise_step(state, prefix_pad_masks, past_key_values, x
 Gemma action expert. Its convention is ours (t = 1 noise, t = 0 action, u = eps - a, x <- x - delta v), so the
 flow policy's samplers run unchanged on top of it: greedy ODE, Flow-SDE (one stochastic step, exact Gaussian
 log-prob, the chain stored for replay) and Flow-Noise (a noise head on the action expert's hidden state, read
-before ``action_out_proj``). SFT uses LeRobot's own flow-matching loss (``PI0Pytorch.forward``). A value head on
-the mean prefix hidden state serves PPO. Normalisation is ours (LeRobot 0.6 normalises in processor pipelines).
+before ``action_out_proj``). LeRobot denoises actions padded to ``max_action_dim``, the padding from noise too:
+those dims are the flow's latent dims (moved by the ODE step only, never scored). SFT uses LeRobot's own
+flow-matching loss (``PI0Pytorch.forward``). A value head on the mean prefix hidden state serves PPO (and the
+monitors, ``pooled_features``). With a frozen vision tower, rollouts keep each view's ``embed_image`` tokens.
+
+Inputs are prepared as LeRobot's processors and ``_preprocess_images`` prepare them: the VLM's tokenizer from a
+local folder (``lerobot_tokenizer``) with LeRobot's prompt formats and padding (hashed words for tiny models),
+views resized with padding and scaled to [-1, 1], the checkpoint's extra cameras blank and masked. The
+normaliser is the policy's (``reinforge convert lerobot`` copies the checkpoint's statistics into it:
+policies/convert_lerobot.py).
 
 Tiny random models build offline (``lerobot_*`` sizes: PaliGemma width = ``d_model``, a Gemma expert of
 ``lerobot_expert_width``, a small SigLIP); a real checkpoint loads from a local folder (``lerobot_path``,
 ``PI0Policy.from_pretrained(local_files_only=True)``); a policy saved from it keeps the LeRobot config (and SmolVLA's
-SmolVLM config) under ``lerobot/`` and is rebuilt from that, without the source folder. pi0.5 (``lerobot_model:
-pi05``) differs in three places, all LeRobot's: an adaRMS time-conditioned expert, ``denoise_step`` without a state
-argument, and the state given as 256-bin tokens in the prompt ("task: ..., state: ...; action:"). SmolVLA
+SmolVLM config, and the tokenizer) under ``lerobot/`` and is rebuilt from that, without the source folder. pi0.5
+(``lerobot_model: pi05``) differs in three places, all LeRobot's: an adaRMS time-conditioned expert,
+``denoise_step`` without a state argument, and the state given as 256-bin tokens in the prompt. SmolVLA
 (``smolvla``): SmolVLM with a smaller expert (cross-attention to the prefix), the state as the last prefix token;
-its tiny build gives it a SmolVLM config of our sizes instead of the one it reads from the Hub by name. Not yet:
-vision-feature caching.
+its tiny build gives it a SmolVLM config of our sizes instead of the one it reads from the Hub by name.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from reinforge.config import ConfigError
 from reinforge.policies.backbone import HashTokenizer, masked, masked_mean
 from reinforge.policies.base import Normalizer, Policy, PolicyConfig
 from reinforge.policies.flow import FlowPolicy, gaussian_entropy, gaussian_log_prob, ode_step
-from reinforge.types import Observation
+from reinforge.types import OBS_IMAGE_FEATURES, Observation
 
 NUM_HEADS = 8  # LeRobot's pi0 training forward assumes 8 attention heads
 
@@ -253,7 +260,9 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     builtin_backbone = False
     cacheable_prefix = False
-    feature_cache = False  # pi0 embeds its images inside ``embed_prefix``: rollouts keep images
+    # with a frozen vision tower, rollouts store each view's ``embed_image`` tokens and ``embed_prefix`` is handed
+    # those instead of running the tower again (``_cached_images``)
+    feature_cache = True
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer | None = None, saved: Any = None,
                  network: nn.Module | None = None):
@@ -344,7 +353,31 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     @property
     def image_feature_dim(self) -> int:
-        raise ValueError("a lerobot policy runs from images (no cached vision features)")
+        return self.config.d_model  # embed_image projects into the VLM's width
+
+    def _image_embedder(self) -> nn.Module:
+        """The module whose ``embed_image`` ``embed_prefix`` calls once per view."""
+        m = self.model
+        return m.vlm_with_expert if self.config.lerobot_model == "smolvla" else m.paligemma_with_expert
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3, H, W) uint8 -> (B, V' * N, d): ``embed_image`` of every view the model takes (V' >= V: the
+        checkpoint's blank extra cameras too), as ``embed_prefix`` would compute them."""
+        views, _ = self._views(images.to(self.action_low.device))
+        embed = self._image_embedder()
+        return torch.cat([embed.embed_image(v) for v in views], 1)
+
+    @contextlib.contextmanager
+    def _cached_images(self, feats: torch.Tensor, n_views: int):
+        """While ``embed_prefix`` runs: its per-view ``embed_image`` calls return the cached tokens, in order."""
+        chunks = iter(feats.chunk(n_views, dim=1))
+        embed = self._image_embedder()
+        embed.embed_image = lambda image: next(chunks)  # an instance attribute shadows the method
+        try:
+            yield
+        finally:
+            del embed.embed_image
 
     def _vlm(self) -> nn.Module:
         if self.config.lerobot_model == "smolvla":
@@ -373,10 +406,7 @@ class LeRobotFlowPolicy(FlowPolicy):
                 x = mod.resize_with_pad_torch(x.permute(0, 2, 3, 1), *size).permute(0, 3, 1, 2)
             views.append(x * 2 - 1)
             masks.append(torch.ones(B, dtype=torch.bool, device=images.device))
-        missing = max(0, len(getattr(mc, "image_features", None) or {}) - V)
-        if smolvla:
-            missing = min(missing, mc.empty_cameras)
-        for _ in range(missing):
+        for _ in range(self._model_views() - V):
             views.append(-torch.ones_like(views[-1]))
             masks.append(torch.zeros_like(masks[-1]))
         return views, masks
@@ -405,17 +435,37 @@ class LeRobotFlowPolicy(FlowPolicy):
         return enc["input_ids"].to(dev), enc["attention_mask"].to(dev).bool()
 
     def _inputs(self, obs: Observation):
+        """Views (or, for cached features, placeholders whose ``embed_image`` is the cache: see ``encode``), their
+        masks, prompt ids and mask, the padded state."""
         images, texts, state = self.prepare(obs)
         mc, dev = self.model.config, self.action_low.device
-        views, masks = self._views(images)
+        B = images.shape[0]
+        if OBS_IMAGE_FEATURES in obs:  # the cache holds every camera the model takes, real ones first
+            n = self._model_views()
+            views = [images.new_zeros(B, 3, 1, 1) for _ in range(n)]
+            masks = [torch.full((B,), i < self.config.num_views, dtype=torch.bool, device=dev) for i in range(n)]
+        else:
+            views, masks = self._views(images)
         ids, lang_masks = self._prompt(texts, state, dev)
-        s = torch.zeros(images.shape[0], mc.max_state_dim, device=dev)
+        s = torch.zeros(B, mc.max_state_dim, device=dev)
         s[:, : state.shape[1]] = state
         return views, masks, ids, lang_masks, s
 
+    def _model_views(self) -> int:
+        """The cameras the model takes: the env's views and the checkpoint's blank extra ones."""
+        mc, V = self.model.config, self.config.num_views
+        missing = max(0, len(getattr(mc, "image_features", None) or {}) - V)
+        return V + (min(missing, mc.empty_cameras) if self.config.lerobot_model == "smolvla" else missing)
+
     def encode(self, obs: Observation) -> tuple[_Prefix, None, torch.Tensor | None]:
-        mod = _lerobot(self.config.lerobot_model)
         views, masks, ids, lang_masks, state = self._inputs(obs)
+        if OBS_IMAGE_FEATURES not in obs:
+            return self._encode(views, masks, ids, lang_masks, state)
+        with self._cached_images(obs[OBS_IMAGE_FEATURES].to(state.device), len(views)):
+            return self._encode(views, masks, ids, lang_masks, state)
+
+    def _encode(self, views, masks, ids, lang_masks, state) -> tuple[_Prefix, None, torch.Tensor | None]:
+        mod = _lerobot(self.config.lerobot_model)
         m = self.model
         if self.config.lerobot_model == "smolvla":  # its state is the last prefix token; a 2-D attention mask
             embs, pad_masks, att_masks = m.embed_prefix(views, masks, ids, lang_masks, state=state)
