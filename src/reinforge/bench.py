@@ -170,8 +170,9 @@ def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, fr
 
             spec = env_spec(env, image_size=64)
             torch.manual_seed(seed)
+            tiny = {"d_model": 64} if kind == "lerobot" else {}  # LeRobot's pi0 at the lerobot-tiny preset's size
             policy = make_policy(PolicyConfig(kind=kind, action_dim=spec.action_dim, state_dim=spec.state_dim,
-                                              num_views=spec.num_views))
+                                              num_views=spec.num_views, **tiny))
             init = str(policy.save_pretrained(f"{tmp}/init"))
         elif load_pretrained(init).config.kind != kind:
             raise ValueError(f"--init is not a {kind} policy")
@@ -183,8 +184,8 @@ def bench_rl(kind: str = "token", algo: str = "grpo", *, iterations: int = 2, fr
             overrides.append(("rollout.num_envs=" if algo == "ppo" else "rollout.num_groups=")
                              + str(num_envs if algo == "ppo" else max(1, num_envs // 8)))
         overrides += list(extra)
-        # the oft policy is a token policy: it runs the token presets
-        preset = QUICKSTART_CONFIGS[(algo, "token" if kind == "oft" else kind)]
+        # the oft policy is a token policy, LeRobot's a flow policy: they run those presets
+        preset = QUICKSTART_CONFIGS[(algo, {"oft": "token", "lerobot": "flow"}.get(kind, kind))]
         cfg = load_config(RLConfig, resolve_config(preset), overrides)
         rows = []
         with RLTrainer(cfg) as trainer:

@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=("env", "policy", "rl"))
     _add_env_flags(b)
-    b.add_argument("--policy", default="token", choices=("token", "flow", "oft"), help="rl benchmark: policy kind")
+    b.add_argument("--policy", default="token", choices=("token", "flow", "oft", "lerobot"),
+                   help="rl benchmark: policy kind (lerobot: a tiny pi0, in .venv-lerobot)")
     b.add_argument("--algo", default="grpo", choices=("grpo", "ppo"), help="rl benchmark: algorithm")
     b.add_argument("--iterations", type=int, default=2, help="rl benchmark: timed iterations (after 1 warm-up)")
     b.add_argument("--freeze-vision", default="both", choices=("both", "on", "off"),
