@@ -68,7 +68,7 @@ def _tokenizer():
 
 TEXT = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": D_LLM, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
-        "rms_norm_eps": 1e-6, "pad_token_id": 512}
+        "rms_norm_eps": 1e-6, "pad_token_id": 512, "torch_dtype": "bfloat16"}  # as OpenVLA's (weights in bf16)
 STATS = {"action": {"q01": [-0.9, -0.8, -0.7, -0.1, -0.2, -0.3, -1.0], "q99": [0.9, 0.8, 0.7, 0.1, 0.2, 0.3, 1.0],
                     "mask": [True] * 6 + [False]},
          "proprio": {"q01": [-0.5, -0.4, 0.0, -3.0, -1.0, -1.0, 0.0, -0.04],
@@ -208,9 +208,9 @@ def _obs():
                                                                    "pick up the black bowl and place it on the plate"]}
 
 
-def _convert(src, out, *extra):
+def _convert(src, out, *extra):  # no centre crop: predict_action sees the image OFT's eval script hands it
     return main(["convert", "openvla-oft", str(src), "--out", str(out), "--image-size", str(IMG), "--horizon", str(H),
-                 *extra])
+                 "--center-crop", "0", *extra])
 
 
 @pytest.mark.parametrize("head", ["l1", "tokens"])
@@ -225,6 +225,7 @@ def test_the_converted_policy_computes_what_openvla_oft_computes(checkpoint, tmp
     for i in range(2):  # a batch of two prompts of different lengths (padded) against one-by-one references
         actions, logits = _reference(state, obs[OBS_IMAGE][i], obs[OBS_STATE][i].numpy().astype(np.float64),
                                      obs[OBS_INSTRUCTION][i], l1=head == "l1")
+        actions[:, -1] = 1 - 2 * actions[:, -1]  # OFT's LIBERO eval: gripper 0 close..1 open -> -1 open, +1 close
         assert np.allclose(out.actions[i].numpy(), actions, atol=2e-4), np.abs(out.actions[i].numpy() - actions).max()
         if head == "tokens":  # bin b of the policy is OpenVLA's token end-1-b
             ours = policy.features({k: v[i:i + 1] for k, v in obs.items()})[0].reshape(H * A, 256)

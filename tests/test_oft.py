@@ -146,3 +146,16 @@ def test_the_l1_regression_head_learns_a_batch_and_is_refused_by_rl(tmp_path):
     cfg = load_config(RLConfig, None, [f"init={tmp_path / 'init'}", f"out={tmp_path / 'rl'}"])
     with pytest.raises(ValueError, match="deterministic"):
         RLTrainer(cfg)
+
+
+def test_towers_are_float32_whatever_dtype_their_config_names(tmp_path):
+    """OpenVLA's configs name bfloat16 (its weights' dtype): the policy still builds float32 towers (precision is
+    the trainer's), so a float32 forward pass works after a reload."""
+    import json
+
+    _policy().save_pretrained(tmp_path / "p")
+    f = tmp_path / "p" / "oft" / "llm" / "config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "dtype": "bfloat16", "torch_dtype": "bfloat16"}))
+    policy = load_pretrained(tmp_path / "p").eval()
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert policy.act(_obs(2), mode="greedy").actions.dtype == torch.float32

@@ -181,6 +181,7 @@ def test_bad_inputs_and_configs():
 @pytest.mark.parametrize("norm,normalized,back", [
     (Normalizer([-1, 0, 0], [1, 1, 2], [0.0] * 8, [1.0] * 8), [-1, 0, 1], [-1, 0.5, 2]),  # q01/q99 bounds, clamped
     (Normalizer([-1, 0, 0], [1, 1, 2], [0.0] * 8, [1.0] * 8, action_clip=False), [-2, 0, 2], [-2, 0.5, 3]),
+    (Normalizer([-1, 0, 3], [1, 1, -1], [0.0] * 8, [1.0] * 8), [-1, 0, -1], [-1, 0.5, 3]),  # low > high: flipped
     (Normalizer([-1, 0, 0], [1, 1, 2], [0.0] * 8, [1.0] * 8, action_mean=[0.5, 0.0, 1.0],  # LeRobot's MEAN_STD
                 action_std=[2.0, 0.5, 0.0]), [-1.25, 1, 0], [-2, 0.5, 1]),  # a constant dim decodes to its mean
 ])
@@ -193,3 +194,10 @@ def test_normalisation_modes_round_trip_and_persist(tmp_path, norm, normalized, 
     policy.save_pretrained(tmp_path / "p")
     again = load_pretrained(tmp_path / "p")
     assert again.normalizer == norm and torch.allclose(again.unnormalize_actions(x), policy.unnormalize_actions(x))
+
+
+def test_token_policies_refuse_standardised_actions():
+    norm = Normalizer([-1.0] * 7, [1.0] * 7, [0.0] * 8, [1.0] * 8, action_mean=[0.0] * 7, action_std=[1.0] * 7)
+    with pytest.raises(ConfigError, match="token policy decodes actions in \\[-1, 1\\]"):
+        make_policy(PolicyConfig(kind="token", **SMALL), norm)
+    assert make_policy(PolicyConfig(kind="flow", **SMALL), norm).normalizer.standardized

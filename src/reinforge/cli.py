@@ -547,7 +547,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                             image_size=args.image_size or 224, horizon=args.horizon, execute_steps=args.execute_steps,
                             normalization=args.normalization, action_head=args.action_head,
                             proprio_projector=args.proprio_projector, tokenizer=args.tokenizer,
-                            prompt_end_ids=args.prompt_end_ids, vision_heads=heads, overwrite=args.overwrite)
+                            prompt_end_ids=args.prompt_end_ids, vision_heads=heads, gripper=args.gripper,
+                            center_crop=args.center_crop, overwrite=args.overwrite)
     head = "L1-regression head" if s["head"] == "l1" else "action tokens"
     console.print(f"wrote {s['out']}: oft policy, {s['params'] / 1e6:.1f} M parameters, {head}, "
                   f"{'proprio token, ' if s['proprio'] else ''}statistics of {s['unnorm_key']!r}; it expects "
@@ -765,7 +766,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "default the checkpoint's cameras, the missing ones blank)")
     cv.add_argument("--image-size", type=int, default=0, help="the env's image side, resized to the model's "
                                                                 "(default: openvla-oft 224, lerobot the checkpoint's)")
-    cv.add_argument("--horizon", type=int, default=8, help="action chunk length (OFT on LIBERO: 8; ALOHA: 25)")
+    cv.add_argument("--horizon", type=int, default=8, help="openvla-oft: the action chunk the checkpoint was trained "
+                                                           "with (not stored in it; OFT on LIBERO: 8, ALOHA: 25)")
+    cv.add_argument("--gripper", default="libero", choices=("libero", "none"),
+                    help="openvla-oft: libero maps OpenVLA's gripper (0 close ... 1 open) to LIBERO's (-1 open, +1 "
+                         "close) as OFT's evaluation does; none for joint-space (ALOHA) checkpoints")
+    cv.add_argument("--center-crop", type=float, default=0.9,
+                    help="openvla-oft: centred area fraction of each view (OFT's LIBERO models trained on random "
+                         "crops; 0 = none)")
     cv.add_argument("--execute-steps", type=int, default=0, help="chunk steps executed per call (default: all)")
     cv.add_argument("--normalization", default="bounds_q99", choices=("bounds_q99", "bounds"),
                     help="OpenVLA's action/proprio normalisation (LIBERO: bounds_q99; ALOHA: bounds)")

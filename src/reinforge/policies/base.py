@@ -104,6 +104,7 @@ class PolicyConfig:
     oft_proprio: bool = True  # one proprio token after the image patches (OpenVLA-OFT's proprio projector)
     oft_action_token_end: int = 0  # action token of bin b is (end - 1 - b); 0 = the vocabulary's size
     oft_prompt_end_ids: tuple[int, ...] = ()  # tokens after the prompt (OpenVLA on Llama 2: 29871, the empty word)
+    oft_center_crop: float = 0.0  # > 0: views cropped to this centred area fraction and resized back (OFT LIBERO: 0.9)
     oft_llm: str = ""
     oft_dinov2: str = ""
     oft_siglip: str = ""
@@ -146,6 +147,7 @@ class PolicyConfig:
                   "must be 'tokens' or 'l1'")
             check(self.oft_llm_layers >= 1 and self.oft_vision_layers >= 1, "oft_llm_layers",
                   (self.oft_llm_layers, self.oft_vision_layers), "must be >= 1")
+            check(0 <= self.oft_center_crop <= 1, "oft_center_crop", self.oft_center_crop, "must be in [0, 1]")
             check(-self.oft_vision_layers - 1 <= self.oft_feature_layer <= self.oft_vision_layers,
                   "oft_feature_layer", self.oft_feature_layer,
                   f"must index the towers' {self.oft_vision_layers + 1} hidden states")
@@ -165,7 +167,8 @@ class PolicyConfig:
 class Normalizer:
     """Per-dimension action range (q01, q99) and state mean/std from a dataset's stats.
 
-    Actions map [low, high] -> [-1, 1], clamped (``action_clip``: false lets values beyond the bounds extrapolate,
+    Actions map [low, high] -> [-1, 1] (low > high flips the dim), clamped (``action_clip``: false lets values
+    beyond the bounds extrapolate,
     as LeRobot's quantile / min-max normalisation does); with ``action_mean`` / ``action_std`` they are
     standardised instead (LeRobot's MEAN_STD, pi0's and SmolVLA's choice; never clamped). States are standardised
     (``state_clip`` > 0 clips the result, as OpenVLA-OFT's proprio)."""
@@ -214,6 +217,7 @@ class Policy(nn.Module):
     """Base class: backbone, optional value head, normalisation buffers, (de)serialisation."""
 
     builtin_backbone = True  # False: the subclass builds its own model (no ``self.backbone``)
+    unbounded_actions = False  # True: standardised (unbounded) normalised actions are fine (flow policies)
     feature_cache = True  # rollouts may store ``encode_images`` tokens instead of images (frozen vision)
 
     @property
@@ -229,6 +233,9 @@ class Policy(nn.Module):
         if len(norm.action_low) != c.action_dim or len(norm.state_mean) != c.state_dim:
             raise ConfigError(f"normalisation stats have action dim {len(norm.action_low)} / state dim "
                               f"{len(norm.state_mean)} but the policy config says {c.action_dim} / {c.state_dim}")
+        if norm.standardized and not self.unbounded_actions:
+            raise ConfigError(f"a {c.kind} policy decodes actions in [-1, 1]: it needs bounded normalisation "
+                              "(action_low / action_high), not standardised actions (action_mean / action_std)")
         self.normalizer = norm
         for name, value in self.normalization_buffers(norm).items():
             self.register_buffer(name, value)
@@ -258,7 +265,7 @@ class Policy(nn.Module):
     def normalization_buffers(norm: Normalizer) -> dict[str, torch.Tensor]:
         """The saved buffers that hold a normaliser's statistics (part of every policy's weights)."""
         low, high = torch.tensor(norm.action_low), torch.tensor(norm.action_high)
-        out = {"action_low": low, "action_high": high, "action_dim_mask": (high - low) > 1e-6,
+        out = {"action_low": low, "action_high": high, "action_dim_mask": (high - low).abs() > 1e-6,
                "state_mean": torch.tensor(norm.state_mean), "state_std": torch.tensor(norm.state_std).clamp(min=1e-3)}
         if norm.standardized:
             std = torch.tensor(norm.action_std)
@@ -314,7 +321,8 @@ class Policy(nn.Module):
         if self.normalizer.standardized:
             x = (actions - self.action_mean) / self.action_std.clamp(min=1e-6)
         else:
-            span = (self.action_high - self.action_low).clamp(min=1e-6)
+            span = self.action_high - self.action_low  # negative: a flipped dim (OpenVLA's gripper on LIBERO)
+            span = torch.where(span.abs() < 1e-6, torch.full_like(span, 1e-6), span)
             x = 2 * (actions - self.action_low) / span - 1
             x = x.clamp(-1, 1) if self.normalizer.action_clip else x
         return torch.where(self.action_dim_mask, x, torch.zeros_like(x))

@@ -122,7 +122,12 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
     try:
         lerobot_policy = getattr(mod, MODELS[kind][3]).from_pretrained(str(src), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ConversionError(f"LeRobot cannot load {src}: {e}") from None
+        hint = ""
+        if kind == "smolvla":  # LeRobot builds SmolVLA's VLM from its config read by name
+            vlm = _json(src / "config.json").get("vlm_model_name", "its VLM")
+            hint = (f" (SmolVLA reads the config of {vlm} from the Hugging Face cache: fetch it once where the Hub is "
+                    "reachable, or point HF_HOME at a cache that holds it)")
+        raise ConversionError(f"LeRobot cannot load {src}: {e}{hint}") from None
     pc = lerobot_policy.config
     if getattr(pc, "use_relative_actions", False):
         raise ConversionError(f"{src} predicts relative actions (use_relative_actions); reinforge's envs take absolute "

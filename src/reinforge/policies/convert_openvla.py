@@ -146,13 +146,23 @@ def _bounds(stats: dict, what: str, normalization: str) -> tuple[list[float], li
     return lo, hi, mask
 
 
-def normalizer_from_stats(stats: dict, normalization: str, with_state: bool, state_dim: int) -> Normalizer:
+def normalizer_from_stats(stats: dict, normalization: str, with_state: bool, state_dim: int,
+                          gripper: str = "none") -> Normalizer:
     """OpenVLA's bounds normalisation as reinforge's normaliser: actions 2 (a - lo) / (hi - lo) - 1 on the dims
     whose mask is true (the others pass through: bounds -1, 1); the proprio the same way, written as a
-    standardisation with mean (lo + hi) / 2 and std (hi - lo) / 2, clipped to [-1, 1]."""
+    standardisation with mean (lo + hi) / 2 and std (hi - lo) / 2, clipped to [-1, 1].
+
+    ``gripper="libero"``: the last action dim is OpenVLA's LIBERO gripper (trained as 0 = close ... 1 = open, its
+    mask false), which OFT's evaluation maps to LIBERO's -1 = open / +1 = close; here that is the affine a = 1 - 2g,
+    i.e. bounds (3, -1), which also maps demonstrations back for SFT."""
     lo, hi, mask = _bounds(stats, "action", normalization)
     a_lo = [x if m else -1.0 for x, m in zip(lo, mask)]
     a_hi = [x if m else 1.0 for x, m in zip(hi, mask)]
+    if gripper == "libero":
+        if mask[-1]:
+            raise ConversionError("the last action dim is normalised (its statistics' mask is true): it is not "
+                                  "OpenVLA's LIBERO gripper; pass --gripper none")
+        a_lo[-1], a_hi[-1] = 3.0, -1.0
     if not with_state:
         return Normalizer(a_lo, a_hi, [0.0] * state_dim, [1.0] * state_dim)
     lo, hi, mask = _bounds(stats, "proprio", normalization)
@@ -190,11 +200,17 @@ def _ratio(hidden: int, width: int) -> int | float:
 
 def tower_configs(tf: Any, config: dict, state: dict, heads: tuple[int, int]) -> tuple[Any, Any, Any]:
     """transformers configs (Llama, DINOv2 with registers, SigLIP vision) of the checkpoint's towers."""
-    text = {k: v for k, v in (config.get("text_config") or {}).items() if k != "model_type"}
+    # the weights' dtype (OpenVLA: bfloat16) is not the policy's: reinforge builds float32 towers (precision is the
+    # trainer's), so the dtype fields are dropped
+    text = {k: v for k, v in (config.get("text_config") or {}).items()
+            if k not in ("model_type", "torch_dtype", "dtype")}
     llm = tf.LlamaConfig(**text)
     if "language_model.model.embed_tokens.weight" not in state:
         raise ConversionError("the checkpoint has no language_model.model.embed_tokens.weight: not an OpenVLA model")
-    ids, sizes = config.get("timm_model_ids", []), config.get("image_sizes", [])
+    ids, sizes = config.get("timm_model_ids") or [], config.get("image_sizes") or []
+    if len(ids) != 2 or len(sizes) != 2:
+        raise ConversionError("config.json must name two timm vision towers and their image sizes (timm_model_ids, "
+                              "image_sizes), as OpenVLA's fused DINOv2 + SigLIP backbone does")
     dim = state[DINO + "cls_token"].shape[-1] if DINO + "cls_token" in state else 0
     if not dim or SIGLIP + "pos_embed" not in state:
         raise ConversionError("the checkpoint has no DINOv2 + SigLIP vision towers (vision_backbone.featurizer / "
@@ -313,8 +329,11 @@ def convert_openvla_oft(src: str | Path, out: str | Path, *, unnorm_key: str = "
                         image_size: int = 224, horizon: int = 8, execute_steps: int = 0,
                         normalization: str = "bounds_q99", action_head: str = "auto", proprio_projector: str = "auto",
                         tokenizer: str = "", prompt_end_ids: str = "auto", vision_heads: tuple[int, int] = (0, 0),
-                        overwrite: bool = False) -> dict[str, Any]:
-    """Convert the OpenVLA-OFT checkpoint folder ``src`` into an oft policy at ``out``; returns a summary."""
+                        gripper: str = "libero", center_crop: float = 0.9, overwrite: bool = False) -> dict[str, Any]:
+    """Convert the OpenVLA-OFT checkpoint folder ``src`` into an oft policy at ``out``; returns a summary.
+    ``horizon`` must be the chunk the checkpoint was trained with (OFT does not store it: LIBERO 8, ALOHA 25);
+    ``center_crop``: the centred area fraction OFT's LIBERO evaluation crops (its models trained on random crops;
+    0 = none); ``gripper``: libero (OpenVLA's gripper convention mapped to LIBERO's) or none."""
     from reinforge.policies import make_policy
     from reinforge.policies.backbone import ValueHead
     from reinforge.policies.oft import _transformers
@@ -326,6 +345,9 @@ def convert_openvla_oft(src: str | Path, out: str | Path, *, unnorm_key: str = "
     if num_views < 1 or image_size < 1 or horizon < 1 or execute_steps < 0:
         raise ConversionError(f"--num-views, --image-size and --horizon must be >= 1 and --execute-steps >= 0, got "
                               f"{num_views}, {image_size}, {horizon}, {execute_steps}")
+    if gripper not in ("libero", "none") or not 0 <= center_crop <= 1:
+        raise ConversionError(f"--gripper must be libero or none and --center-crop in [0, 1], got {gripper!r}, "
+                              f"{center_crop}")
     if normalization not in ("bounds_q99", "bounds"):
         raise ConversionError(f"--normalization must be bounds_q99 or bounds, got {normalization!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -354,9 +376,10 @@ def convert_openvla_oft(src: str | Path, out: str | Path, *, unnorm_key: str = "
     llm_cfg, dino_cfg, siglip_cfg = tower_configs(tf, config, state, vision_heads)
     key, stats = _dataset_stats(src, config, unnorm_key)
     action_dim = len(_bounds(stats, "action", normalization)[0])
+    lo_key = "q01" if normalization == "bounds_q99" else "min"
     state_dim = proprio["fc1.weight"].shape[1] if proprio is not None else len(stats.get("proprio", {}).get(
-        "q01", [])) or 8
-    norm = normalizer_from_stats(stats, normalization, proprio is not None, state_dim)
+        lo_key, [])) or 8
+    norm = normalizer_from_stats(stats, normalization, proprio is not None, state_dim, gripper)
 
     verbosity = tf.logging.get_verbosity()
     tf.logging.set_verbosity_error()  # it warns that config.json's model type (openvla) is not the tokenizer's
@@ -390,7 +413,7 @@ def convert_openvla_oft(src: str | Path, out: str | Path, *, unnorm_key: str = "
         oft_vision_layers=min(dino_cfg.num_hidden_layers, siglip_cfg.num_hidden_layers),
         oft_patch_size=dino_cfg.patch_size, oft_registers=dino_cfg.num_register_tokens, oft_feature_layer=-2,
         oft_max_prompt=128, oft_max_tokens=llm_cfg.max_position_embeddings, oft_proprio=proprio is not None,
-        oft_action_token_end=vocab - pad, oft_prompt_end_ids=end_ids,
+        oft_action_token_end=vocab - pad, oft_prompt_end_ids=end_ids, oft_center_crop=center_crop,
         oft_action_head="l1" if head is not None else "tokens")
 
     with atomic_dir(out, "policy") as tmp:

@@ -162,6 +162,7 @@ class FlowPolicy(Policy):
         self.expert = ActionExpert(c.d_model, c.heads, c.expert_layers, c.horizon, c.action_dim, c.dropout)
 
     cacheable_prefix = True  # the action expert cross-attends to the fused tokens only
+    unbounded_actions = True  # a flow regresses the normalised actions: standardised ones are fine
     # dims the expert denoises beyond the action's (LeRobot pads actions to max_action_dim and integrates the padding
     # from noise too): drawn as noise, always moved by the ODE step, never scored, never acted on
     latent_dims: int = 0

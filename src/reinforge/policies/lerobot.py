@@ -495,6 +495,12 @@ class LeRobotFlowPolicy(FlowPolicy):
 
     def sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """LeRobot's flow-matching loss (``PI0Pytorch.forward``) over unpadded steps and real action dims."""
+        if OBS_IMAGE_FEATURES in batch:  # cached vision features stand in for the views (frozen tower)
+            with self._cached_images(batch[OBS_IMAGE_FEATURES].to(self.action_low.device), self._model_views()):
+                return self._sft_loss(batch)
+        return self._sft_loss(batch)
+
+    def _sft_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         views, masks, ids, lang_masks, state = self._inputs(batch)
         mask = self.loss_mask(batch)
         a = self.normalize_actions(batch["actions"].to(state.device))

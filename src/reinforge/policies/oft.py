@@ -51,9 +51,9 @@ def _transformers() -> Any:
     return transformers
 
 
-def _pretrained(cls: Any, path: str, what: str) -> Any:
+def _pretrained(cls: Any, path: str, what: str, **kw: Any) -> Any:
     try:
-        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False, **kw)
     except OSError as e:
         raise ValueError(f"cannot load the {what} from {path!r} (a local Hugging Face folder): {e}") from None
 
@@ -69,8 +69,10 @@ def _from_saved(cls: Any, folder: Path, what: str) -> Any:
 
 
 def _build(cls: Any, config: Any) -> Any:
-    """A randomly initialised model of ``config``: through an Auto class's ``from_config``, or the class itself."""
-    return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    """A randomly initialised float32 model of ``config`` (a dtype the config names, e.g. OpenVLA's bfloat16, is not
+    followed: precision is the trainer's), through an Auto class's ``from_config`` or the class itself."""
+    config.dtype = torch.float32
+    return (cls.from_config(config) if hasattr(cls, "from_config") else cls(config)).float()
 
 
 TOWERS = (("llm", "language model"), ("dino", "DINOv2 encoder"), ("siglip", "SigLIP encoder"))
@@ -149,7 +151,7 @@ class OFTPolicy(TokenPolicy):
             """The saved policy's tower (from its kept config), else the named local folder, else tiny random."""
             if saved is not None:
                 return _from_saved(cls, saved / name, what)
-            return _pretrained(cls, source, what) if source else _build(cls, tiny_config)
+            return _pretrained(cls, source, what, dtype=torch.float32) if source else _build(cls, tiny_config)
 
         self.llm = tower("llm", tf.AutoModelForCausalLM, c.oft_llm, "language model", tf.LlamaConfig(
             vocab_size=c.oft_vocab_size, hidden_size=c.d_model, intermediate_size=4 * c.d_model,
@@ -254,13 +256,19 @@ class OFTPolicy(TokenPolicy):
         """(B, V, 3, H, W) uint8 -> (B, V * N, d_dino + d_siglip) fused patch features."""
         B, V = images.shape[:2]
         x = images.flatten(0, 1).float() / 255.0
+        if self.config.oft_center_crop > 0:  # OFT's LIBERO models trained on random crops see the centre crop
+            H, W = x.shape[-2:]
+            side = self.config.oft_center_crop ** 0.5
+            h, w = max(1, round(H * side)), max(1, round(W * side))
+            top, left = (H - h) // 2, (W - w) // 2
+            x = F.interpolate(x[..., top:top + h, left:left + w], size=(H, W), mode="bilinear", align_corners=False)
         feats = torch.cat([self._tower(self.dino, x, self.dino_mean, self.dino_std),
                            self._tower(self.siglip, x, 0.5, 0.5)], -1)
         return feats.view(B, V * feats.shape[1], -1)
 
     def _prompt(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) prompt token ids without BOS, left-padded, and the padding mask (True = padding)."""
-        prompts = [PROMPT.format(t.lower().rstrip(".")) for t in texts]
+        prompts = [PROMPT.format(t.lower()) for t in texts]  # as OpenVLA-OFT: lower-cased, nothing stripped
         if isinstance(self.tokenizer, HashTokenizer):
             ids, pad = self.tokenizer(prompts, device)
             ids = torch.where(pad, ids, ids + FIRST_WORD_ID - 1)
