@@ -186,7 +186,7 @@ def test_bad_inputs_and_configs():
                 action_std=[2.0, 0.5, 0.0]), [-1.25, 1, 0], [-2, 0.5, 1]),  # a constant dim decodes to its mean
 ])
 def test_normalisation_modes_round_trip_and_persist(tmp_path, norm, normalized, back):
-    policy = make_policy(PolicyConfig(**{**SMALL, "action_dim": 3}), norm)
+    policy = make_policy(PolicyConfig(**{**SMALL, "kind": "flow", "action_dim": 3}), norm)
     actions = torch.tensor([[[-2.0, 0.5, 3.0]]])
     x = policy.normalize_actions(actions)
     assert torch.allclose(x, torch.tensor([[normalized]], dtype=torch.float32))
