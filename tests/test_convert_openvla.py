@@ -297,3 +297,25 @@ def test_a_converted_token_policy_trains_with_ppo(checkpoint, tmp_path):
     rows, before, after, _ = two_rl_iterations(tmp_path / "p", tmp_path / "rl", "ppo")
     assert all(r["rollout/episodes"] >= 1 and abs(r["train/ratio_mean"] - 1) < 0.2 for r in rows)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("llm."))
+
+
+def test_lerobot_conversion_errors_are_one_line(tmp_path, capsys):
+    """``reinforge convert lerobot`` refuses what it cannot convert before loading anything (its success path is in
+    tests/test_lerobot.py, which needs LeRobot's Python 3.12 venv)."""
+    import importlib.util
+
+    def error(*args, match):
+        capsys.readouterr()
+        assert main(["convert", "lerobot", *map(str, args)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "Traceback" not in err and match in err, err
+
+    error(tmp_path / "nowhere", "--out", tmp_path / "o", match="is not a LeRobot checkpoint folder")
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"type": "act"}))
+    error(src, "--out", tmp_path / "o", "--tokenizer", "hash", match="holds a LeRobot 'act' policy")
+    (src / "config.json").write_text(json.dumps({"type": "pi0"}))
+    error(src, "--out", tmp_path / "o", match="pass --tokenizer FOLDER")
+    if importlib.util.find_spec("lerobot") is None:
+        error(src, "--out", tmp_path / "o", "--tokenizer", "hash", match="needs LeRobot >= 0.6 on Python >= 3.12")

@@ -13,22 +13,11 @@ LeRobot config and the tokenizer are kept under ``lerobot/``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from reinforge.policies.base import Normalizer, PolicyConfig
-
-
-class ConversionError(ValueError):
-    """The LeRobot checkpoint cannot be converted (the message says why and what to do)."""
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path} cannot be read as JSON ({e})") from None
+from reinforge.policies.convert import ConversionError, check_out, read_json
 
 
 def _step(src: Path, pipeline: str, registry: str) -> tuple[dict, dict[str, list[float]]]:
@@ -39,7 +28,7 @@ def _step(src: Path, pipeline: str, registry: str) -> tuple[dict, dict[str, list
     if not f.is_file():
         raise ConversionError(f"{src} has no {f.name}: a LeRobot >= 0.5 checkpoint keeps its normalisation statistics "
                               "in its processor pipelines")
-    for step in _json(f).get("steps", []):
+    for step in read_json(f).get("steps", []):
         if step.get("registry_name") == registry:
             if "state_file" not in step:
                 raise ConversionError(f"the {registry} step of {f.name} has no statistics (state_file)")
@@ -102,16 +91,13 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
     """``num_views``: the env's cameras (default: the checkpoint's); cameras the checkpoint expects beyond them are
     given to it blank and masked, as LeRobot does."""
     """Convert the LeRobot checkpoint folder ``src`` into a reinforge policy at ``out``; returns a summary."""
-    from reinforge.fsutil import check_replaceable
     from reinforge.policies.lerobot import MODELS, LeRobotFlowPolicy, _lerobot
 
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src} is not a LeRobot checkpoint folder (config.json is missing)")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    check_replaceable(out, "policy")
-    kind = _json(src / "config.json").get("type")
+    check_out(out, overwrite)
+    kind = read_json(src / "config.json").get("type")
     if kind not in MODELS:
         raise ConversionError(f"{src} holds a LeRobot {kind!r} policy; reinforge converts {', '.join(MODELS)}")
     if not tokenizer:
@@ -124,7 +110,7 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
     except (OSError, ValueError) as e:
         hint = ""
         if kind == "smolvla":  # LeRobot builds SmolVLA's VLM from its config read by name
-            vlm = _json(src / "config.json").get("vlm_model_name", "its VLM")
+            vlm = read_json(src / "config.json").get("vlm_model_name", "its VLM")
             hint = (f" (SmolVLA reads the config of {vlm} from the Hugging Face cache: fetch it once where the Hub is "
                     "reachable, or point HF_HOME at a cache that holds it)")
         raise ConversionError(f"LeRobot cannot load {src}: {e}{hint}") from None

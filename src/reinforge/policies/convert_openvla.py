@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 
-from reinforge.fsutil import atomic_dir, check_replaceable, write_guard
+from reinforge.fsutil import atomic_dir, write_guard
 from reinforge.policies.base import CONFIG_NAME, STATS_NAME, WEIGHTS_NAME, Normalizer, Policy, PolicyConfig
+from reinforge.policies.convert import ConversionError, check_out, read_json
 
 # the attention head width of each timm ViT family OpenVLA uses (timm ids are stored, head counts are not)
 TIMM_HEAD_DIM = {"vit_large_patch14_reg4_dinov2": 64, "vit_so400m_patch14_siglip_224": 72,
@@ -44,17 +45,6 @@ TIMM_HEAD_DIM = {"vit_large_patch14_reg4_dinov2": 64, "vit_so400m_patch14_siglip
 DINO, SIGLIP = "vision_backbone.featurizer.", "vision_backbone.fused_featurizer."
 UNSUPPORTED_FILES = {"vision_backbone--": "a FiLM vision backbone (OpenVLA-OFT+ for ALOHA)",
                      "noisy_action_projector--": "the diffusion action head"}
-
-
-class ConversionError(ValueError):
-    """The source checkpoint cannot be converted (the message says why and what to do)."""
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path} is not valid JSON ({e})") from None
 
 
 def _pick(src: Path, prefix: str, given: str, what: str) -> Path | None:
@@ -92,7 +82,7 @@ def _weights(src: Path) -> dict[str, torch.Tensor]:
 
     index = src / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted({src / f for f in _json(index).get("weight_map", {}).values()})
+        files = sorted({src / f for f in read_json(index).get("weight_map", {}).values()})
     else:
         files = [src / WEIGHTS_NAME] if (src / WEIGHTS_NAME).is_file() else sorted(src.glob("model-*.safetensors"))
     if not files:
@@ -117,7 +107,7 @@ def _weights(src: Path) -> dict[str, torch.Tensor]:
 
 def _dataset_stats(src: Path, config: dict, unnorm_key: str) -> tuple[str, dict]:
     f = src / "dataset_statistics.json"
-    stats = _json(f) if f.is_file() else config.get("norm_stats")
+    stats = read_json(f) if f.is_file() else config.get("norm_stats")
     if not isinstance(stats, dict) or not stats:
         raise ConversionError(f"{src} has no action statistics (dataset_statistics.json or norm_stats in "
                               "config.json): without them the actions cannot be un-normalised")
@@ -350,10 +340,8 @@ def convert_openvla_oft(src: str | Path, out: str | Path, *, unnorm_key: str = "
                               f"{center_crop}")
     if normalization not in ("bounds_q99", "bounds"):
         raise ConversionError(f"--normalization must be bounds_q99 or bounds, got {normalization!r}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    check_replaceable(out, "policy")
-    config = _json(src / CONFIG_NAME)
+    check_out(out, overwrite)
+    config = read_json(src / CONFIG_NAME)
     if config.get("model_type") != "openvla" or not config.get("use_fused_vision_backbone", True):
         raise ConversionError(f"{src / CONFIG_NAME} is not an OpenVLA(-OFT) config (model_type "
                               f"{config.get('model_type')!r}; expected 'openvla' with a fused vision backbone)")
