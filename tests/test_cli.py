@@ -73,7 +73,9 @@ def test_quickstart_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, capsys):
             "ppo.critic_warmup=0", "eval.episodes_per_task=1", "eval.heldout=false", "eval.videos=0"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"sft1", "rl", "minutes"} and "eval/spatial/success_rate" in summary["rl"]
+    assert set(summary) == {"sft1", "rl", "minutes", "bank", "episodes_per_task", "iterations", "provenance"}
+    assert "eval/spatial/success_rate" in summary["rl"] and "val/spatial/success_rate" in summary["rl"]
+    assert summary["bank"] == "eval" and summary["provenance"]["threads"] == 2 and summary["provenance"]["torch"]
     t = summary["minutes"]  # where the time went: the phases add up to the total
     assert t["total"] > 0 and abs(t["demos"] + t["sft"] + t["rl"] - t["total"]) < 0.05
     assert "| spatial |" in (out / "summary.md").read_text()

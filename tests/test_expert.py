@@ -35,6 +35,8 @@ def test_expert_fast_subset(suite, split):
     assert per_task.min() == 1.0, f"expert failed on tasks {per_task.tolist()}"
     noisy = expert_success(suite, split, [1, 2], noise=0.2, bank="train")
     assert noisy.mean() >= 0.95, f"noisy expert (demo setting) per task {noisy.tolist()}"
+    val = expert_success(suite, split, [0, 25], noise=0.0, bank="val")
+    assert val.min() == 1.0, f"expert failed on the val bank, tasks {val.tolist()}"
 
 
 @pytest.mark.slow

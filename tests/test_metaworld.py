@@ -47,7 +47,7 @@ def test_observation_contract_and_upright_images():
         assert spec.action_names == ("dx", "dy", "dz", "gripper") and spec.state_dim == 4
         assert spec.camera_names == ("corner", "gripperPOV") and spec.image_size == (48, 40)
         assert spec.control_hz == pytest.approx(80.0) and spec.num_init_states == 50
-        assert spec.init_banks == ("eval", "train") and spec.expert and not spec.snapshot
+        assert spec.init_banks == ("eval", "train", "val") and spec.expert and not spec.snapshot
         obs = env.reset([1, 0], [3, 4])
         assert obs[OBS_IMAGE].shape == (2, 2, 3, 48, 40) and obs[OBS_IMAGE].dtype == torch.uint8
         assert obs[OBS_STATE].shape == (2, 4) and obs[OBS_STATE].dtype == torch.float32
@@ -96,10 +96,11 @@ def test_same_task_and_init_id_give_the_same_start():
         assert not torch.equal(other[OBS_IMAGE], ref[OBS_IMAGE])
 
 
-def test_eval_and_train_banks_are_disjoint():
-    ev, tr = init_states("reach-v3", "eval"), init_states("reach-v3", "train")
-    assert len(ev) == len(tr) == 50
-    assert not {t.data for t in ev} & {t.data for t in tr}
+def test_eval_train_and_val_banks_are_disjoint():
+    ev, tr, va = (init_states("reach-v3", b) for b in ("eval", "train", "val"))
+    assert len(ev) == len(tr) == len(va) == 50
+    banks = [{t.data for t in ev}, {t.data for t in tr}, {t.data for t in va}]
+    assert not banks[0] & banks[1] and not banks[0] & banks[2] and not banks[1] & banks[2]
 
 
 def test_step_chunk_equals_stepping_one_by_one():

@@ -82,14 +82,42 @@ def test_flow_sde_log_prob_depends_on_the_stochastic_step_only():
 def test_greedy_is_deterministic_and_in_range():
     policy = _policy("flow").eval()
     obs = _obs()
-    g = torch.Generator().manual_seed(1)
-    a = policy.act(obs, mode="greedy", generator=g).actions
-    g = torch.Generator().manual_seed(1)
-    b = policy.act(obs, mode="greedy", generator=g).actions
-    assert torch.equal(a, b) and a.abs().max() <= 1.0
+    a = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(1)).actions
+    b = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(1)).actions
+    c = policy.act(obs, mode="greedy", generator=torch.Generator().manual_seed(2)).actions
+    # the greedy ODE is a function of its initial noise: the same noise, the same chunk; other noise, another one
+    # (why evaluations seed their stream: an unseeded flow evaluation is a different draw every time)
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.abs().max() <= 1.0
     assert (a[..., 3:6] == 0).all(), "masked dims decode to their constant value"
-    tok = _policy("token").eval()
-    assert torch.equal(tok.act(obs).actions, tok.act(obs).actions)
+    tok = _policy("token").eval()  # greedy tokens draw nothing: equal whatever the global stream does
+    first = tok.act(obs).actions
+    torch.manual_seed(123)
+    assert torch.equal(first, tok.act(obs).actions)
+
+
+def test_flow_noise_log_prob_is_the_mean_or_the_sum_of_the_chain():
+    """Flow-Noise's chain log-likelihood: pi_RL averages its K + 1 terms, VLA-RFT sums them."""
+    mean_policy = _policy("flow").eval()
+    sum_policy = _policy("flow", logprob_reduction="sum").eval()
+    sum_policy.load_state_dict(mean_policy.state_dict())
+    obs = _obs()
+    g = torch.Generator().manual_seed(3)
+    out = mean_policy.act(obs, mode="sample", sampler="noise", generator=g)
+    g = torch.Generator().manual_seed(3)
+    out_sum = sum_policy.act(obs, mode="sample", sampler="noise", generator=g)
+    assert torch.equal(out.actions, out_sum.actions), "the reduction changes the likelihood, not the sampling"
+    K1 = SMALL["num_steps"] + 1
+    assert torch.allclose(out_sum.log_prob, K1 * out.log_prob, rtol=1e-5)
+    lp_mean, _, _ = mean_policy.evaluate(obs, out.replay)
+    lp_sum, _, _ = sum_policy.evaluate(obs, out.replay)
+    assert torch.allclose(lp_sum, out_sum.log_prob, atol=1e-4) and torch.allclose(lp_sum, K1 * lp_mean, rtol=1e-5)
+    # Flow-SDE's single-transition likelihood has nothing to reduce
+    g = torch.Generator().manual_seed(3)
+    sde = sum_policy.act(obs, mode="sample", sampler="sde", generator=g)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(sde.log_prob, mean_policy.act(obs, mode="sample", sampler="sde", generator=g).log_prob)
+    with pytest.raises(ConfigError, match="logprob_reduction"):
+        PolicyConfig(kind="flow", logprob_reduction="max")
 
 
 def _batch(obs, horizon=4):

@@ -43,6 +43,17 @@ def test_stages_run_r0_r1_r2_and_the_baseline_then_resume_without_retraining(dem
     assert sorted(r0["embodiments"]) == ["franka", "scara", "widowx"]
     baseline = json.loads((out / "baseline" / "policy" / "config.json").read_text())["reinforge_policy"]
     assert baseline["action_space"] == "native" and baseline["action_dim"] == 5
+    # R1 starts from R0's weights: 3 SFT steps leave it near R0, while the baseline (no R0) is far from both
+    from safetensors.torch import load_file
+
+    w = {s: load_file(out / s / "policy" / "model.safetensors") for s in ("r0", "r1", "baseline")}
+    shared = [k for k in w["r0"] if k in w["baseline"] and w["r0"][k].shape == w["baseline"][k].shape
+              and w["r0"][k].is_floating_point() and w["r0"][k].numel() > 1]
+
+    def dist(a, b):
+        return sum(float((w[a][k] - w[b][k]).norm()) for k in shared)
+
+    assert len(shared) > 10 and dist("r1", "r0") < 0.2 * dist("baseline", "r0")
     rl = [json.loads(x) for x in (out / "r2" / "metrics.jsonl").read_text().splitlines()]
     assert any("train/policy_loss" in r or "train/loss" in r for r in rl)  # R2 ran its RL update
     assert main([*base, "--quiet"]) == 0

@@ -8,7 +8,14 @@ import torch
 
 from reinforge.envs import make_env, registered_envs
 from reinforge.envs.tabletop.catalog import CATEGORIES
-from reinforge.envs.tabletop.tasks import HELDOUT_SUITES, LEGACY_SUITES, NUM_INIT_STATES, SUITE_NAMES, get_suite
+from reinforge.envs.tabletop.tasks import (
+    HELDOUT_SUITES,
+    INIT_BANKS,
+    LEGACY_SUITES,
+    NUM_INIT_STATES,
+    SUITE_NAMES,
+    get_suite,
+)
 
 ALL_SUITES = SUITE_NAMES + LEGACY_SUITES
 # Suite.fingerprint() per (suite, split). object_v1 and long_v1 carry the values "object" and "long" had before
@@ -22,13 +29,23 @@ FINGERPRINTS = {
     ("object_v1", "train"): "c173c180e2d99747", ("object_v1", "heldout"): "6957fd5f6bd1c992",
     ("long_v1", "train"): "628fce2d8a455713",
 }
+# Suite.bank_fingerprint("val") per (suite, split): the validation bank, added after the two above (its states are
+# drawn from its own name, so the eval and train banks, and FINGERPRINTS, did not change)
+VAL_FINGERPRINTS = {
+    ("spatial", "train"): "f3e592c1ed224086", ("spatial", "heldout"): "f2e783b8e92a0445",
+    ("object", "train"): "0bfd6cc105f56946", ("object", "heldout"): "5c671b914219ef18",
+    ("goal", "train"): "c204979c1442d97b", ("goal", "heldout"): "afe259f3ea83b555",
+    ("long", "train"): "b549903eea5fe669",
+    ("object_v1", "train"): "f5459c55832c0880", ("object_v1", "heldout"): "4faa13858d01c261",
+    ("long_v1", "train"): "d326c680ab703604",
+}
 
 
 @pytest.mark.parametrize("name", ALL_SUITES)
 def test_suite_shapes_and_instructions(name):
     s = get_suite(name)
     assert s.num_tasks == 10 and len(set(s.instructions)) == 10
-    assert s.init_pos.shape[:3] == (2, 10, NUM_INIT_STATES)
+    assert s.init_pos.shape[:3] == (len(INIT_BANKS), 10, NUM_INIT_STATES) and INIT_BANKS == ("eval", "train", "val")
     assert s.goal_mask.any(1).all()
 
 
@@ -43,7 +60,12 @@ def test_initial_states_have_no_overlap_and_differ_per_bank(name):
     overlap = (d < reach).all(-1) & on_table[..., :, None] & on_table[..., None, :]
     overlap &= ~torch.eye(s.num_objects, dtype=torch.bool)
     assert not overlap.any(), "resting objects must not interpenetrate at the start"
-    assert not torch.equal(s.init_pos[0], s.init_pos[1]), "demo (train) bank differs from the eval bank"
+    # the banks are disjoint: no initial state of one bank equals one of another (same task)
+    flat = s.init_pos.flatten(3)  # (K, T, I, N*3)
+    for a in range(len(INIT_BANKS)):
+        for b in range(a + 1, len(INIT_BANKS)):
+            same = (flat[a][:, :, None] == flat[b][:, None, :]).all(-1)  # (T, I, I)
+            assert not same.any(), (INIT_BANKS[a], INIT_BANKS[b])
     # rebuilding gives the same states (seeded, not random)
     get_suite.cache_clear()
     assert torch.equal(get_suite(name).init_pos, s.init_pos)
@@ -75,7 +97,9 @@ def test_suite_definitions_are_pinned():
     """Seeded by names (zlib.crc32), never by process state: every build on every machine gives these tables."""
     get_suite.cache_clear()
     assert {key: get_suite(*key).fingerprint() for key in FINGERPRINTS} == FINGERPRINTS
+    assert {key: get_suite(*key).bank_fingerprint("val") for key in VAL_FINGERPRINTS} == VAL_FINGERPRINTS
     assert set(FINGERPRINTS) == {(n, "train") for n in ALL_SUITES} | {(n, "heldout") for n in HELDOUT_SUITES}
+    assert set(VAL_FINGERPRINTS) == set(FINGERPRINTS)
 
 
 def test_versioned_suites_run_by_name_and_all_means_the_current_ones():

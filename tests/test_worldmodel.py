@@ -155,6 +155,31 @@ def test_the_reward_is_zero_for_the_ground_truth_and_falls_as_actions_diverge(tr
     assert (r <= 0).all() and (r > _returns(env, 0.4)).all(), "the perceptual term adds to the distance"
 
 
+def test_the_reward_is_a_mean_over_the_episodes_own_imagined_steps(trained):
+    """r_t = -d_t / N with N the episode's imagined steps: the time limit, or fewer where its demonstration ends
+    first, so a return is the mean distance over the frames the episode predicts, whatever the limit."""
+    limited = _wm_env(trained)
+    unlimited = make_env("worldmodel", suite="spatial", num_envs=4, model=str(trained[0]), max_episode_steps=100)
+    ds = limited.ds
+    lengths = [int(e["length"]) for e in ds.episodes[:2]]
+    starts = [int(ds.episode_start[e]) for e in range(2)]
+    assert min(lengths) > 20
+    # envs 0, 1 start 3 steps before their demonstration's end, envs 2, 3 at its start (far from its end)
+    frames = torch.tensor([starts[0] + lengths[0] - 4, starts[1] + lengths[1] - 4, starts[0], starts[1]])
+    g = torch.Generator().manual_seed(0)
+    actions = torch.rand(3, 4, 7, generator=g) * 2 - 1
+    rewards = []
+    for env in (limited, unlimited):
+        env.reset_to_frames(frames)
+        rewards.append(torch.stack([env.step(actions[t]).reward for t in range(3)]))  # (3, 4)
+    assert limited.horizon.tolist() == [3, 3, 6, 6] and unlimited.horizon.tolist() == [3, 3, lengths[0] - 1,
+                                                                                     lengths[1] - 1]
+    assert torch.equal(rewards[0][:, :2], rewards[1][:, :2]), "an episode cut short by its data: the same reward"
+    assert (rewards[0] < 0).all()
+    scale = torch.tensor([lengths[0] - 1, lengths[1] - 1]) / 6.0
+    assert torch.allclose(rewards[0][:, 2:], rewards[1][:, 2:] * scale, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------- continuous-reward GRPO
 
 

@@ -91,10 +91,10 @@ def cmd_demos(args: argparse.Namespace) -> int:
 
 def _result_table(results, title: str) -> Table:
     table = Table(title=title)
-    for col in ("suite", "split", "policy", "success", "mean length", "episodes"):
+    for col in ("suite", "split", "bank", "policy", "success", "mean length", "episodes"):
         table.add_column(col, justify="right" if col in ("success", "mean length", "episodes") else "left")
     for policy, r in results:
-        table.add_row(r.suite, r.split, policy, f"{100 * r.success_rate:.1f}%", f"{r.mean_length:.1f}",
+        table.add_row(r.suite, r.split, r.bank, policy, f"{100 * r.success_rate:.1f}%", f"{r.mean_length:.1f}",
                       str(r.num_episodes))
     return table
 
@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      max_envs=args.max_envs, image_size=image_size, video_dir=args.video,
                      videos_per_task=args.videos_per_task, video_format=args.video_format, progress=not args.json,
                      tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None, seed=args.seed,
-                     mode=args.mode, temperature=args.temperature)
+                     mode=args.mode, temperature=args.temperature, bank=args.bank)
         results.append((args.policy, r))
     if args.json:
         out = [r.to_dict() for _, r in results]
@@ -122,7 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for _, r in results:
             temp = "" if args.temperature == 1 else f", T={args.temperature}"
             how = "" if r.mode == "greedy" else f" (sampled{temp})"
-            t = Table(title=f"{r.env}/{r.suite}/{r.split}: {args.policy}{how}")
+            t = Table(title=f"{r.env}/{r.suite}/{r.split} ({r.bank} bank): {args.policy}{how}")
             t.add_column("task")
             t.add_column("success", justify="right")
             t.add_column("length", justify="right")
@@ -187,6 +187,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = [bench_policy(kind, batch=args.batch, train_batch=min(64, args.batch), image_size=args.image_size,
                              device=args.device) for kind in args.kinds.split(",")]
         _print_rows(rows, "policy throughput", args.json)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from reinforge import results
+
+    root = Path(args.root)
+    if not (root / results.RESULTS_DIR).is_dir():
+        raise ValueError(f"{root.resolve()} has no {results.RESULTS_DIR}/ folder: run this in the repository "
+                         "(or pass --root)")
+    if args.check:
+        bad = results.stale(root)
+        for p in bad:
+            console.print(f"out of date: {p} (run `reinforge results` to regenerate it)")
+        return 1 if bad else 0
+    for p in results.write(root):
+        console.print(f"regenerated {p}")
     return 0
 
 
@@ -273,13 +290,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                              config=args.config or "", iterations=args.iterations, sft_steps=args.sft_steps,
                              sft50_steps=args.sft50_steps if args.reference else 0,
                              episodes_per_task=args.episodes_per_task, device=args.device, seed=args.seed,
-                             overrides=list(args.overrides))
+                             threads=args.threads, overrides=list(args.overrides))
     name = args.config or QUICKSTART_CONFIGS.get((args.algo, args.policy), "?")
     console.print(f"[bold]reinforge quickstart[/bold]: {opts.env.name}/{opts.env.suite}, {args.policy} policy, "
                   f"{args.algo.upper()} ({name}) -> {opts.out_dir}")
     res = run_quickstart(opts, say=lambda msg: console.print(msg))
     table = Table(title=f"reinforge quickstart: {opts.env.suite}, {args.policy} policy, {args.algo.upper()} "
-                        f"({args.episodes_per_task} greedy episodes per task)")
+                        f"({args.episodes_per_task} greedy episodes per task, eval bank, seed {args.seed})")
     header, _, *body = res.markdown
     cols = [c.strip() for c in header.strip("|").split("|")]
     for col in cols:
@@ -337,13 +354,13 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _before_after_table(history: list[dict], suite: str, title: str) -> Table:
-    t = Table(title=title)
+def _before_after_table(history: list[dict], suite: str, title: str, bank: str = "eval") -> Table:
+    t = Table(title=f"{title} ({bank} bank)")
     for col in ("split", "before RL", "after RL"):
         t.add_column(col, justify="left" if col == "split" else "right")
-    rates = sorted(k for k in history[-1] if k.startswith(f"eval/{suite}") and k.endswith("/success_rate"))
+    rates = sorted(k for k in history[-1] if k.startswith(f"{bank}/{suite}") and k.endswith("/success_rate"))
     for key in rates:
-        split = key[len(f"eval/{suite}"):-len("/success_rate")].lstrip("_") or "train tasks"
+        split = key[len(f"{bank}/{suite}"):-len("/success_rate")].lstrip("_") or "train tasks"
         if key in history[0]:
             t.add_row(split, f"{100 * history[0][key]:.1f}%", f"{100 * history[-1][key]:.1f}%")
     return t
@@ -374,7 +391,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{cfg.env.name}/{cfg.suite}: {verb}, {cfg.iterations} iterations -> {out}")
     with trainer:
         final = trainer.run(progress=not args.quiet)
-    Console().print(_before_after_table(trainer.history, cfg.suite, f"{cfg.algo.upper()} {cfg.suite}"))
+    Console().print(_before_after_table(trainer.history, cfg.suite, f"{cfg.algo.upper()} {cfg.suite}",
+                                        cfg.eval.final_bank))
     console.print(f"report: {out / 'report' / 'summary.md'}")
     print(json.dumps({"out": str(out), "iterations": trainer.iteration,
                       **{k: round(v, 4) for k, v in final.items() if k.endswith("success_rate")}}))
@@ -439,7 +457,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                            stop_threshold=args.stop_threshold, stop_patience=args.stop_patience,
                            episodes_per_task=args.episodes_per_task, split=args.split, max_envs=args.max_envs,
                            tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None,
-                           max_episode_steps=args.max_steps, show_progress=not args.json)
+                           max_episode_steps=args.max_steps, show_progress=not args.json, seed=args.seed,
+                           bank=args.bank)
     if args.json:
         print(json.dumps(r.to_dict()))
         return 0
@@ -580,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--policy", default="expert")
     _add_env_flags(e, "a suite, a comma list, or 'all'")
     e.add_argument("--split", default="train")
+    e.add_argument("--bank", default="eval", choices=("eval", "val", "train"),
+                   help="initial states: eval (reported numbers), val (tuning) or train (demos, rollouts)")
     e.add_argument("--episodes-per-task", type=int, default=50)
     e.add_argument("--tasks", default=None, help="comma-separated task ids or names to evaluate (default: all)")
     e.add_argument("--max-envs", type=int, default=500, help="envs stepped together per batch")
@@ -727,6 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--monitors", required=True, help="the --out of `monitor fit`")
     _add_env_flags(me)
     me.add_argument("--split", default="train")
+    me.add_argument("--bank", default="eval", choices=("eval", "val", "train"),
+                   help="initial states: eval (reported numbers), val (tuning) or train (demos, rollouts)")
+    me.add_argument("--seed", type=int, default=0, help="the evaluation's random stream (a flow policy's noise)")
     me.add_argument("--episodes-per-task", type=int, default=10)
     me.add_argument("--tasks", default=None, help="comma-separated task ids or names (default: all)")
     me.add_argument("--max-envs", type=int, default=100, help="envs stepped together per batch")
@@ -737,6 +761,11 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--device", default="cpu", help=device_help)
     me.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     mo.set_defaults(fn=cmd_monitor)
+
+    rs = sub.add_parser("results", help="regenerate the docs' tables from results/*.json (--check: only compare)")
+    rs.add_argument("--check", action="store_true", help="exit 1, naming the files, when a doc differs from its data")
+    rs.add_argument("--root", default=".", help="the repository folder (results/, README.md, docs/)")
+    rs.set_defaults(fn=cmd_results)
 
     s = sub.add_parser("suites", help="list an env's task suites and their instructions")
     _add_env_flags(s, "a suite, a comma list, or 'all' (default)")
@@ -809,6 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--episodes-per-task", type=int, default=50, help="greedy episodes per task before/after")
     q.add_argument("--device", default="cpu", help=device_help)
     q.add_argument("--seed", type=int, default=0, help="seed of SFT and RL (runs/quickstart/..._seedN for N > 0)")
+    q.add_argument("--threads", type=int, default=2, help="torch threads (the numbers depend on it; 2 re-makes the "
+                                                          "README's; 0 = torch's default)")
     q.add_argument("overrides", nargs="*", help="dotted RL config overrides, e.g. optim.lr=1e-4")
     q.set_defaults(fn=cmd_quickstart)
     return p

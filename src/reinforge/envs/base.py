@@ -57,8 +57,10 @@ class EnvSpec:
     - ``num_init_states``: fixed initial states per task in each bank of ``init_banks`` (reset with
       ``init_ids`` in ``0..num_init_states-1``); ``None`` when the env only has random resets (``init_ids`` is
       then a seed per env: the same id gives the same start).
-    - ``init_banks``: ``("eval", "train")`` when evaluation and training use disjoint banks, ``("eval",)``
-      when there is one bank (training then uses it too).
+    - ``init_banks``: the banks of fixed initial states, ``eval`` first. ``("eval", "train", "val")`` when
+      reported evaluations (``eval``), training (``train``: demonstrations, rollouts) and every choice that
+      steers a run (``val``: periodic evaluations, early stopping, tuning) use disjoint banks; ``("eval",)``
+      when there is one bank (training and tuning then use it too; ``bank()`` says which one serves).
     - ``splits``: the task splits the suite offers; ``"train"`` always, held-out splits after it.
     - ``action_names`` / ``state_names``: the layout, one name per dimension (their lengths are the dims).
     - ``camera_names``: one per image view, in observation order.
@@ -128,6 +130,14 @@ class EnvSpec:
         if name_or_id not in names:
             raise ValueError(f"unknown task {name_or_id!r} in suite {self.suite!r}; tasks: {names}")
         return names.index(name_or_id)
+
+    def bank(self, name: str) -> str:
+        """The bank that serves the role ``name`` (``eval`` | ``train`` | ``val``): itself where the env has it,
+        else the env's first bank (an env with one bank, e.g. LIBERO's official states, serves every role)."""
+        if name not in ("eval", "train", "val"):
+            raise ValueError(f"unknown initial-state bank {name!r}; use 'eval' (reported numbers), 'train' "
+                             "(demonstrations, rollouts) or 'val' (periodic evaluations, tuning)")
+        return name if name in self.init_banks else self.init_banks[0]
 
     def init_id(self, episode: int) -> int:
         """The initial state of the ``episode``-th evaluation episode of a task: the fixed state

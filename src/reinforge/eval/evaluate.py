@@ -49,6 +49,8 @@ class EvalResult:
     videos: list[str] = field(default_factory=list)
     failed_episodes: int = 0  # lost to simulator faults (crashed workers); counted as failures
     mode: str = "greedy"  # greedy | sample (the stochastic rollout policy)
+    bank: str = "eval"  # the initial-state bank the episodes started from (see EnvSpec.init_banks)
+    seed: int = 0  # the evaluation's random stream (a flow policy's initial noise, sampled actions)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,10 +117,13 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
              max_envs: int = 500, image_size: int | tuple[int, int] | None = None,
              video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
              tasks: list[int | str] | None = None, progress: bool = False, seed: int = 0,
-             mode: str = "greedy", temperature: float = 1.0) -> EvalResult:
+             mode: str = "greedy", temperature: float = 1.0, bank: str = "eval") -> EvalResult:
     """Run ``episodes_per_task`` episodes (greedy, or sampled with ``mode="sample"``) of every task of ``env``'s
     suite (or of ``tasks``) on the ``split`` and report success rates. ``actor_fn(env)`` gives the actor for a
-    freshly reset env. ``image_size`` (the policy's) wins over ``env.image_size``."""
+    freshly reset env. ``image_size`` (the policy's) wins over ``env.image_size``. Episodes start from the fixed
+    initial states of ``bank``: ``eval`` for reported numbers, ``val`` for anything that steers a run (an env
+    with one bank serves both from it). ``seed`` fixes the evaluation's own random stream, so the same policy
+    gives the same numbers; the caller's stream is left as it was."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     if max_envs < 1:
@@ -134,6 +139,7 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     if split not in spec.splits:
         raise ValueError(f"suite {spec.suite!r} of env {spec.env!r} has no {split!r} split (it offers "
                          f"{list(spec.splits)})")
+    bank = spec.bank(bank)
     task_ids = list(range(spec.num_tasks)) if tasks is None else [spec.task_index(t) for t in tasks]
     slots = [(t, k) for t in task_ids for k in range(episodes_per_task)]
     success = torch.zeros(len(slots), dtype=torch.bool)
@@ -141,8 +147,9 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     length = torch.zeros(len(slots), dtype=torch.int64)
     videos: list[str] = []
     t0 = time.perf_counter()
-    bar = ProgressBar(f"eval {spec.suite}/{split}", len(slots), enabled=progress)
-    sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank="eval", **kw)
+    bar = ProgressBar(f"eval {spec.suite}/{split}" + ("" if bank == "eval" else f" ({bank} bank)"), len(slots),
+                      enabled=progress)
+    sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank=bank, **kw)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's stream restored after
         try:
@@ -176,4 +183,4 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
         instructions={spec.tasks[t].name: spec.tasks[t].instruction for t in task_ids},
         mean_length=float(length.float().mean()), per_task_length={n: float(v) for n, v in zip(names, per_len)},
         num_episodes=len(slots), episodes_per_task=episodes_per_task, wall_s=time.perf_counter() - t0,
-        videos=videos, failed_episodes=int(failed.sum()), mode=mode)
+        videos=videos, failed_episodes=int(failed.sum()), mode=mode, bank=bank, seed=seed)

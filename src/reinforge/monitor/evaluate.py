@@ -108,6 +108,8 @@ class MonitoredResult:
     ood_flag_rate: float | None = None  # episodes whose score is above the threshold
     ood_call_flag_rate: float | None = None  # policy calls above the threshold
     failed_episodes: int = 0
+    bank: str = "eval"  # the initial-state bank the episodes started from
+    seed: int = 0  # the evaluation's random stream
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,10 +198,12 @@ def evaluate_monitored(policy: Policy, env_cfg: EnvConfig, *, progress: Progress
                        end_threshold: float = 0.5, episodes_per_task: int = 10, split: str = "train",
                        max_envs: int = 100, tasks: list[int | str] | None = None,
                        max_episode_steps: int | None = None, ood_quantile: float | None = None,
-                       show_progress: bool = False) -> MonitoredResult:
+                       show_progress: bool = False, seed: int = 0, bank: str = "eval") -> MonitoredResult:
     """Greedy episodes of ``policy`` on every task of ``env_cfg``'s suite (or ``tasks``) with the env built with
     ``end_on_success=False``; with ``progress`` the stopping rule ends episodes, with ``ood`` every policy call is
-    scored (see the module docstring). ``max_episode_steps`` overrides the suite's time limit."""
+    scored (see the module docstring). ``max_episode_steps`` overrides the suite's time limit. Episodes start
+    from ``bank``'s fixed initial states; ``seed`` fixes the evaluation's random stream (a flow policy's initial
+    noise), so the same call gives the same numbers, and leaves the caller's stream as it was."""
     if episodes_per_task < 1 or max_envs < 1:
         raise ValueError(f"episodes_per_task and max_envs must be >= 1, got {episodes_per_task} and {max_envs}")
     rule = StopRule(stop_threshold, stop_patience, end_threshold)
@@ -214,20 +218,24 @@ def evaluate_monitored(policy: Policy, env_cfg: EnvConfig, *, progress: Progress
     for monitor in (progress, ood):
         if monitor is not None:
             monitor.check_policy(policy)
+    bank = spec.bank(bank)
     task_ids = list(range(spec.num_tasks)) if tasks is None else [spec.task_index(t) for t in tasks]
     slots = [(t, k) for t in task_ids for k in range(episodes_per_task)]
     t0, parts = time.perf_counter(), []
     bar = ProgressBar(f"monitored eval {spec.suite}/{split}", len(slots), enabled=show_progress)
-    sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank="eval", **kw)
-    try:
-        for start in range(0, len(slots), sim.num_envs):
-            batch = slots[start:start + sim.num_envs]
-            parts.append(_run_batch(policy, sim, [t for t, _ in batch], [spec.init_id(k) for _, k in batch],
-                                    progress, ood, rule))
-            bar.advance(len(batch))
-    finally:
-        sim.close()
-        bar.close()
+    sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank=bank, **kw)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's stream restored after
+        try:
+            torch.manual_seed(seed)
+            for start in range(0, len(slots), sim.num_envs):
+                batch = slots[start:start + sim.num_envs]
+                parts.append(_run_batch(policy, sim, [t for t, _ in batch], [spec.init_id(k) for _, k in batch],
+                                        progress, ood, rule))
+                bar.advance(len(batch))
+        finally:
+            sim.close()
+            bar.close()
     summary = _summarise(parts, ood, ood_quantile)
     if summary["failed_episodes"]:
         log.warning("%d of %d episodes were lost to simulator faults; they count as failures",
@@ -238,7 +246,7 @@ def evaluate_monitored(policy: Policy, env_cfg: EnvConfig, *, progress: Progress
         monitors=[name for name, m in (("progress", progress), ("ood", ood)) if m is not None],
         per_task={spec.tasks[t].name: float(v) for t, v in zip(task_ids, per)}, num_episodes=len(slots),
         episodes_per_task=episodes_per_task, max_episode_steps=spec.max_episode_steps,
-        wall_s=time.perf_counter() - t0, **summary)
+        wall_s=time.perf_counter() - t0, bank=bank, seed=seed, **summary)
 
 
 def shifted_env_config(env: EnvConfig, shift: dict[str, Any]) -> EnvConfig:

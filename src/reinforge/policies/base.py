@@ -84,6 +84,8 @@ class PolicyConfig:
     noise_level: float = 0.5  # Flow-SDE a
     noise_min: float = 0.08  # Flow-Noise sigma bounds
     noise_max: float = 0.16
+    # Flow-Noise: the chain's K + 1 log-density terms averaged (pi_RL's reference) or summed (VLA-RFT)
+    logprob_reduction: Literal["mean", "sum"] = "mean"
     time_beta: bool = True  # t ~ Beta(1.5, 1) for the flow-matching loss (pi0), else uniform
     # native: the env's own action/state layout; unified: the 64-slot space shared by several embodiments
     action_space: Literal["native", "unified"] = "native"
@@ -158,6 +160,8 @@ class PolicyConfig:
         check(self.num_bins >= 2, "num_bins", self.num_bins, "must be >= 2")
         check(self.num_steps >= 1, "num_steps", self.num_steps, "must be >= 1")
         check(self.flow_sampler in ("sde", "noise"), "flow_sampler", self.flow_sampler, "must be 'sde' or 'noise'")
+        check(self.logprob_reduction in ("mean", "sum"), "logprob_reduction", self.logprob_reduction,
+              "must be 'mean' (pi_RL) or 'sum' (VLA-RFT)")
         check(0 < self.noise_min < self.noise_max, "noise_min", (self.noise_min, self.noise_max),
               "must satisfy 0 < noise_min < noise_max")
         check(all(c % 8 == 0 for c in self.channels), "channels", self.channels, "must be multiples of 8")

@@ -11,7 +11,9 @@ velocity v(x_t, t, obs) with target u = eps - a. Inference integrates t_k = lins
   action's log-prob is the Gaussian log-density of that one transition.
 - Flow-Noise: every step is x_{k+1} ~ N(x - delta v, sigma_theta^2) with sigma from a learned head bounded
   to [s_min, s_max]; the chain's log-likelihood [log N(x_0; 0, I), log p(x_1|x_0), ...] is AVERAGED over
-  its K + 1 terms, as in the reference.
+  its K + 1 terms, as in pi_RL's reference (``logprob_reduction: mean``), or SUMMED, as VLA-RFT does
+  (``logprob_reduction: sum``; the ratio's log then moves K + 1 times as far for the same change, so the
+  clip binds sooner).
 
 Log-probs sum over the executed entries only: the first ``execute_steps`` steps and the real action dims.
 The action expert is a transformer decoder over the H noisy action tokens that cross-attends to the
@@ -263,7 +265,7 @@ class FlowPolicy(Policy):
                 log_prob = log_prob + masked(gaussian_log_prob(x, ode, std), mask).sum((1, 2))
             chain.append(x)
         if mode == "sample" and sampler == "noise":
-            log_prob = log_prob / (K + 1)
+            log_prob = self._reduce_chain(log_prob)
         actions = self.to_native(self.unnormalize_actions(x[..., : c.action_dim])[:, : c.execute_steps])
         if mode == "greedy":
             return PolicyOutput(actions=actions, log_prob=None, value=value, replay={})
@@ -302,6 +304,10 @@ class FlowPolicy(Policy):
         lp = masked(gaussian_log_prob(x_next, mean, std), mask).sum((1, 2))
         return lp, masked(gaussian_entropy(std), mask).sum((1, 2))
 
+    def _reduce_chain(self, total: torch.Tensor) -> torch.Tensor:
+        """The Flow-Noise chain's log-likelihood from the sum of its K + 1 terms: their mean or their sum."""
+        return total / (self.config.num_steps + 1) if self.config.logprob_reduction == "mean" else total
+
     def _noise_log_prob(self, prefix, pad, chain, mask):
         c = self.config
         B, K = chain.shape[0], c.num_steps
@@ -318,6 +324,6 @@ class FlowPolicy(Policy):
         steps = masked(gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, std), step_mask).sum((1, 2)).view(B, K)
         x0 = chain[:, 0]
         first = masked(gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)), mask).sum((1, 2))
-        lp = (first + steps.sum(1)) / (K + 1)
+        lp = self._reduce_chain(first + steps.sum(1))
         ent = masked(gaussian_entropy(std), step_mask).sum((1, 2)).view(B, K).mean(1)
         return lp, ent

@@ -69,6 +69,9 @@ class QuickstartOptions:
     episodes_per_task: int = 50
     device: str = "cpu"
     seed: int = 0  # SFT and RL (the demos are the expert's, the evaluation states fixed)
+    # torch threads of every phase: CPU numbers depend on it (parallel sums split by thread), so it is fixed by
+    # default and the README's figures re-make on any machine with this build of torch; 0 = torch's default
+    threads: int = 2
     overrides: list[str] = field(default_factory=list)
 
     @property
@@ -108,7 +111,7 @@ def record_or_reuse_demos(env: EnvConfig, out: Path, per_task: int, say: Callabl
 
 
 def sft_or_reuse(data: Path, kind: str, steps: int, out: Path, device: str, say: Callable[[str], None],
-                 seed: int = 0) -> Path:
+                 seed: int = 0, threads: int = 0) -> Path:
     """SFT (resuming a killed run, skipping a finished one); returns the policy folder."""
     from reinforge.train.sft import SFTConfig, SFTTrainer
 
@@ -120,7 +123,7 @@ def sft_or_reuse(data: Path, kind: str, steps: int, out: Path, device: str, say:
         return out / "policy"
     cfg = load_config(SFTConfig, CONFIG_DIR / f"tabletop_sft_{kind}.yaml",
                       [f"data={data}", f"out={out}", f"steps={steps}", "eval_episodes_per_task=1", f"device={device}",
-                       f"seed={seed}"])
+                       f"seed={seed}", f"num_threads={threads}"])
     say(f"SFT {kind} policy on {data.name} for {steps} steps -> {out}")
     SFTTrainer(cfg).run(progress=True)
     return out / "policy"
@@ -143,6 +146,12 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
         raise ValueError(f"no quickstart recipe for algo={algo!r} policy={kind!r}; known: {sorted(QUICKSTART_CONFIGS)}")
     out = opts.out_dir
     name = opts.config or QUICKSTART_CONFIGS[(algo, kind)]
+    if opts.threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = torch's default), got {opts.threads}")
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     clock = [time.perf_counter()]
     minutes: dict[str, float] = {}
 
@@ -153,13 +162,14 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
 
     demos1 = record_or_reuse_demos(env, out / "demos_1", 1, say)
     lap("demos")
-    sft1 = sft_or_reuse(demos1, kind, opts.sft_steps, out / "sft_1demo", opts.device, say, opts.seed)
+    sft1 = sft_or_reuse(demos1, kind, opts.sft_steps, out / "sft_1demo", opts.device, say, opts.seed, opts.threads)
     lap("sft")
     env_overrides = [f"env.{k}={json.dumps(v) if not isinstance(v, str) else v}"
                      for k, v in (("name", env.name), ("suite", env.suite), ("device", env.device))]
     env_overrides += [f"env.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in env.options.items()]
     overrides = [f"init={sft1}", f"out={out / 'rl'}", *env_overrides, f"device={opts.device}", f"seed={opts.seed}",
-                 f"eval.final_episodes_per_task={opts.episodes_per_task}", *opts.overrides]
+                 f"eval.final_episodes_per_task={opts.episodes_per_task}", f"num_threads={opts.threads}",
+                 *opts.overrides]
     if opts.iterations is not None:
         overrides.append(f"iterations={opts.iterations}")
     cfg = load_config(RLConfig, resolve_config(name), overrides)
@@ -173,14 +183,14 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
     rows: dict[str, dict[str, float]] = {"sft1": hist[0], "rl": hist[-1]}
     if opts.sft50_steps > 0:
         sft50 = sft_or_reuse(record_or_reuse_demos(env, out / "demos_50", 50, say), kind, opts.sft50_steps,
-                             out / "sft_50demo", opts.device, say, opts.seed)
+                             out / "sft_50demo", opts.device, say, opts.seed, opts.threads)
         from reinforge.device import resolve_device
 
         policy = load_pretrained(sft50).to(resolve_device(opts.device)).eval()
         rows["sft50"] = {}
         for split, (_, key) in zip(splits, _success_keys(env.suite, splits)):
             r = evaluate(lambda e: policy, env, split=split, episodes_per_task=opts.episodes_per_task,
-                         image_size=policy.config.image_size, progress=True)
+                         image_size=policy.config.image_size, progress=True, seed=opts.seed, bank="eval")
             rows["sft50"][key] = r.success_rate
         lap("reference")
     runs = ("sft1", "rl", "sft50") if "sft50" in rows else ("sft1", "rl")
@@ -194,11 +204,19 @@ def run_quickstart(opts: QuickstartOptions, say: Callable[[str], None] = log.inf
     report = write_report(out / "rl", hist, suite=env.suite, algo=algo, policy_kind=kind)
     timing = time_breakdown(minutes, hist, out / "rl" / "metrics.jsonl")
     write_text_atomic(out / "summary.md", f"# reinforge quickstart: {env.suite}, {kind} policy, {algo.upper()}\n\n"
-                                    + "\n".join(md) + f"\n\nRL: {int(hist[-1]['iteration'])} iterations, "
+                                    + "\n".join(md) + f"\n\nGreedy success on the `{cfg.eval.final_bank}` bank, "
+                                    f"{opts.episodes_per_task} episodes per task. "
+                                    f"RL: {int(hist[-1]['iteration'])} iterations, "
                                     f"{hist[-1]['train_min']:.1f} training minutes. Curves and videos: rl/report/\n\n"
                                     f"Wall-clock minutes of this run: {format_timing(timing)}\n")
+    from reinforge.provenance import provenance
+
     summary: dict[str, Any] = {k: {m: v for m, v in r.items() if m.endswith("success_rate")} for k, r in rows.items()}
     summary["minutes"] = timing
+    summary["bank"] = cfg.eval.final_bank
+    summary["episodes_per_task"] = opts.episodes_per_task
+    summary["iterations"] = int(hist[-1]["iteration"])
+    summary["provenance"] = provenance(seed=opts.seed, rl_config=name, threads_option=opts.threads)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return QuickstartResult(out=out, rows=rows, history=hist, report=report, markdown=md, minutes=timing)
 

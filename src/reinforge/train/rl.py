@@ -4,9 +4,12 @@
 
 - each iteration collects a rollout (GRPO: rounds of episodic groups, refilled by dynamic sampling until
   ``rollout.num_groups`` informative groups are in; PPO: one rollout of either mode) and makes one update;
-- greedy evaluation on the train tasks (the suite's fixed evaluation initial states) and on the held-out
-  split before RL, every ``eval.every`` iterations and at the end (``eval.final_episodes_per_task`` at the
-  first and last point, so the before/after numbers are on the same scenes);
+- greedy evaluation on the train tasks and on the held-out split before RL, every ``eval.every`` iterations
+  and at the end. The periodic points run on the ``val`` bank of initial states (``eval.bank``; logged as
+  ``val/<suite>/...``): they steer a run (curves, early stopping, recipe choices). The points before and after RL
+  run ``eval.final_episodes_per_task`` episodes on the ``eval`` bank (``eval.final_bank``; ``eval/<suite>/...``),
+  the numbers a run reports, on the same scenes before and after; they also run the ``val`` bank, so its curve
+  has both ends. While tuning, ``eval.final_bank=val`` keeps the ``eval`` bank unseen;
 - ``checkpoints/last`` (atomic) every ``checkpoint_every`` iterations; a restarted run resumes from it with
   the same optimizer, RNG streams and evaluation history, so its metrics continue exactly;
 - metrics.jsonl + TensorBoard (+ W&B with ``wandb: true``), and a ``report/`` folder at the end.
@@ -33,6 +36,7 @@ from reinforge.distributed import DistributedConfig, make_distributed_collector
 from reinforge.envs import EnvConfig, make_env
 from reinforge.policies import load_pretrained
 from reinforge.progress import ProgressBar
+from reinforge.provenance import record_run
 from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, rollout_env_kwargs, select_rows
 from reinforge.train.checkpoint import (
     DivergedError,
@@ -54,6 +58,10 @@ class RLEvalConfig:
     every: int = 5  # iterations between greedy evaluations; 0 = only before and after
     episodes_per_task: int = 10  # periodic evaluations
     final_episodes_per_task: int = 50  # before RL and after RL
+    # initial-state banks (EnvSpec.init_banks): periodic evaluations on ``bank``, before / after on ``final_bank``;
+    # metrics are logged under the bank's name (val/<suite>/success_rate, eval/<suite>/success_rate)
+    bank: Literal["val", "eval"] = "val"
+    final_bank: Literal["eval", "val"] = "eval"
     heldout: bool = True  # also evaluate the held-out split (suites that have one)
     periodic_heldout: bool = True  # ... at the periodic evaluations too (false: only before and after RL)
     videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
@@ -70,6 +78,9 @@ class RLEvalConfig:
               "must be >= 1")
         check(self.videos >= 0, "eval.videos", self.videos, "must be >= 0")
         check(self.max_envs >= 1, "eval.max_envs", self.max_envs, "must be >= 1")
+        for name in ("bank", "final_bank"):
+            check(getattr(self, name) in ("val", "eval"), f"eval.{name}", getattr(self, name),
+                  "must be 'val' (tuning) or 'eval' (reported numbers)")
         self.tasks = tuple(self.tasks)
 
 
@@ -86,6 +97,8 @@ class RLConfig:
     # Flow-Noise's learned per-step sigma bounds (VLA-RFT: 0.08, 0.2); 0 = the checkpoint's
     flow_noise_min: float = 0.0
     flow_noise_max: float = 0.0
+    # Flow-Noise's chain log-likelihood: "mean" of its K + 1 terms (pi_RL), "sum" (VLA-RFT); "" = the checkpoint's
+    flow_logprob_reduction: str = ""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -114,6 +127,8 @@ class RLConfig:
         check(self.precision in ("fp32", "bf16"), "precision", self.precision, "must be 'fp32' or 'bf16'")
         check(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
         check(self.flow_sampler in ("", "sde", "noise"), "flow_sampler", self.flow_sampler, "must be sde|noise|''")
+        check(self.flow_logprob_reduction in ("", "mean", "sum"), "flow_logprob_reduction",
+              self.flow_logprob_reduction, "must be mean|sum|'' (the checkpoint's)")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
         check(self.flow_noise_min >= 0 and self.flow_noise_max >= 0, "flow_noise_min", (self.flow_noise_min,
               self.flow_noise_max), "must be >= 0 (0 = the checkpoint's)")
@@ -167,7 +182,8 @@ class RLTrainer:
                                  "`reinforge sft`, e.g. runs/sft/policy)")
             self.policy = load_pretrained(cfg.init)
             change = {k: v for k, v in (("flow_sampler", cfg.flow_sampler), ("noise_min", cfg.flow_noise_min),
-                                        ("noise_max", cfg.flow_noise_max)) if v}
+                                        ("noise_max", cfg.flow_noise_max),
+                                        ("logprob_reduction", cfg.flow_logprob_reduction)) if v}
             if change:
                 self.policy.config = replace(self.policy.config, **change)
         if not self.policy.stochastic:
@@ -211,7 +227,7 @@ class RLTrainer:
 
     # settings a resumed run cannot change: what is learned where, and the shape of the optimizer / rollouts
     RESUME_FIXED = ("algo", "env.name", "env.suite", "freeze_vision", "freeze_backbone", "rollout.mode",
-                    "rollout.num_envs", "flow_sampler", "flow_noise_min", "flow_noise_max",
+                    "rollout.num_envs", "flow_sampler", "flow_noise_min", "flow_noise_max", "flow_logprob_reduction",
                     "distributed.rollout_workers")  # rollout workers keep their own generators
     # ... and, for auto-reset runs whose envs keep running across the checkpoint, where those envs live
     RESUME_FIXED_AUTORESET = ("distributed.backend", "distributed.env_workers", "distributed.placement",
@@ -383,7 +399,8 @@ class RLTrainer:
         probe.close()
         return env, spec
 
-    def evaluate(self, episodes_per_task: int, heldout: bool = True) -> dict[str, float]:
+    def evaluate(self, episodes_per_task: int, heldout: bool = True, bank: str = "eval") -> dict[str, float]:
+        """Greedy success on ``bank``'s initial states, as ``<bank>/<suite>[_<split>]/...`` metrics."""
         from reinforge.eval import evaluate
 
         self.policy.eval()
@@ -398,12 +415,26 @@ class RLTrainer:
             with autocast(self.device, c.precision):
                 r = evaluate(lambda e: self.policy, env, split=split, episodes_per_task=episodes_per_task,
                              image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None,
-                             max_envs=c.eval.max_envs, seed=c.seed)
-            key = f"eval/{c.suite}{suffix}"
+                             max_envs=c.eval.max_envs, seed=c.seed, bank=bank)
+            key = f"{bank}/{c.suite}{suffix}"
             out[f"{key}/success_rate"] = r.success_rate
             out[f"{key}/mean_length"] = r.mean_length
             out.update({f"{key}/{name}": v for name, v in r.per_task.items()})
         return out
+
+    def _evaluate_point(self, final: bool) -> dict[str, float]:
+        """A periodic point (``eval.bank``) or a before / after point (``eval.final_bank``, and ``eval.bank`` for
+        its curve). An env with one bank serves both from it: evaluated once, logged under both names."""
+        e = self.cfg.eval
+        if not final:
+            return self.evaluate(e.episodes_per_task, e.periodic_heldout, e.bank)
+        m = self.evaluate(e.final_episodes_per_task, True, e.final_bank)
+        if e.bank != e.final_bank:
+            if self.eval_spec.bank(e.bank) == self.eval_spec.bank(e.final_bank):
+                m.update({e.bank + k[len(e.final_bank):]: v for k, v in m.items()})
+            else:
+                m.update(self.evaluate(e.episodes_per_task, e.periodic_heldout, e.bank))
+        return m
 
     def _cotrain_env(self, ds) -> tuple[str, EnvConfig] | None:
         """The env the real demonstrations were recorded in, when it differs from the RL env (e.g. the built-in
@@ -429,14 +460,16 @@ class RLTrainer:
                          image_size=self.policy.config.image_size, video_dir=folder, video_format="mp4")
         return r.videos
 
-    def _eval_point(self, logger: MetricLogger, episodes: int, heldout: bool = True) -> dict[str, float]:
+    def _eval_point(self, logger: MetricLogger, final: bool) -> dict[str, float]:
         t0 = time.perf_counter()
-        m = self.evaluate(episodes, heldout)
+        m = self._evaluate_point(final)
+        e = self.cfg.eval
         m.update({"iteration": float(self.iteration), "env_steps": float(self.env_steps),
-                  "train_min": self.train_s / 60, "episodes_per_task": float(episodes),
+                  "train_min": self.train_s / 60,
+                  "episodes_per_task": float(e.final_episodes_per_task if final else e.episodes_per_task),
                   "eval_s": time.perf_counter() - t0})
         self.history.append(m)
-        logger.log(self.iteration, {k: v for k, v in m.items() if k.startswith("eval/")})
+        logger.log(self.iteration, {k: v for k, v in m.items() if k.startswith(("eval/", "val/"))})
         return m
 
     # ------------------------------------------------------------ the loop
@@ -454,10 +487,11 @@ class RLTrainer:
 
     def _run(self, logger: MetricLogger, progress: bool) -> dict[str, float]:
         c = self.cfg
+        record_run(self.out, seed=c.seed, config=plain(asdict(c)))
         if not self.history:
-            self._eval_point(logger, c.eval.final_episodes_per_task)
+            self._eval_point(logger, final=True)
             self.save()
-        key = f"eval/{c.suite}/success_rate"
+        key = f"{c.eval.bank}/{c.suite}/success_rate"
         bar = ProgressBar(f"{c.algo} {c.suite}", c.iterations, start=self.iteration, enabled=progress,
                           rollout="-", eval=f"{self.history[-1][key]:.2f}")
         try:
@@ -470,14 +504,14 @@ class RLTrainer:
                 bar.update(self.iteration, rollout=f"{m['rollout/success_rate']:.2f}")
                 last = self.iteration == c.iterations
                 if c.eval.every and self.iteration % c.eval.every == 0 and not last:
-                    point = self._eval_point(logger, c.eval.episodes_per_task, c.eval.periodic_heldout)
+                    point = self._eval_point(logger, final=False)
                     bar.update(self.iteration, eval=f"{point[key]:.2f}")
                 if self.iteration % c.checkpoint_every == 0 or last:
                     self.save()
         finally:
             bar.close()
         if self.history[-1]["iteration"] != self.iteration:
-            self._eval_point(logger, c.eval.final_episodes_per_task)
+            self._eval_point(logger, final=True)
             self.save()
         self.policy.save_pretrained(self.out / "policy")
         logger.close()
@@ -485,7 +519,8 @@ class RLTrainer:
             self.record_videos(self.out / "report" / "videos")
         from reinforge.eval.report import write_report
 
-        write_report(self.out, self.history, suite=c.suite, algo=c.algo, policy_kind=self.policy.config.kind)
+        write_report(self.out, self.history, suite=c.suite, algo=c.algo, policy_kind=self.policy.config.kind,
+                     bank=c.eval.final_bank, curve_bank=c.eval.bank)
         return self.history[-1]
 
     def close(self) -> None:

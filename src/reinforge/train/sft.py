@@ -4,7 +4,9 @@ The policy's dims (state, action, camera views) come from the dataset, so any en
 policy for that env. Samples random frames, targets the next H actions of the same episode (padding past the
 episode end is masked out of the loss), augments images, and optimises the policy's ``sft_loss`` with AdamW, a
 cosine or constant schedule with warm-up, and gradient clipping. Logs to metrics.jsonl and TensorBoard,
-evaluates greedily in the dataset's env (or the ``env`` section's) every ``eval_every`` steps, and keeps an
+evaluates greedily in the dataset's env (or the ``env`` section's) every ``eval_every`` steps on the ``val`` bank
+of initial states (``eval_bank``; ``val/<suite>/...`` metrics) and at the end on the ``eval`` bank
+(``final_eval_bank``; ``eval/<suite>/...``), and keeps an
 atomic ``checkpoints/last`` from which an interrupted run resumes exactly (same batches, same weights).
 """
 
@@ -28,6 +30,7 @@ from reinforge.device import Precision, autocast, check_precision, resolve_devic
 from reinforge.envs import EnvConfig
 from reinforge.policies import Normalizer, Policy, PolicyConfig, make_policy
 from reinforge.progress import ProgressBar
+from reinforge.provenance import record_run
 from reinforge.train.checkpoint import (
     DivergedError,
     begin_checkpoint,
@@ -81,6 +84,8 @@ class SFTConfig:
     eval_every: int = 0  # 0 = only at the end
     eval_episodes_per_task: int = 10
     eval_split: str = "train"
+    eval_bank: Literal["val", "eval"] = "val"  # initial states of the periodic evaluations (they steer the run)
+    final_eval_bank: Literal["eval", "val"] = "eval"  # ... of the evaluation at the end (the reported number)
     eval_max_envs: int = 500  # envs stepped together in an evaluation (fewer for real simulators)
     # the env SFT evaluates in; name/suite "" = those the dataset was recorded in
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name="", suite=""))
@@ -101,6 +106,9 @@ class SFTConfig:
               f"must give one non-negative weight per dataset ({len(paths)}), not all zero")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
+        for name in ("eval_bank", "final_eval_bank"):
+            check(getattr(self, name) in ("val", "eval"), name, getattr(self, name),
+                  "must be 'val' (tuning) or 'eval' (reported numbers)")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
         check(self.precision in ("fp32", "bf16"), "precision", self.precision, "must be 'fp32' or 'bf16'")
 
@@ -311,17 +319,20 @@ class SFTTrainer:
         commit_checkpoint(tmp, self.out / "checkpoints" / "last", state)
         self.saved_step = int(state["step"])
 
-    def evaluate(self, episodes_per_task: int | None = None) -> dict[str, float]:
+    def evaluate(self, episodes_per_task: int | None = None, bank: str | None = None) -> dict[str, float]:
+        """Greedy success on ``bank``'s initial states (default: the final evaluation's), seeded by ``seed``."""
         from reinforge.eval import evaluate
 
         if self.env is None:
             return {}
+        bank = bank or self.cfg.final_eval_bank
         self.policy.eval()
         with autocast(self.device, self.cfg.precision):
             res = evaluate(lambda env: self.policy, self.env, split=self.cfg.eval_split,
                            episodes_per_task=episodes_per_task or self.cfg.eval_episodes_per_task,
-                           image_size=self.policy.config.image_size, max_envs=self.cfg.eval_max_envs)
-        key = f"eval/{self.env.suite}" + ("" if self.cfg.eval_split == "train" else f"_{self.cfg.eval_split}")
+                           image_size=self.policy.config.image_size, max_envs=self.cfg.eval_max_envs,
+                           seed=self.cfg.seed, bank=bank)
+        key = f"{bank}/{self.env.suite}" + ("" if self.cfg.eval_split == "train" else f"_{self.cfg.eval_split}")
         return {f"{key}/success_rate": res.success_rate, f"{key}/mean_length": res.mean_length,
                 **{f"{key}/{k}": v for k, v in res.per_task.items()}}
 
@@ -343,6 +354,7 @@ class SFTTrainer:
 
     def _train(self, logger: MetricLogger, progress: bool) -> Policy:
         cfg = self.cfg
+        record_run(self.out, seed=cfg.seed, config=plain(asdict(cfg)))
         bar = ProgressBar("sft", cfg.steps, start=self.step, enabled=progress, loss="-")
         t0, acc = time.perf_counter(), []
         pending: tuple[Path, dict[str, Any]] | None = None  # a written checkpoint waiting for the next step to succeed
@@ -360,7 +372,7 @@ class SFTTrainer:
                     logger.log(self.step, avg)
                     t0, acc = time.perf_counter(), []
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    logger.log(self.step, self.evaluate())
+                    logger.log(self.step, self.evaluate(bank=cfg.eval_bank))
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     pending = self._begin_checkpoint()
             if pending is not None:  # the last step: its weights are the result

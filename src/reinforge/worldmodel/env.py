@@ -104,6 +104,7 @@ class WorldModelEnv(VecEnv):
         self.elapsed = torch.zeros(B, dtype=torch.int64)
         self.gt = torch.zeros(B, dtype=torch.int64)  # global dataset frame of the ground truth's current step
         self.gt_end = torch.zeros(B, dtype=torch.int64)  # one past the episode's last frame
+        self.horizon = torch.ones(B, dtype=torch.int64)  # imagined steps of each env's current episode
         self.z = self.z_gt = torch.zeros(B, c.latent_channels, *c.latent_hw, device=dev)
         self.s = self.s_gt = torch.zeros(B, c.state_dim, device=dev)
         self.frames: torch.Tensor | None = None  # (B, V, 3, H, W) uint8: what the policy sees
@@ -166,6 +167,9 @@ class WorldModelEnv(VecEnv):
         self.task_id[rows] = self._task_of_episode[self.ds.episode_index[frame]]
         self.elapsed[rows], self.gt[rows] = 0, frame
         self.gt_end[rows] = self._episode_end[self.ds.episode_index[frame]]
+        # the episode's imagined steps N (the time limit, or fewer where the recorded continuation ends first):
+        # each step's reward is divided by it, so a return is a mean over the episode's predicted frames
+        self.horizon[rows] = (self.gt_end[rows] - 1 - frame).clamp(min=1, max=self.spec.max_episode_steps)
         images, states = self.ds.images[frame], self.ds.states[frame]
         with torch.no_grad():
             z, s = self.wm.encode(images), self.wm.norm_state(states)
@@ -201,7 +205,7 @@ class WorldModelEnv(VecEnv):
         self.frames[rows] = (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         self.gt[rows] += 1
         self.elapsed[rows] += 1
-        return (-dist / self.spec.max_episode_steps).float().cpu()
+        return (-dist.cpu() / self.horizon[rows].to(dist.dtype).cpu()).float()
 
     def _ended(self) -> torch.Tensor:
         return (self.elapsed >= self.spec.max_episode_steps) | (self.gt >= self.gt_end - 1)
@@ -251,12 +255,16 @@ class WorldModelEnv(VecEnv):
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {"task_id": self.task_id.clone(), "init_id": self.init_id.clone(), "elapsed": self.elapsed.clone(),
-                "gt": self.gt.clone(), "gt_end": self.gt_end.clone(), "frames": self.frames.clone(),
+                "gt": self.gt.clone(), "gt_end": self.gt_end.clone(), "horizon": self.horizon.clone(),
+                "frames": self.frames.clone(),
                 **{k: getattr(self, k).cpu().clone() for k in ("z", "z_gt", "s", "s_gt")}}
 
     def restore(self, snap: dict[str, torch.Tensor]) -> Observation:
         for k in ("task_id", "init_id", "elapsed", "gt", "gt_end", "frames"):
             setattr(self, k, snap[k].clone())
+        # snapshots from before the per-episode horizon: the episode's steps from its recorded continuation
+        self.horizon = snap["horizon"].clone() if "horizon" in snap else (
+            self.gt_end - 1 - self.gt + self.elapsed).clamp(min=1, max=self.spec.max_episode_steps)
         for k in ("z", "z_gt", "s", "s_gt"):
             setattr(self, k, snap[k].to(self.device).clone())
         return self._observe()

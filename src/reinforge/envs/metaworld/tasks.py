@@ -5,8 +5,9 @@ an MT1 suite) or a comma-separated list of task names (``"reach-v3,push-v3"``).
 
 Initial states: MetaWorld varies a task by a random vector (object and goal positions) fixed with
 ``env.set_task(task)``. MT1's sampler draws 50 such variations per task name from a seed; the bank ``"eval"``
-is MT1's ``train_tasks`` drawn with seed 0, the bank ``"train"`` the same with seed 1 (continuous draws, so the
-two banks share no state). Banks are built on first use of a task (about 0.7 s each) and cached per process.
+is MT1's ``train_tasks`` drawn with seed 0, the bank ``"train"`` the same with seed 1 and the bank ``"val"``
+with seed 2 (continuous draws, so the banks share no state). Banks are built on first use of a task (about
+0.7 s each) and cached per process.
 They are fixed by MetaWorld's sampler: another MetaWorld version may draw other states.
 """
 
@@ -18,9 +19,9 @@ from typing import Literal
 import metaworld
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
 
-InitBank = Literal["eval", "train"]
-INIT_BANKS: tuple[str, ...] = ("eval", "train")
-BANK_SEEDS = {"eval": 0, "train": 1}
+InitBank = Literal["eval", "train", "val"]
+INIT_BANKS: tuple[str, ...] = ("eval", "train", "val")
+BANK_SEEDS = {"eval": 0, "train": 1, "val": 2}
 NUM_INIT_STATES = 50  # MetaWorld's variations per task name
 
 TASK_NAMES: tuple[str, ...] = tuple(ALL_V3_ENVIRONMENTS)

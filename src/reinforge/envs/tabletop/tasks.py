@@ -29,8 +29,11 @@ import torch
 from reinforge.envs.tabletop.catalog import CATEGORY_INDEX, category, color
 
 NUM_INIT_STATES = 50
-INIT_BANKS = ("eval", "train")  # fixed evaluation states; a disjoint bank for demonstrations
-InitBank = Literal["eval", "train"]
+# three disjoint banks of fixed initial states per task: ``eval`` for the numbers a run reports, ``train`` for
+# demonstrations and RL rollouts, ``val`` for everything that steers a run (periodic evaluations, early stopping,
+# preset and calibration choices). Each bank is drawn from its own name, so adding one left the others unchanged.
+INIT_BANKS = ("eval", "train", "val")
+InitBank = Literal["eval", "train", "val"]
 SUITE_NAMES = ("spatial", "object", "goal", "long")  # the current suites (what `--suite all` runs)
 LEGACY_SUITES = ("object_v1", "long_v1")  # earlier definitions, buildable by name to reproduce old results
 SPLITS = ("train", "heldout")
@@ -110,12 +113,23 @@ class Suite:
 
     def fingerprint(self) -> str:
         """16 hex digits of a SHA-256 over the scene tables, initial states, goals and instructions: the same on
-        every machine for the same definition (tests pin it, so a changed suite must get a new version name)."""
+        every machine for the same definition (tests pin it, so a changed suite must get a new version name).
+        It covers the ``eval`` and ``train`` banks (the ``val`` bank came later: ``bank_fingerprint("val")``)."""
         h = hashlib.sha256()
+        banks = slice(0, 2)  # eval, train
         for key in ("category", "rgb", "active", "init_pos", "init_support", "init_inside", "init_gripper",
                     "goal_terms", "goal_mask", "goal_regions"):
-            h.update(getattr(self, key).contiguous().numpy().tobytes())
+            t = getattr(self, key)
+            h.update((t[banks] if key.startswith("init_") else t).contiguous().numpy().tobytes())
         h.update("\n".join(self.instructions).encode())
+        return h.hexdigest()[:16]
+
+    def bank_fingerprint(self, bank: InitBank) -> str:
+        """16 hex digits of a SHA-256 over one bank's initial states (pinned by the tests like ``fingerprint``)."""
+        k = INIT_BANKS.index(bank)
+        h = hashlib.sha256()
+        for key in ("init_pos", "init_support", "init_inside", "init_gripper"):
+            h.update(getattr(self, key)[k].contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def task_index(self, name_or_id: str | int) -> int:
