@@ -64,11 +64,12 @@ if __name__ == "__main__":
         t0 = time.perf_counter()
         cfg = load_config(RLConfig, resolve_config("tabletop_grpo_token"),
                           [f"init={args.init}", f"out={out / name}", f"iterations={args.iterations}", "eval.videos=0",
-                           "eval.final_episodes_per_task=20", f"rollout.num_groups={args.groups}",
+                           "eval.final_episodes_per_task=20", "eval.final_bank=val",
+                           f"rollout.num_groups={args.groups}",
                            f"grpo.minibatch_size={32 * args.groups}", *ABLATIONS[name]])
         trainer = RLTrainer(cfg)
         trainer.run(progress=False)
-        key = "eval/spatial/success_rate"
+        key = "val/spatial/success_rate"  # ablations steer the recipe: measured on the val bank
         curves[name] = [(h["iteration"], h[key]) for h in trainer.history]
         print(json.dumps({"ablation": name, "overrides": ABLATIONS[name], "before": trainer.history[0][key],
                           "after": trainer.history[-1][key], "curve": curves[name],

@@ -1,56 +1,84 @@
-"""SFT calibration on a built-in suite: 1 demo per task vs 50 demos per task, token and flow policies.
+"""One-demonstration SFT on every built-in suite, over seeds: the starting points of RL, as the quickstart and the
+suite table make them, evaluated greedily on the ``eval`` bank (50 episodes per task = 500 per cell).
 
-Records the demonstrations, trains each policy as `reinforge sft` does and evaluates greedily on the 50
-fixed initial states of every task. Prints one JSON line per run and a final summary line.
+For each suite and seed it records (or reuses) one expert demo per task and fine-tunes the flow policy
+(``configs/tabletop_sft_flow.yaml``) in the quickstart's folder ``runs/quickstart/SUITE_ppo_flow[_seedN]/``, the
+very policy ``reinforge quickstart --suite SUITE --seed N`` starts RL from (a finished one is reused, so the spatial
+row equals the quickstart's SFT row), with the quickstart's torch threads. Writes ``results/sft_calibration.json``.
 
-Usage: python bench/sft_calibration.py [--suite spatial] [--out runs/sft_calibration] [--steps-1 600]
-       [--steps-50 4000] [--only 1|50]
-(--suite: a current suite, or an earlier version such as object_v1 / long_v1)
-(spatial, both dataset sizes: about 25 minutes on a 2-core CPU)
+Usage: python bench/sft_calibration.py [--suites spatial,object,goal,long] [--seeds 0,1,2]
+       [--steps long=1500] [--threads 2] [--results results]
+then ``reinforge results``. (About 50 minutes for the four suites and three seeds on a 2-core CPU.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from reinforge.config import load_config
-from reinforge.data.record import record_demos
-from reinforge.envs.tabletop.tasks import LEGACY_SUITES, SUITE_NAMES
-from reinforge.train.logging import read_metrics
-from reinforge.train.sft import SFTConfig, SFTTrainer
+import torch
+
+from reinforge.envs import EnvConfig
+from reinforge.eval import evaluate
+from reinforge.fsutil import write_text_atomic
+from reinforge.policies import load_pretrained
+from reinforge.provenance import machine_line, provenance
+from reinforge.results import result_record
+from reinforge.train.quickstart import QuickstartOptions, record_or_reuse_demos, sft_or_reuse
+
+SUITES = ("spatial", "object", "goal", "long")
+DEFAULT_STEPS = {"long": 1500}  # the suite table's calibration (bench/suites_table.py); others 600
 
 
-def run(data: Path, kind: str, steps: int, out: Path, episodes: int, suite: str) -> dict:
-    t0 = time.perf_counter()
-    cfg = load_config(SFTConfig, None, [f"data={data}", f"policy.kind={kind}", f"steps={steps}", f"out={out}",
-                                        f"eval_episodes_per_task={episodes}", "resume=false"])
-    SFTTrainer(cfg).run(progress=False)
-    final = read_metrics(out / "metrics.jsonl")[-1]
-    return {"suite": suite, "policy": kind, "data": data.name, "steps": steps,
-            "success_rate": final[f"eval/{suite}/success_rate"], "mean_length": final[f"eval/{suite}/mean_length"],
-            "wall_min": round((time.perf_counter() - t0) / 60, 2)}
+def measure(suite: str, seed: int, steps: int, threads: int, episodes: int) -> dict:
+    opts = QuickstartOptions(env=EnvConfig(suite=suite), seed=seed, sft_steps=steps, threads=threads)
+    out = opts.out_dir
+    demos = record_or_reuse_demos(opts.env, out / "demos_1", 1, print)
+    policy_dir = sft_or_reuse(demos, "flow", steps, out / "sft_1demo", "cpu", print, seed, threads)
+    policy = load_pretrained(policy_dir).eval()
+    # as the RL trainer's evaluation before RL: the run's seed, up to 500 envs at once, the eval bank
+    r = evaluate(lambda e: policy, opts.env, episodes_per_task=episodes, image_size=policy.config.image_size,
+                 seed=seed, bank="eval", max_envs=500)
+    return {"success_rate": r.success_rate, "per_task": r.per_task, "policy": str(policy_dir)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suites", default=",".join(SUITES))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", nargs="*", default=[f"{k}={v}" for k, v in DEFAULT_STEPS.items()],
+                    help="per-suite SFT steps, e.g. long=1500 (others: 600)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--episodes-per-task", type=int, default=50)
+    ap.add_argument("--results", default="results")
+    a = ap.parse_args()
+    suites, seeds = a.suites.split(","), [int(s) for s in a.seeds.split(",")]
+    steps = {**{s: 600 for s in suites}, **{k: int(v) for k, v in (x.split("=") for x in a.steps)}}
+    torch.set_num_threads(a.threads)
+    runs = {(suite, seed): measure(suite, seed, steps[suite], a.threads, a.episodes_per_task)
+            for suite in suites for seed in seeds}
+    for k, v in runs.items():
+        print(json.dumps({"suite": k[0], "seed": k[1], **v}))
+    rows = [{"label": f"{s} (1 demo per task, {steps[s]} steps)", "values": [runs[(s, n)]["success_rate"]
+                                                                             for n in seeds]} for s in suites]
+    rows.append({"label": "average", "values": [sum(runs[(s, n)]["success_rate"] for s in suites) / len(suites)
+                                                for n in seeds]})
+    prov = provenance()
+    rec = result_record(
+        title="One-demonstration SFT on every suite (the starting points of RL)", order=20, bank="eval",
+        episodes_per_cell=a.episodes_per_task * 10, unit="percent", seeds=seeds, rows=rows, tuned_on="eval",
+        command=f"python bench/sft_calibration.py --suites {a.suites} --seeds {a.seeds}",
+        commit=prov["commit"] + ("-dirty" if prov["dirty"] else ""), date=prov["date"][:10],
+        machine=machine_line(prov),
+        description=(
+            "The flow policy fine-tuned on one expert demonstration per task (`configs/tabletop_sft_flow.yaml`, SFT "
+            "seed = the column's seed), greedy success on the `eval` bank: the policies the quickstart and the suite "
+            "table start RL from (the spatial row is the quickstart's SFT row). The suites' SFT steps and the "
+            "`object` / `long` redesigns were calibrated on the `eval` bank before `val` existed."))
+    Path(a.results).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(a.results) / "sft_calibration.json", json.dumps(rec, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--suite", default="spatial", choices=SUITE_NAMES + LEGACY_SUITES)
-    p.add_argument("--out", default="runs/sft_calibration")
-    p.add_argument("--steps-1", type=int, default=600)
-    p.add_argument("--steps-50", type=int, default=4000)
-    p.add_argument("--episodes-per-task", type=int, default=50)
-    p.add_argument("--only", choices=("1", "50"), default=None)
-    args = p.parse_args()
-    out = Path(args.out) / args.suite
-    results = []
-    for per_task, steps in ((1, args.steps_1), (50, args.steps_50)):
-        if args.only and str(per_task) != args.only:
-            continue
-        data = record_demos(args.suite, out / f"demos_{per_task}", per_task=per_task, overwrite=True)
-        for kind in ("token", "flow"):
-            r = run(data, kind, steps, out / f"sft_{kind}_{per_task}demo", args.episodes_per_task, args.suite)
-            print(json.dumps(r), flush=True)
-            results.append(r)
-    print(json.dumps({"summary": {f"{r['policy']}_{r['data']}": r["success_rate"] for r in results}}))
+    main()

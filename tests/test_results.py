@@ -73,7 +73,7 @@ def test_missing_seeds_are_shown_and_left_out_of_verdicts(write):
     res = results.load_result(write(_record(rows=[{"label": "sft", "values": [0.2, None, 0.3]},
                                                    {"label": "rl", "values": [0.6, 0.5, 0.4]}])))
     assert "| sft | 20.0 | - | 30.0 | **25.0 +- 7.1** (2 seeds) |" in results.render_table(res)
-    assert "on 2 seeds" in results.verdict(res, res.comparisons[0])
+    assert "**not established (fewer than 3 seeds)** on 2 seeds" in results.verdict(res, res.comparisons[0])
 
 
 @pytest.mark.parametrize("over, message", [

@@ -13,8 +13,9 @@ A results file says how its numbers were made and holds them per seed::
 
 ``values`` has one entry per seed (``null`` where a seed was not run). ``unit`` ``percent`` stores fractions and
 shows percentages; ``number`` shows the values as they are. A comparison is a verdict on paired differences over
-the seeds: it *holds* only when every seed's difference has the claimed sign (the line names the seeds and the
-differences), is *reversed* when every one has the other sign, and is *not established* otherwise.
+the seeds: it *holds* only when at least three seeds measured both rows and every seed's difference has the claimed
+sign (the line names the seeds and the differences), is *reversed* when every one has the other sign, and is *not
+established* otherwise.
 ``tuned_on`` names the bank a recipe was chosen on (``eval`` marks a figure whose settings were picked while
 watching the reported bank).
 
@@ -36,6 +37,7 @@ RESULTS_PAGE = "docs/results.md"
 DOCS = ("README.md", "docs")  # where embedded tables are looked for
 _BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 _UNITS = ("percent", "number")
+MIN_SEEDS = 3  # a verdict needs at least this many paired seeds
 _REQUIRED = ("title", "command", "commit", "date", "machine", "bank", "episodes_per_cell", "seeds", "rows")
 
 
@@ -152,7 +154,9 @@ def verdict(res: ResultFile, c: Comparison) -> str:
     if not pairs:
         return f"{c.claim}: no seed measured both rows"
     diffs = [d for _, d in pairs]
-    if all(d > 0 for d in diffs):
+    if len(diffs) < MIN_SEEDS:
+        state = f"not established (fewer than {MIN_SEEDS} seeds)"
+    elif all(d > 0 for d in diffs):
         state = "holds"
     elif all(d < 0 for d in diffs):
         state = "reversed"
@@ -176,8 +180,13 @@ def render_table(res: ResultFile) -> str:
         if many:
             got = [v for v in r.values if v is not None]
             m, s = mean_std(got) if got else (None, None)
-            cells.append("-" if m is None else f"**{_fmt(m, res.unit)} +- {_fmt(s, res.unit)}**"
-                         + (f" ({len(got)} seeds)" if len(got) < len(r.values) else ""))
+            if m is None:
+                cells.append("-")
+            elif len(got) == 1:
+                cells.append(f"{_fmt(m, res.unit)} (1 seed)")
+            else:
+                cells.append(f"**{_fmt(m, res.unit)} +- {_fmt(s, res.unit)}**"
+                             + (f" ({len(got)} seeds)" if len(got) < len(r.values) else ""))
         lines.append("| " + " | ".join(cells) + " |")
     unit = "success %, " if res.unit == "percent" else ""
     tuned = f"; settings chosen on the `{res.tuned_on}` bank" if res.tuned_on else ""

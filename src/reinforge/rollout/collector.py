@@ -55,7 +55,9 @@ class RolloutConfig:
     num_envs: int = 64  # auto-reset mode
     chunks_per_rollout: int = 16  # auto-reset mode: policy calls per env per rollout
     temperature: float = 1.6  # sampling temperature of the token policy (flow policies ignore it)
-    init_bank: Literal["train", "eval"] = "train"  # initial states RL trains on (evaluation uses "eval")
+    # initial states RL trains on; evaluations use "val" (periodic) and "eval" (reported). "eval" trains on the
+    # reported states, as LIBERO's RL papers do (LIBERO has one bank)
+    init_bank: Literal["train", "eval"] = "train"
     max_episode_steps: int = 0  # 0 = the suite's limit
     # train episodes end (truncated, bootstrapped from the critic) at this fraction of the suite's time limit: the
     # tail of a failing episode teaches little, and the steps it frees start new episodes; evaluation keeps the
