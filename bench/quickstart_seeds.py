@@ -1,5 +1,5 @@
-"""The quickstart over several seeds, written as results files (``results/quickstart.json`` and
-``results/quickstart_time.json``) from which the README's quickstart table is generated.
+"""The quickstart over several seeds, written as a results file (``results/quickstart.json``; with
+``--time-seeds`` also ``results/quickstart_time.json``) from which the README's quickstart table is generated.
 
 Each seed runs the user's own command, ``reinforge quickstart --seed N`` (in a child process, exactly as typed),
 or reuses a finished run of it, then reads its ``summary.json`` (success per bank, wall-clock minutes and the
@@ -34,8 +34,9 @@ def main() -> None:
     ap.add_argument("--results", default="results", help="folder for the results files")
     ap.add_argument("--allow-dirty", action="store_true", help="accept runs made from a tree with local changes")
     ap.add_argument("--reuse-only", action="store_true", help="do not run missing seeds, only collect")
-    ap.add_argument("--time-seeds", default=None, help="seeds whose wall clock to report (default: all); leave out "
-                                                       "runs that shared the machine with other work")
+    ap.add_argument("--time-seeds", default="", help="seeds whose wall clock to report in results/quickstart_time.json "
+                                                     "(default: none); name only runs that had the machine to "
+                                                     "themselves")
     a, extra = ap.parse_known_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     summaries = {}
@@ -80,8 +81,8 @@ def main() -> None:
     phases = (("total", "total (minutes)"), ("sft", "SFT"), ("eval_before", "evaluation before RL"),
               ("rl_rollouts", "RL rollouts"), ("rl_updates", "RL updates"), ("eval_periodic", "periodic evaluations"),
               ("eval_after", "evaluation after RL"))
-    timed = [int(s) for s in a.time_seeds.split(",")] if a.time_seeds else seeds
-    time_rec = result_record(
+    timed = [int(s) for s in a.time_seeds.split(",")] if a.time_seeds else []
+    time_rec = None if not timed else result_record(
         title="Quickstart: where the wall clock goes (minutes)", order=11, bank=s0["bank"],
         episodes_per_cell=eps * 10, unit="number",
         rows=[{"label": label, "values": [summaries[s]["minutes"].get(k) for s in timed]} for k, label in phases],
@@ -91,8 +92,10 @@ def main() -> None:
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "quickstart.json", json.dumps(main_rec, indent=2) + "\n")
-    write_text_atomic(out / "quickstart_time.json", json.dumps(time_rec, indent=2) + "\n")
-    print(f"wrote {out / 'quickstart.json'} and {out / 'quickstart_time.json'}; run `reinforge results` next")
+    if time_rec is not None:
+        write_text_atomic(out / "quickstart_time.json", json.dumps(time_rec, indent=2) + "\n")
+    print(f"wrote {out / 'quickstart.json'}" + (" and quickstart_time.json" if time_rec else "")
+          + "; run `reinforge results` next")
 
 
 if __name__ == "__main__":

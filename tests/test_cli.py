@@ -92,3 +92,15 @@ def test_bench_rl_runs_the_trainers_iteration(capsys):
                            "--freeze-vision", "on", "--rl-envs", "4", "--json"])
     assert r["envs"] == 4 and r["device"] == "cpu" and r["env"] == "tabletop/spatial"
     assert r["env_steps_per_s"] > 0 and r["samples_per_update"] == 4 * 16, "4 envs x 16 policy calls"
+
+
+def test_eval_runs_on_the_bank_it_is_given(capsys):
+    """`--bank val` starts episodes from the validation bank's states: other scenes than the eval bank's."""
+    args = ["eval", "--suite", "spatial", "--episodes-per-task", "1", "--tasks", "0,1", "--image-size", "32", "--json"]
+    val = _json_out(capsys, [*args, "--bank", "val"])
+    ev = _json_out(capsys, args)
+    assert val["bank"] == "val" and ev["bank"] == "eval" and val["seed"] == 0
+    assert val["success_rate"] == ev["success_rate"] == 1.0  # the expert solves both
+    assert val["per_task_length"] != ev["per_task_length"]  # ... from other initial states
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main([*args, "--bank", "test"])

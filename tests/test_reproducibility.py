@@ -71,3 +71,16 @@ def test_every_evaluation_path_is_seeded_and_leaves_the_callers_stream_alone():
     r1 = evaluate(lambda e: policy, env, episodes_per_task=2, tasks=[0, 1], seed=5, bank="val")
     r2 = evaluate(lambda e: policy, env, episodes_per_task=2, tasks=[0, 1], seed=5, bank="val")
     assert r1.per_task == r2.per_task and r1.mean_length == r2.mean_length and r1.bank == "val"
+
+
+def test_a_resumed_run_keeps_its_first_provenance_and_appends_its_own(tmp_path):
+    from reinforge.provenance import record_run
+
+    first = record_run(tmp_path, seed=1, config={"lr": 1e-3})
+    assert first["seed"] == 1 and first["config"] == {"lr": 1e-3} and "resumes" not in first
+    assert first["python"] and first["numpy"] and first["cpu_count"] >= 1
+    (tmp_path / "provenance.json").write_text(json.dumps({**first, "commit": "0" * 40}))  # made on older code
+    again = record_run(tmp_path, seed=1, config={"lr": 1e-3})
+    assert again["commit"] == "0" * 40 and len(again["resumes"]) == 1 and "config" not in again["resumes"][0]
+    (tmp_path / "provenance.json").write_text("not json")  # a damaged record is replaced, not fatal
+    assert "resumes" not in record_run(tmp_path, seed=2, config={})

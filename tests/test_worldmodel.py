@@ -288,13 +288,43 @@ def test_rl_evaluates_where_eval_env_says(tmp_path):
         assert trainer.eval_spec.variant == {"perturb": "object_major"}
 
 
-def test_reward_agreement_reports_rank_correlations(trained):
+class _ReplayOrRandom(torch.nn.Module):
+    """A stand-in policy for the agreement check: even envs replay their demonstration's recorded actions (the
+    world model's reward is then exactly 0 and the real frames are the recorded ones), odd envs act at random."""
+
+    def __init__(self, ds, episodes, image_size, horizon=4):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device for the caller
+        self.config = PolicyConfig(kind="flow", **TINY_POLICY)
+        self.horizon, self.t = horizon, 0
+        longest = max(int(ds.episodes[e]["length"]) for e in episodes)
+        self.seqs = torch.zeros(len(episodes), longest + 400, 7)
+        for i, e in enumerate(episodes):
+            start, n = int(ds.episode_start[e]), int(ds.episodes[e]["length"])
+            self.seqs[i, :n] = ds.actions[start:start + n]
+        self.random = torch.rand(self.seqs.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def act(self, obs, *, mode="sample", generator=None):
+        from types import SimpleNamespace
+
+        sl = slice(self.t, self.t + self.horizon)
+        self.t += self.horizon
+        chunk = self.seqs[:, sl].clone()
+        chunk[1::2] = self.random[1::2, sl]
+        return SimpleNamespace(actions=chunk)
+
+
+def test_reward_agreement_ranks_a_replayed_demonstration_above_random_actions(trained, demos):
     from reinforge.worldmodel.verify import reward_agreement
 
-    torch.manual_seed(0)
-    policy = make_policy(PolicyConfig(kind="flow", **TINY_POLICY))
     env = make_env("worldmodel", suite="spatial", num_envs=3, model=str(trained[0]), start="first")
-    r = reward_agreement(policy, env, demos=2, samples=2, horizon=3, max_steps=6)
-    assert r["rollouts"] == 4 and r["demos"] == 2 and 0.0 <= r["success_rate"] <= 1.0
-    for k in ("spearman_wm_oracle", "spearman_wm_mae_only_success", "spearman_wm_oracle_within_group"):
-        assert np.isnan(r[k]) or -1.0 <= r[k] <= 1.0
+    ds = env.ds
+    pick = np.linspace(0, ds.num_episodes - 1, 2).round().astype(int)
+    policy = _ReplayOrRandom(ds, np.repeat(pick, 2), TINY_POLICY["image_size"])
+    r = reward_agreement(policy, env, demos=2, samples=2, horizon=3)
+    assert r["rollouts"] == 4 and r["demos"] == 2
+    assert r["success_rate"] == 0.5, "the replayed demonstrations succeed, the random rollouts do not"
+    # within each demonstration's group the replay ranks first by the world model, the real frames and success
+    assert r["spearman_wm_oracle_within_group"] == pytest.approx(1.0) and r["groups_wm_oracle_within"] == 2
+    assert r["spearman_wm_success_within_group"] == pytest.approx(1.0)
+    assert r["spearman_wm_success"] > 0.5 and r["spearman_oracle_success"] > 0.5
