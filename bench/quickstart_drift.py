@@ -22,9 +22,12 @@ RUN = Path("runs/quickstart/spatial_ppo_flow")
 
 
 def summary(clone: Path) -> tuple[str, dict]:
+    data = json.loads((clone / RUN / "summary.json").read_text())
+    if data.get("provenance", {}).get("commit"):  # the commit the run was made on (recorded since provenance)
+        return data["provenance"]["commit"], data
     commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()
-    return commit, json.loads((clone / RUN / "summary.json").read_text())
+    return commit, data
 
 
 def main() -> None:
@@ -34,6 +37,7 @@ def main() -> None:
     ap.add_argument("--printed-sft", type=float, required=True, help="the SFT figure the old README printed")
     ap.add_argument("--printed-rl", type=float, required=True, help="the + RL figure the old README printed")
     ap.add_argument("--printed-date", default="2026-11-26")
+    ap.add_argument("--also", nargs="*", default=[], help="LABEL=RUN_DIR: more runs' SFT row (e.g. other threads)")
     ap.add_argument("--results", default="results")
     a = ap.parse_args()
     (old_c, old), (new_c, new) = summary(Path(a.old)), summary(Path(a.new))
@@ -46,6 +50,10 @@ def main() -> None:
             {"label": f"{new_c[:7]}, here: SFT (1 demo)", "values": [new["sft1"][key]]},
             {"label": f"{new_c[:7]}, here: + RL", "values": [new["rl"][key]]}]
     rows[0]["label"] += ": SFT (1 demo)"
+    for item in a.also:
+        label, run = item.rsplit("=", 1)
+        extra = json.loads((Path(run) / "summary.json").read_text())
+        rows.append({"label": f"{label}: SFT (1 demo)", "values": [extra["sft1"][key]]})
     rec = result_record(
         title="The quickstart's seed 0 on an older and on the current commit", order=12, bank="eval",
         episodes_per_cell=500, unit="percent", seeds=[0], rows=rows,

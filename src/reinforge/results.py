@@ -74,6 +74,7 @@ class ResultFile:
     unit: str = "percent"
     comparisons: list[Comparison] = field(default_factory=list)
     tuned_on: str = ""
+    measure: str = ""  # what the cells are (default: "success %" for percent tables)
     order: int = 100  # position on the results page
 
     def row(self, label: str) -> Row:
@@ -188,7 +189,8 @@ def render_table(res: ResultFile) -> str:
                 cells.append(f"**{_fmt(m, res.unit)} +- {_fmt(s, res.unit)}**"
                              + (f" ({len(got)} seeds)" if len(got) < len(r.values) else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    unit = "success %, " if res.unit == "percent" else ""
+    measure = res.measure or ("success %" if res.unit == "percent" else "")
+    unit = f"{measure}, " if measure else ""
     tuned = f"; settings chosen on the `{res.tuned_on}` bank" if res.tuned_on else ""
     commit = res.commit[:10] if re.fullmatch(r"[0-9a-f]{40}", res.commit) else res.commit
     lines += ["", f"<sub>{unit}`{res.bank}` bank, {res.episodes_per_cell} episodes per cell{tuned}. "
