@@ -4,7 +4,9 @@ suite table make them, evaluated greedily on the ``eval`` bank (50 episodes per 
 For each suite and seed it records (or reuses) one expert demo per task and fine-tunes the flow policy
 (``configs/tabletop_sft_flow.yaml``) in the quickstart's folder ``runs/quickstart/SUITE_ppo_flow[_seedN]/``, the
 very policy ``reinforge quickstart --suite SUITE --seed N`` starts RL from (a finished one is reused, so the spatial
-row equals the quickstart's SFT row), with the quickstart's torch threads. Writes ``results/sft_calibration.json``.
+row equals the quickstart's SFT row), with the quickstart's torch threads. Each measurement is kept in
+``runs/sft_calibration/measurements.json``, so a re-run with more suites or seeds measures only what is missing.
+Writes ``results/sft_calibration.json``.
 
 Usage: python bench/sft_calibration.py [--suites spatial,object,goal,long] [--seeds 0,1,2]
        [--steps long=1500] [--threads 2] [--results results]
@@ -56,8 +58,17 @@ def main() -> None:
     suites, seeds = a.suites.split(","), [int(s) for s in a.seeds.split(",")]
     steps = {**{s: 600 for s in suites}, **{k: int(v) for k, v in (x.split("=") for x in a.steps)}}
     torch.set_num_threads(a.threads)
-    runs = {(suite, seed): measure(suite, seed, steps[suite], a.threads, a.episodes_per_task)
-            for suite in suites for seed in seeds}
+    cache_file = Path("runs/sft_calibration/measurements.json")
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    runs = {}
+    for suite in suites:
+        for seed in seeds:
+            key = f"{suite}/{seed}/{steps[suite]}/{a.episodes_per_task}/{a.threads}"
+            if key not in cache:
+                cache[key] = measure(suite, seed, steps[suite], a.threads, a.episodes_per_task)
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(cache_file, json.dumps(cache, indent=1))
+            runs[(suite, seed)] = cache[key]
     for k, v in runs.items():
         print(json.dumps({"suite": k[0], "seed": k[1], **v}))
     rows = [{"label": f"{s} (1 demo per task, {steps[s]} steps)", "values": [runs[(s, n)]["success_rate"]
