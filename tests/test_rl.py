@@ -504,7 +504,7 @@ def resolve(name):
 def test_ppo_flow_sde_raises_greedy_success_from_one_demo_sft(tmp_path):
     """The quickstart's algorithm improves a policy: PPO + Flow-SDE (the shipped preset, episodic rollouts) from a
     one-demo SFT flow policy raises greedy success on four spatial tasks (val bank) by 15 points or more. The same
-    run with the actor's update disabled (lr 0) leaves the policy, and so its success, exactly where it was: the
+    run with the actor's update disabled (lr 1e-30) leaves the policy, and so its success, exactly where it was: the
     gain is the update's, and a broken update fails this test."""
     from reinforge.data.record import record_demos
     from reinforge.train.quickstart import CONFIG_DIR, resolve_config
@@ -533,5 +533,6 @@ def test_ppo_flow_sde_raises_greedy_success_from_one_demo_sft(tmp_path):
     # 71% at 10 / 15 / 20 / 25), about 10 minutes on 2 cores
     before, after = ppo("ppo", 5e-5, 30)
     assert after >= before + 0.15, (before, after)
-    frozen_before, frozen_after = ppo("frozen", 0.0, 2)  # the update off: the policy and its success stay put
+    # the update off (an lr too small to move a float32 weight; 0 is refused): the policy and its success stay put
+    frozen_before, frozen_after = ppo("frozen", 1e-30, 2)
     assert frozen_before == before and frozen_after == before, (frozen_before, frozen_after)
