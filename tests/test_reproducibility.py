@@ -56,19 +56,34 @@ def _flow_policy():
 def test_every_evaluation_path_is_seeded_and_leaves_the_callers_stream_alone():
     policy = _flow_policy().eval()
     env = EnvConfig(suite="spatial", image_size=32)
+    draws: dict[int, list[float]] = {}  # per evaluation seed: what the global stream gave at each policy call
+    act = policy.act
+
+    def recording_act(obs, **kw):
+        draws.setdefault(current[0], []).append(float(torch.rand(())))
+        return act(obs, **kw)
+
+    current = [0]
+    policy.act = recording_act
     torch.manual_seed(7)
     expected_next = torch.rand(3)
     torch.manual_seed(7)
     kw = dict(episodes_per_task=2, tasks=[0, 1], max_episode_steps=12)
+    current[0] = 5
     first = evaluate_monitored(policy, env, seed=5, **kw)
     assert torch.equal(torch.rand(3), expected_next), "the caller's random stream is untouched"
+    torch.manual_seed(99)  # another caller stream: the seeded evaluation does not depend on it
     again = evaluate_monitored(policy, env, seed=5, **kw)
+    assert draws[5][: len(draws[5]) // 2] == draws[5][len(draws[5]) // 2:], "seed 5 twice: the same stream"
+    current[0] = 6
     other = evaluate_monitored(policy, env, seed=6, **kw)
+    assert draws[5] != draws[6], "the seed sets the stream the policy draws its noise from"
     assert first.episode_length == again.episode_length and first.to_dict() | {"wall_s": 0} == \
         again.to_dict() | {"wall_s": 0}
     assert first.seed == 5 and other.seed == 6 and first.bank == "eval"
     # the plain evaluation: seeded the same way, on the bank it is given
     r1 = evaluate(lambda e: policy, env, episodes_per_task=2, tasks=[0, 1], seed=5, bank="val")
+    torch.manual_seed(99)
     r2 = evaluate(lambda e: policy, env, episodes_per_task=2, tasks=[0, 1], seed=5, bank="val")
     assert r1.per_task == r2.per_task and r1.mean_length == r2.mean_length and r1.bank == "val"
 

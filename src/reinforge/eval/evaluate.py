@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,16 @@ def _run_batch(actor_fn: ActorFactory, env: VecEnv, tasks: list[int], inits: lis
     return success[:n], length[:n], failed[:n], frames
 
 
+@contextmanager
+def seeded_stream(seed: int) -> Iterator[None]:
+    """Run the block on torch's random stream seeded with ``seed``; the caller's stream (CPU and initialised CUDA
+    devices) is restored after, so an evaluation neither depends on nor disturbs the training stream."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
 def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
     """The spec of ``env``'s suite and ``split`` (builds a one-env instance, which is cheap by contract)."""
     probe = make_env(env, num_envs=1, split=split, **kwargs)
@@ -150,10 +161,8 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     bar = ProgressBar(f"eval {spec.suite}/{split}" + ("" if bank == "eval" else f" ({bank} bank)"), len(slots),
                       enabled=progress)
     sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank=bank, **kw)
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's stream restored after
+    with seeded_stream(seed):
         try:
-            torch.manual_seed(seed)
             for start in range(0, len(slots), sim.num_envs):
                 batch = slots[start:start + sim.num_envs]
                 want = {b for b, (t, k) in enumerate(batch) if video_dir is not None and k < videos_per_task}

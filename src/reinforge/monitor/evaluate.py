@@ -29,6 +29,7 @@ import torch
 
 from reinforge.envs import EnvConfig, VecEnv, make_env
 from reinforge.envs.base import env_options_class
+from reinforge.eval.evaluate import seeded_stream
 from reinforge.monitor.features import policy_features
 from reinforge.monitor.ood import OODDetector, auroc, episode_scores
 from reinforge.policies import Policy
@@ -224,10 +225,8 @@ def evaluate_monitored(policy: Policy, env_cfg: EnvConfig, *, progress: Progress
     t0, parts = time.perf_counter(), []
     bar = ProgressBar(f"monitored eval {spec.suite}/{split}", len(slots), enabled=show_progress)
     sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank=bank, **kw)
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's stream restored after
+    with seeded_stream(seed):
         try:
-            torch.manual_seed(seed)
             for start in range(0, len(slots), sim.num_envs):
                 batch = slots[start:start + sim.num_envs]
                 parts.append(_run_batch(policy, sim, [t for t, _ in batch], [spec.init_id(k) for _, k in batch],
