@@ -4,7 +4,7 @@
 
 Runs ``reinforge stages`` (configs/tabletop_stages_flow.yaml: target widowx, R0 on franka + scara + widowx
 demonstrations in the unified space, R1 on the widowx's, R2 = PPO with Flow-SDE) for every seed, sharing one set of
-demonstrations, and the zero-padded ablation (R0 -> R1 with ``policy.unified_mask=false``) for the first seed; then
+demonstrations, and the zero-padded ablation (R0 -> R1 with ``policy.unified_mask=false``) for every seed; then
 prints success rates (greedy, ``episodes_per_task`` per task on the target) as mean +- std over seeds. Every run is
 resumable: rerunning skips finished stages. Extra ``key=value`` arguments override the stages config.
 """
@@ -51,7 +51,7 @@ def main() -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     results = {s: run(out / f"seed{s}", s, a.overrides) for s in seeds}
     ablation = [*a.overrides, "stages=[r0,r1]", "sft_overrides=[policy.unified_mask=false]"]
-    padded = None if a.no_ablation else run(out / f"padded_seed{seeds[0]}", seeds[0], ablation)
+    padded = {} if a.no_ablation else {s: run(out / f"padded_seed{s}", s, ablation) for s in seeds}
     cfg = load_config(StagesConfig, resolve_config("tabletop_stages_flow"), a.overrides)
     rows = [f"| stage ({cfg.target}, {cfg.suite}; {cfg.episodes_per_task} greedy episodes per task) | success, "
             f"seeds {a.seeds} | mean length |", "|---|---|---|"]
@@ -62,13 +62,14 @@ def main() -> int:
                     f"| {STAGE_LABELS[k]} | - | - |")
     if padded:
         for k in ("r0", "r1"):
-            r = padded[k]
-            rows.append(f"| {STAGE_LABELS[k]}, zero-padded unified space (no mask), seed {seeds[0]} | "
-                        f"{r['success_rate']:.1%} | {r['mean_length']:.1f} |")
+            vals = [padded[s][k]["success_rate"] for s in seeds]
+            lens = [padded[s][k]["mean_length"] for s in seeds]
+            rows.append(f"| {STAGE_LABELS[k]}, zero-padded unified space (no mask) | {cell(vals)} | "
+                        f"{statistics.mean(lens):.1f} |")
     table = "\n".join(rows)
     print(table)
     (out / "table.md").write_text(table + "\n")
-    (out / "table.json").write_text(json.dumps({"seeds": {str(s): results[s] for s in seeds}, "padded": padded},
+    (out / "table.json").write_text(json.dumps({"seeds": {str(s): results[s] for s in seeds}, "padded": {str(s): r for s, r in padded.items()}},
                                                indent=2))
     return 0
 
