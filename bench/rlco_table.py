@@ -17,7 +17,10 @@ domain is never used for RL rollouts. Every stage is reused when its output exis
     python bench/rlco_table.py --real-demos 5 --seeds 0 --main 5 --sampler noise \
         --episodes-per-task 50 --sim-episodes-per-task 20 --out runs/rlco          # + the Flow-Noise rows
 
-Writes OUT/results.jsonl (one line per row, count and seed) and OUT/table.md; prints the table.
+Writes OUT/results.jsonl (one line per row, count and seed) and OUT/table.md; prints the table. With the main
+count run on its seeds it also writes RESULTS/rlco.json (the real domain: every row per seed, with the paper's
+claims as paired verdicts) and RESULTS/rlco_sim.json (the same policies in sim); then run ``reinforge results``.
+All the runs behind them must come from one commit of a clean tree (``--allow-dirty`` to accept local changes).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from reinforge.config import load_config
 from reinforge.envs import EnvConfig
 from reinforge.eval import evaluate
 from reinforge.policies import load_pretrained
+from reinforge.provenance import machine_line, runs_provenance
+from reinforge.results import write_result
 from reinforge.train.quickstart import CONFIG_DIR, record_or_reuse_demos, resolve_config
 from reinforge.train.rl import RLConfig, RLTrainer
 from reinforge.train.sft import SFTConfig, SFTTrainer
@@ -114,6 +119,8 @@ def main() -> int:
     p.add_argument("--sim-episodes-per-task", type=int, default=None,
                    help="greedy episodes per task in sim, the reference column (default: --episodes-per-task)")
     p.add_argument("--out", default="runs/rlco")
+    p.add_argument("--results", default="results", help="where rlco.json and rlco_sim.json go")
+    p.add_argument("--allow-dirty", action="store_true", help="accept runs made from a tree with local changes")
     p.add_argument("--ablate", action="store_true", help="also evaluate the sim-only SFT policy under each "
                                                          "component of the real shift alone")
     a = p.parse_args()
@@ -184,8 +191,55 @@ def main() -> int:
     lines = table(done, counts, a)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    for path in write_results(done, main_count, seeds, a):
+        say(f"wrote {path}")
     say(f"done in {(time.perf_counter() - t0) / 60:.1f} min (stages reused from earlier runs are not timed)")
     return 0
+
+
+def write_results(done: dict, n: int, seeds: list[int], a: argparse.Namespace) -> list[Path]:
+    """RESULTS/rlco.json (real domain) and rlco_sim.json (sim) for the main count ``n`` over ``seeds``."""
+    rl_rows = [r if a.sampler == "noise" else f"{r}_{a.sampler}" for r in ROWS[2:]]
+    rows = [*ROWS[:2], *rl_rows]
+    runs = [Path(done[(r, n, s)]["policy"]).parent for r in rows for s in seeds if (r, n, s) in done]
+    calib = [k for k in (("expert", 0, seeds[0]), ("sim_only_sft", 0, seeds[0])) if k in done]
+    if len(runs) < len(rows) * len(seeds):
+        return []  # not every row on every seed yet
+    runs += [Path(done[k]["policy"]).parent for k in calib if k[0] != "expert"]
+    prov = runs_provenance(runs, allow_dirty=a.allow_dirty)
+    sampler = "Flow-SDE" if a.sampler == "sde" else "Flow-Noise"
+    labels = {"real_only_sft": f"real-only SFT ({n} real demos/task)",
+              "cotrain_sft": f"SFT co-training ({a.sim_demos} sim + {n} real demos/task)",
+              rl_rows[0]: f"sim PPO ({sampler}, {a.iterations} its) from co-trained SFT, beta = 0",
+              rl_rows[1]: f"RL-Co: the same PPO + beta * L_SFT on real demos, beta = {a.beta}"}
+    extra = {"expert": "scripted expert (seed 0 only)",
+             "sim_only_sft": f"SFT on {a.sim_demos} sim demos/task only (seed 0 only)"}
+    command = "python bench/rlco_table.py " + " ".join(x for x in sys.argv[1:] if x != "--allow-dirty")
+    paths = []
+    for key, name, eps in (("real", "rlco", a.episodes_per_task), ("sim", "rlco_sim", a.sim_episodes_per_task)):
+        rec_rows = [{"label": extra[k[0]], "values": [done[k][key], *[None] * (len(seeds) - 1)]} for k in calib]
+        rec_rows += [{"label": labels[r], "values": [done[(r, n, s)][key] for s in seeds]} for r in rows]
+        comparisons = [
+            {"claim": "RL-Co beats SFT co-training", "better": labels[rl_rows[1]], "worse": labels["cotrain_sft"]},
+            {"claim": "SFT co-training beats real-only SFT", "better": labels["cotrain_sft"],
+             "worse": labels["real_only_sft"]},
+            {"claim": "the SFT term helps: RL-Co beats sim RL with beta = 0", "better": labels[rl_rows[1]],
+             "worse": labels[rl_rows[0]]},
+            {"claim": "sim RL with beta = 0 still beats SFT co-training", "better": labels[rl_rows[0]],
+             "worse": labels["cotrain_sft"]}]
+        where = "the real domain (`domain: real`, never used for RL)" if key == "real" else "sim (reference)"
+        paths.append(write_result(
+            a.results, name, title=f"Sim-real co-training (RL-Co) on `{a.suite}`, evaluated in {key}",
+            description=(f"RLinf-Co's recipe on the built-in world: {a.sim_demos} sim demonstrations per task and {n} "
+                         f"'real' ones (the scripted expert in the shifted real domain), {a.sft_steps} SFT steps "
+                         f"(co-training: half of every batch sim), then {a.iterations} PPO iterations in sim from "
+                         f"the co-trained policy. Greedy success in {where}, {eps} episodes per task on the `eval` "
+                         f"bank (evaluation seed 0); the run seed changes the SFT and RL runs. The PPO preset was "
+                         f"tuned on the quickstart's `eval` bank before `val` existed."),
+            command=command, commit=prov["commit"], date=prov["date"][:10], machine=machine_line(prov),
+            bank="eval", episodes_per_cell=eps * 10, seeds=seeds, unit="percent", rows=rec_rows,
+            comparisons=comparisons, tuned_on="eval", order=30 if key == "real" else 31))
+    return paths
 
 
 def table(done: dict, counts: list[int], a: argparse.Namespace) -> list[str]:

@@ -118,3 +118,34 @@ def test_a_block_naming_a_missing_file_or_unclosed_is_an_error(tmp_path, capsys)
     assert main(["results", "--root", str(root)]) == 2
     assert "unmatched" in capsys.readouterr().err
     assert main(["results", "--root", str(tmp_path / "nowhere")]) == 2
+
+
+def test_write_result_checks_the_record_before_writing(tmp_path):
+    path = results.write_result(tmp_path / "res", "table_a", **_record())
+    assert results.load_result(path).rows[1].values == [0.6, 0.5, 0.4]
+    with pytest.raises(results.ResultsError):
+        results.write_result(tmp_path / "res", "table_b", **_record(seeds=[0, 1]))  # 3 values, 2 seeds
+    assert not (tmp_path / "res" / "table_b.json").exists()
+    with pytest.raises(results.ResultsError, match="results name"):
+        results.write_result(tmp_path / "res", "../escape", **_record())
+
+
+def test_a_table_takes_its_runs_from_one_commit_of_a_clean_tree(tmp_path):
+    from reinforge.provenance import runs_provenance
+
+    def run(name, **rec):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "provenance.json").write_text(json.dumps({"commit": "a" * 40, "dirty": False, **rec}))
+        return tmp_path / name
+
+    a, b = run("a", date="2026-12-07T10:00:00Z"), run("b")
+    assert runs_provenance([a, b])["date"].startswith("2026-12-07")
+    with pytest.raises(ValueError, match="different commits"):
+        runs_provenance([a, b, run("c", commit="b" * 40)])
+    dirty = run("d", dirty=True)
+    with pytest.raises(ValueError, match="local changes"):
+        runs_provenance([a, dirty])
+    assert runs_provenance([a, dirty], allow_dirty=True)["commit"] == "a" * 40
+    (tmp_path / "e").mkdir()
+    with pytest.raises(ValueError, match="no readable provenance"):
+        runs_provenance([a, tmp_path / "e"])

@@ -400,6 +400,31 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_init, tmp_pa
         RLTrainer(_tiny_rl(tiny_init, cut, "iterations=4", "env.suite=goal", *extra))
 
 
+def test_a_plateau_stops_the_run_early_and_a_resumed_run_stays_stopped(tiny_init, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny_rl(tiny_init, out, "iterations=6", "eval.every=0", "plateau.metric=rollout/return",
+                   "plateau.window=1", "plateau.min_gain=1e9")  # any gain below 1e9 counts as a plateau
+    t = RLTrainer(cfg)
+    t.run(progress=False)
+    assert t.stopped_at == 2 and t.iteration == 2
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "rollout/return" in r]
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1].get("progress/stopped_early") == 1.0
+    assert (out / "policy" / "model.safetensors").is_file() and "eval/spatial/success_rate" in t.history[-1]
+    again = RLTrainer(_tiny_rl(tiny_init, out, "iterations=6", "eval.every=0", "plateau.metric=rollout/return",
+                               "plateau.window=1", "plateau.min_gain=1e9"))
+    assert again.stopped_at == 2
+    again.run(progress=False)
+    assert again.iteration == 2  # a stopped run is finished, not continued
+    off = RLTrainer(_tiny_rl(tiny_init, tmp_path / "off", "iterations=3", "eval.every=0"))
+    off.run(progress=False)
+    assert off.iteration == 3 and off.stopped_at is None
+    with pytest.raises(ValueError, match="plateau.metric='rollout/nope' is not logged"):
+        RLTrainer(_tiny_rl(tiny_init, tmp_path / "bad", "iterations=2", "plateau.metric=rollout/nope")).run(
+            progress=False)
+    with pytest.raises(ValueError, match="plateau.window"):
+        _tiny_rl(tiny_init, tmp_path / "bad2", "plateau.window=0")
+
+
 def test_dynamic_sampling_refills_the_batch_with_informative_groups(tiny_init, tmp_path):
     """GRPO keeps collecting rounds until num_groups informative groups are in; all-0 / all-1 groups and groups
     with an episode lost to a simulator fault are dropped; a surplus is cut."""

@@ -96,3 +96,28 @@ def record_run(out: str | Path, *, seed: int, config: dict[str, Any]) -> dict[st
                                        {k: v for k, v in now.items() if k != "config"}]}
     write_text_atomic(path, json.dumps(record, indent=2, default=str))
     return record
+
+
+def runs_provenance(folders: list[str | Path], *, allow_dirty: bool = False) -> dict[str, Any]:
+    """The provenance shared by the runs behind one table: each folder's ``provenance.json`` (written by
+    ``record_run``) must exist and name the same commit, made from a clean tree unless ``allow_dirty``; the first
+    folder's record. Raises ``ValueError`` naming the folder otherwise (a table mixes no commits)."""
+    import json
+
+    records = {}
+    for folder in folders:
+        path = Path(folder) / "provenance.json"
+        try:
+            records[str(folder)] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: no readable provenance record ({e}); re-run that run on this code") from None
+    if not records:
+        raise ValueError("no runs given")
+    commits = {r.get("commit") for r in records.values()}
+    if len(commits) != 1:
+        by = {c: [f for f, r in records.items() if r.get("commit") == c] for c in commits}
+        raise ValueError(f"the runs come from different commits: {by}; re-run them on one commit")
+    dirty = [f for f, r in records.items() if r.get("dirty")]
+    if dirty and not allow_dirty:
+        raise ValueError(f"{dirty[0]} was made from a tree with local changes; commit and re-run (or allow it)")
+    return next(iter(records.values()))

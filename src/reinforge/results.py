@@ -284,3 +284,17 @@ def result_record(**fields: Any) -> dict[str, Any]:
         p.write_text(json.dumps(fields))
         load_result(p)
     return fields
+
+
+def write_result(folder: str | Path, name: str, **fields: Any) -> Path:
+    """Check ``fields`` as a results file (``result_record``) and write them to ``folder/NAME.json`` atomically;
+    the path written. Bench scripts end with this, then ``reinforge results`` renders the docs."""
+    from reinforge.fsutil import write_text_atomic
+
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ResultsError(f"results name {name!r}: use letters, digits, '_', '.' or '-' (it names a doc block)")
+    record = result_record(**fields)
+    path = Path(folder) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    return path

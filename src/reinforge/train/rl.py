@@ -85,6 +85,28 @@ class RLEvalConfig:
 
 
 @dataclass
+class PlateauConfig:
+    """Stop before ``iterations`` once a training metric stops rising: after each iteration (from ``2 * window``
+    on) the mean of ``metric`` over the last ``window`` iterations is compared with the mean over the ``window``
+    before; a gain of at most ``min_gain`` ends the run (its final evaluation, checkpoint and report as usual)."""
+
+    metric: str = ""  # a logged per-iteration metric, e.g. rollout/return (the imagined return); "" = off
+    window: int = 25  # iterations per window
+    min_gain: float = 0.0  # in the metric's own units
+
+    def __post_init__(self) -> None:
+        check(self.window >= 1, "plateau.window", self.window, "must be >= 1")
+        check(self.min_gain == self.min_gain and abs(self.min_gain) != float("inf"), "plateau.min_gain",
+              self.min_gain, "must be a finite number")
+
+    def reached(self, values: list[float]) -> bool:
+        if not self.metric or len(values) < 2 * self.window:
+            return False
+        w = self.window
+        return sum(values[-w:]) / w - sum(values[-2 * w:-w]) / w <= self.min_gain
+
+
+@dataclass
 class RLConfig:
     algo: Literal["grpo", "ppo"] = "grpo"
     init: str = ""  # the SFT policy to start from (a folder written by `reinforge sft`)
@@ -108,6 +130,8 @@ class RLConfig:
     cotrain: CotrainConfig = field(default_factory=CotrainConfig)
     # where rollouts run: in this process (backend: none) or in Ray env / rollout workers (reinforge.distributed)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # stop early once a training metric stops rising (plateau.metric; off by default)
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
     checkpoint_every: int = 5
     resume: bool = True
     seed: int = 0
@@ -149,6 +173,8 @@ class RLTrainer:
         torch.manual_seed(cfg.seed)
         self.iteration, self.env_steps, self.train_s = 0, 0, 0.0
         self.history: list[dict[str, float]] = []  # evaluation points
+        self.plateau_values: list[float] = []  # plateau.metric per iteration (kept in the checkpoint)
+        self.stopped_at: int | None = None  # the iteration a plateau stopped the run at
         self.device = resolve_device(cfg.device)
         check_precision(cfg.precision, self.device)
         ckpt = self.out / "checkpoints" / "last"
@@ -252,7 +278,9 @@ class RLTrainer:
         return {"kind": "rl", "iteration": self.iteration, "env_steps": self.env_steps, "train_s": self.train_s,
                 "optimizer": self.optimizer.state_dict(), "algo": self.algo.state_dict(),
                 "collector": self.collector.state_dict(), "torch_rng": torch.get_rng_state(),
-                "history": self.history, "config": plain(asdict(self.cfg))}
+                "history": self.history, "config": plain(asdict(self.cfg)),
+                "plateau": {"metric": self.cfg.plateau.metric, "values": self.plateau_values,
+                            "stopped_at": self.stopped_at}}
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -263,6 +291,10 @@ class RLTrainer:
             self.collector.load_state_dict(state["collector"])
             torch.set_rng_state(state["torch_rng"])
             self.history = list(state["history"])
+            plateau = state.get("plateau") or {}
+            if plateau.get("metric") == self.cfg.plateau.metric:  # another metric starts its record afresh
+                self.plateau_values = [float(v) for v in plateau.get("values", [])]
+                self.stopped_at = plateau.get("stopped_at")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ValueError(f"{self.out / 'checkpoints' / 'last'} does not fit this run ({type(e).__name__}: {e}); "
                              "choose another out=, or resume=false to start over there") from None
@@ -495,14 +527,16 @@ class RLTrainer:
         bar = ProgressBar(f"{c.algo} {c.suite}", c.iterations, start=self.iteration, enabled=progress,
                           rollout="-", eval=f"{self.history[-1][key]:.2f}")
         try:
-            while self.iteration < c.iterations:
+            while self.iteration < c.iterations and self.stopped_at is None:
                 try:
                     m = self.train_iteration()
                 except FloatingPointError as e:  # raised before the optimizer step: the weights are intact
                     raise self._diverged(str(e)) from None
+                last = self.iteration == c.iterations or self._plateaued(m)
+                if self.stopped_at is not None:
+                    m["progress/stopped_early"] = 1.0
                 logger.log(self.iteration, m)
                 bar.update(self.iteration, rollout=f"{m['rollout/success_rate']:.2f}")
-                last = self.iteration == c.iterations
                 if c.eval.every and self.iteration % c.eval.every == 0 and not last:
                     point = self._eval_point(logger, final=False)
                     bar.update(self.iteration, eval=f"{point[key]:.2f}")
@@ -522,6 +556,24 @@ class RLTrainer:
         write_report(self.out, self.history, suite=c.suite, algo=c.algo, policy_kind=self.policy.config.kind,
                      bank=c.eval.final_bank, curve_bank=c.eval.bank)
         return self.history[-1]
+
+    def _plateaued(self, m: dict[str, float]) -> bool:
+        """Record ``plateau.metric`` of this iteration; True (and ``stopped_at`` set) once it stopped rising."""
+        p = self.cfg.plateau
+        if not p.metric:
+            return False
+        if p.metric not in m:
+            raise ValueError(f"plateau.metric={p.metric!r} is not logged by this run; choose one of "
+                             f"{sorted(k for k in m if k.startswith(('rollout/', 'train/')))}")
+        self.plateau_values.append(float(m[p.metric]))
+        if not p.reached(self.plateau_values):
+            return False
+        self.stopped_at = self.iteration
+        w = p.window
+        log.info("%s plateaued at iteration %d (mean of the last %d iterations %.4g, of the %d before %.4g): "
+                 "stopping", p.metric, self.iteration, w, sum(self.plateau_values[-w:]) / w, w,
+                 sum(self.plateau_values[-2 * w:-w]) / w)
+        return True
 
     def close(self) -> None:
         """Release the env (worker processes of real simulators) and the run folder."""
