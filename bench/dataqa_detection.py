@@ -19,9 +19,8 @@ from reinforge.data.corrupt import DEFECTS, corrupt_dataset
 from reinforge.data.dataqa import dataqa_report, load_dataqa_config
 from reinforge.data.record import record_demos
 from reinforge.envs import EnvConfig
-from reinforge.fsutil import write_text_atomic
 from reinforge.provenance import machine_line, provenance
-from reinforge.results import result_record
+from reinforge.results import write_result
 from reinforge.train.quickstart import resolve_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,8 +60,8 @@ def main() -> None:
                  "values": [runs[s]["pr"]["none"]["false_positive_rate"] for s in seeds]})
     prov = provenance()
     injected = ", ".join(f"{d} {int(100 * f)}%" for d, f in FRACTIONS.items())
-    rec = result_record(
-        title="DataQA: defect detection on held-out defects", order=40, bank="train",
+    write_result(
+        a.results, "dataqa_detection", title="DataQA: defect detection on held-out defects", order=40, bank="train",
         episodes_per_cell=a.per_task * 10, unit="percent", measure="% of episodes", seeds=seeds, rows=rows,
         command=f"python bench/dataqa_detection.py --seeds {a.seeds} --per-task {a.per_task}",
         commit=prov["commit"] + ("-dirty" if prov["dirty"] else ""), date=prov["date"][:10],
@@ -74,8 +73,6 @@ def main() -> None:
                      "the share of a defect's episodes flagged by the rules meant for it; precision: the share of "
                      "episodes those rules flag that carry that defect (slow and fast share their rules). Cells "
                      "are over the episodes of one dataset (its size in the cell count)."))
-    Path(a.results).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(a.results) / "dataqa_detection.json", json.dumps(rec, indent=2) + "\n")
     print(json.dumps({s: r["pr"] for s, r in runs.items()}))
 
 

@@ -18,9 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reinforge.fsutil import write_text_atomic
 from reinforge.provenance import machine_line
-from reinforge.results import result_record
+from reinforge.results import result_record, write_result
 
 
 def run_dir(suite: str, seed: int) -> Path:
@@ -89,13 +88,10 @@ def main() -> None:
         description=("Wall-clock minutes of each phase of the runs above, as the quickstart prints them (installs "
                      "not included), for the runs that had the machine to themselves. Timings depend on the machine."),
         **{**common, "seeds": timed})
-    out = Path(a.results)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "quickstart.json", json.dumps(main_rec, indent=2) + "\n")
+    path = write_result(a.results, "quickstart", **main_rec)
     if time_rec is not None:
-        write_text_atomic(out / "quickstart_time.json", json.dumps(time_rec, indent=2) + "\n")
-    print(f"wrote {out / 'quickstart.json'}" + (" and quickstart_time.json" if time_rec else "")
-          + "; run `reinforge results` next")
+        write_result(a.results, "quickstart_time", **time_rec)
+    print(f"wrote {path}" + (" and quickstart_time.json" if time_rec else "") + "; run `reinforge results` next")
 
 
 if __name__ == "__main__":

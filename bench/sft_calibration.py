@@ -26,7 +26,7 @@ from reinforge.eval import evaluate
 from reinforge.fsutil import write_text_atomic
 from reinforge.policies import load_pretrained
 from reinforge.provenance import machine_line, provenance
-from reinforge.results import result_record
+from reinforge.results import write_result
 from reinforge.train.quickstart import QuickstartOptions, record_or_reuse_demos, sft_or_reuse
 
 SUITES = ("spatial", "object", "goal", "long")
@@ -76,8 +76,9 @@ def main() -> None:
     rows.append({"label": "average", "values": [sum(runs[(s, n)]["success_rate"] for s in suites) / len(suites)
                                                 for n in seeds]})
     prov = provenance()
-    rec = result_record(
-        title="One-demonstration SFT on every suite (the starting points of RL)", order=20, bank="eval",
+    write_result(
+        a.results, "sft_calibration", title="One-demonstration SFT on every suite (the starting points of RL)",
+        order=20, bank="eval",
         episodes_per_cell=a.episodes_per_task * 10, unit="percent", seeds=seeds, rows=rows, tuned_on="eval",
         command=f"python bench/sft_calibration.py --suites {a.suites} --seeds {a.seeds}",
         commit=prov["commit"] + ("-dirty" if prov["dirty"] else ""), date=prov["date"][:10],
@@ -87,8 +88,6 @@ def main() -> None:
             "seed = the column's seed), greedy success on the `eval` bank: the policies the quickstart and the suite "
             "table start RL from (the spatial row is the quickstart's SFT row). The suites' SFT steps and the "
             "`object` / `long` redesigns were calibrated on the `eval` bank before `val` existed."))
-    Path(a.results).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(a.results) / "sft_calibration.json", json.dumps(rec, indent=2) + "\n")
 
 
 if __name__ == "__main__":
