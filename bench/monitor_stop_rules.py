@@ -1,6 +1,6 @@
 """Stopping rules of a fitted progress head, compared on one policy (the nominal env, ``end_on_success=False``).
 
-    python bench/monitor_stop_rules.py --policy runs/wmrl/seed0/sft_long/policy --monitors runs/monitor/monitors
+    python bench/monitor_stop_rules.py --policy runs/rlco/sft_sim_only/policy --monitors runs/monitor/monitors
 
 Prints success at the episode's end, mean length, stop rate, success at some chunk and undone successes per rule
 (``bench/monitor_table.py`` fits the monitors and reports the default rule next to no stopping).
