@@ -25,7 +25,7 @@ from reinforge.envs import EnvConfig
 from reinforge.eval import evaluate
 from reinforge.fsutil import write_text_atomic
 from reinforge.policies import load_pretrained
-from reinforge.provenance import machine_line, provenance
+from reinforge.provenance import machine_line
 from reinforge.results import write_result
 from reinforge.train.quickstart import QuickstartOptions, record_or_reuse_demos, sft_or_reuse
 
@@ -75,19 +75,42 @@ def main() -> None:
                                                                              for n in seeds]} for s in suites]
     rows.append({"label": "average", "values": [sum(runs[(s, n)]["success_rate"] for s in suites) / len(suites)
                                                 for n in seeds]})
-    prov = provenance()
+    # the commit each policy was trained on (a reused quickstart run may predate this script's commit)
+    provs = {k: json.loads((Path(v["policy"]).parent / "provenance.json").read_text()) for k, v in runs.items()}
+    if any(p["dirty"] for p in provs.values()):
+        raise SystemExit("a policy was trained from a tree with local changes: commit and re-run it")
+    by_commit: dict[str, list[str]] = {}
+    for (suite, _), p in provs.items():
+        names = by_commit.setdefault(p["commit"][:10], [])
+        if suite not in names:
+            names.append(suite)
+    commit = next(iter(by_commit)) if len(by_commit) == 1 else ", ".join(
+        f"{c} ({' '.join(names)})" for c, names in by_commit.items())
+    prov = next(iter(provs.values()))
+    note = ""
+    if len(by_commit) > 1:  # say whether the code that trains and evaluates these policies differs between them
+        import subprocess
+
+        commits = sorted({p["commit"] for p in provs.values()})
+        paths = ["src/reinforge/train/sft.py", "src/reinforge/policies", "src/reinforge/data", "src/reinforge/envs",
+                 "src/reinforge/eval", "src/reinforge/configs/tabletop_sft_flow.yaml"]
+        same = all(subprocess.run(["git", "diff", "--quiet", commits[0], c, "--", *paths]).returncode == 0
+                   for c in commits[1:])
+        note = (" The policies were trained on the commits named; " + (
+            "the SFT, policy, data, env and evaluation code is identical in them." if same else
+            "the SFT, policy, data, env or evaluation code DIFFERS between them (`git diff` on those paths)."))
     write_result(
         a.results, "sft_calibration", title="One-demonstration SFT on every suite (the starting points of RL)",
         order=20, bank="eval",
         episodes_per_cell=a.episodes_per_task * 10, unit="percent", seeds=seeds, rows=rows, tuned_on="eval",
         command=f"python bench/sft_calibration.py --suites {a.suites} --seeds {a.seeds}",
-        commit=prov["commit"] + ("-dirty" if prov["dirty"] else ""), date=prov["date"][:10],
+        commit=commit, date=max(p["date"] for p in provs.values())[:10],
         machine=machine_line(prov),
         description=(
             "The flow policy fine-tuned on one expert demonstration per task (`configs/tabletop_sft_flow.yaml`, SFT "
             "seed = the column's seed), greedy success on the `eval` bank: the policies the quickstart and the suite "
             "table start RL from (the spatial row is the quickstart's SFT row). The suites' SFT steps and the "
-            "`object` / `long` redesigns were calibrated on the `eval` bank before `val` existed."))
+            "`object` / `long` redesigns were calibrated on the `eval` bank before `val` existed." + note))
 
 
 if __name__ == "__main__":
