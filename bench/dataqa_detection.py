@@ -61,7 +61,7 @@ def main() -> None:
     prov = provenance()
     injected = ", ".join(f"{d} {int(100 * f)}%" for d, f in FRACTIONS.items())
     write_result(
-        a.results, "dataqa_detection", title="DataQA: defect detection on held-out defects", order=40, bank="train",
+        a.results, "dataqa_detection", title="DataQA: defect detection on held-out defects", order=45, bank="train",
         episodes_per_cell=a.per_task * 10, unit="percent", measure="% of episodes", seeds=seeds, rows=rows,
         command=f"python bench/dataqa_detection.py --seeds {a.seeds} --per-task {a.per_task}",
         commit=prov["commit"] + ("-dirty" if prov["dirty"] else ""), date=prov["date"][:10],

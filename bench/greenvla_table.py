@@ -21,7 +21,7 @@ from pathlib import Path
 
 from reinforge.config import load_config
 from reinforge.provenance import machine_line, runs_provenance
-from reinforge.results import write_result
+from reinforge.results import command_line, write_result
 from reinforge.train.quickstart import resolve_config
 from reinforge.train.stages import STAGE_LABELS, STAGES, StagedPipeline, StagesConfig
 
@@ -113,7 +113,7 @@ def write_results(out: Path, results: dict, padded: dict, seeds: list[int], cfg:
                      f"success of each stage on the target, `eval` bank (evaluation seed 0); the run seed changes "
                      f"every training run, the demonstrations are shared. The PPO preset was tuned on the "
                      f"quickstart's `eval` bank (franka) before `val` existed."),
-        command="python bench/greenvla_table.py " + " ".join(x for x in sys.argv[1:] if x != "--allow-dirty"),
+        command=command_line("bench/greenvla_table.py", sys.argv[1:]),
         commit=prov["commit"], date=prov["date"][:10], machine=machine_line(prov), bank="eval",
         episodes_per_cell=max(episodes), seeds=seeds, unit="percent", rows=rows, comparisons=comparisons,
         tuned_on="eval", order=40)

@@ -37,7 +37,7 @@ from reinforge.envs import EnvConfig
 from reinforge.eval import evaluate
 from reinforge.policies import load_pretrained
 from reinforge.provenance import machine_line, runs_provenance
-from reinforge.results import write_result
+from reinforge.results import command_line, write_result
 from reinforge.train.quickstart import CONFIG_DIR, record_or_reuse_demos, resolve_config
 from reinforge.train.rl import RLConfig, RLTrainer
 from reinforge.train.sft import SFTConfig, SFTTrainer
@@ -214,7 +214,7 @@ def write_results(done: dict, n: int, seeds: list[int], a: argparse.Namespace) -
               rl_rows[1]: f"RL-Co: the same PPO + beta * L_SFT on real demos, beta = {a.beta}"}
     extra = {"expert": "scripted expert (seed 0 only)",
              "sim_only_sft": f"SFT on {a.sim_demos} sim demos/task only (seed 0 only)"}
-    command = "python bench/rlco_table.py " + " ".join(x for x in sys.argv[1:] if x != "--allow-dirty")
+    command = command_line("bench/rlco_table.py", sys.argv[1:])
     paths = []
     for key, name, eps in (("real", "rlco", a.episodes_per_task), ("sim", "rlco_sim", a.sim_episodes_per_task)):
         rec_rows = [{"label": extra[k[0]], "values": [done[k][key], *[None] * (len(seeds) - 1)]} for k in calib]
@@ -238,7 +238,7 @@ def write_results(done: dict, n: int, seeds: list[int], a: argparse.Namespace) -
                          f"tuned on the quickstart's `eval` bank before `val` existed."),
             command=command, commit=prov["commit"], date=prov["date"][:10], machine=machine_line(prov),
             bank="eval", episodes_per_cell=eps * 10, seeds=seeds, unit="percent", rows=rec_rows,
-            comparisons=comparisons, tuned_on="eval", order=30 if key == "real" else 31))
+            comparisons=comparisons, tuned_on="eval", order=35 if key == "real" else 36))
     return paths
 
 

@@ -42,7 +42,7 @@ from reinforge.envs import EnvConfig, make_env
 from reinforge.eval import evaluate
 from reinforge.policies import load_pretrained
 from reinforge.provenance import machine_line, runs_provenance
-from reinforge.results import write_result
+from reinforge.results import command_line, write_result
 from reinforge.train.quickstart import CONFIG_DIR, record_or_reuse_demos, resolve_config
 from reinforge.train.rl import RLConfig, RLTrainer
 from reinforge.train.sft import SFTConfig, SFTTrainer
@@ -258,7 +258,7 @@ def write_results(done: dict, seeds: list[int], conditions: list[str], a: argpar
                  f"{v['steps']} steps {100 * v['success_rate']:.1f}%" for v in sorted(cal.values(),
                                                                                       key=lambda v: v["steps"]))
              + f"; the shortest reaching {100 * a.target:.0f}% is used.") if picked else ""
-    command = "python bench/wm_table.py " + " ".join(x for x in sys.argv[1:] if x != "--allow-dirty")
+    command = command_line("bench/wm_table.py", sys.argv[1:])
     common = dict(command=command, commit=prov["commit"], date=prov["date"][:10], machine=machine_line(prov),
                   seeds=seeds, tuned_on="val")
     paths = [write_result(

@@ -149,3 +149,8 @@ def test_a_table_takes_its_runs_from_one_commit_of_a_clean_tree(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(ValueError, match="no readable provenance"):
         runs_provenance([a, tmp_path / "e"])
+
+
+def test_a_bench_command_is_named_without_where_its_file_went():
+    argv = ["--seeds", "0,1", "--results", "/tmp/r", "--allow-dirty", "--out", "runs/x", "--results=/a"]
+    assert results.command_line("bench/x.py", argv) == "python bench/x.py --seeds 0,1 --out runs/x"

@@ -298,3 +298,17 @@ def write_result(folder: str | Path, name: str, **fields: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """``python SCRIPT ARGS`` as a results file names its command: the arguments that made the numbers, without
+    where the file was written (``--results``) or ``--allow-dirty``."""
+    args, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == "--results":
+            skip = True
+        elif not x.startswith("--results=") and x != "--allow-dirty":
+            args.append(x)
+    return " ".join(["python", script, *args])
