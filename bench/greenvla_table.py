@@ -100,15 +100,17 @@ def write_results(out: Path, results: dict, padded: dict, seeds: list[int], cfg:
                     "worse": labels["baseline"]},
                    {"claim": "R2 (RL alignment) lifts R0 -> R1", "better": labels["r2"], "worse": labels["r1"]}]
     if padded:
-        comparisons.append({"claim": "the mask matters: masked R0 -> R1 beats zero-padded", "better": labels["r1"],
-                            "worse": rows[-1]["label"]})
+        comparisons += [{"claim": "the mask matters: masked R0 -> R1 beats zero-padded", "better": labels["r1"],
+                         "worse": rows[-1]["label"]},
+                        {"claim": "the mask matters at R0 (zero-shot)", "better": labels["r0"],
+                         "worse": rows[-2]["label"]}]
     episodes = {results[s][k]["episodes"] for s in seeds for k in results[s] if k in STAGES}
     demos = ", ".join(f"{n} {robot}" for robot, n in cfg.demos.items())
     return write_result(
         a.results, "greenvla", title=f"Green-VLA stages on `{cfg.suite}`, target {cfg.target}",
         description=(f"`reinforge stages tabletop_stages_flow`: demonstrations per task {demos}; R0 {cfg.r0_steps} "
                      f"SFT steps in the 64-slot unified space on all robots' demos, R1 {cfg.r1_steps} steps on the "
-                     f"target's, R2 {' '.join(cfg.rl_overrides)} of PPO + Flow-SDE; the baseline trains "
+                     f"target's, R2 PPO + Flow-SDE (`{' '.join(cfg.rl_overrides)}`); the baseline trains "
                      f"{cfg.baseline_steps or cfg.r0_steps + cfg.r1_steps} steps on the target's demos alone. Greedy "
                      f"success of each stage on the target, `eval` bank (evaluation seed 0); the run seed changes "
                      f"every training run, the demonstrations are shared. The PPO preset was tuned on the "
