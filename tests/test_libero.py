@@ -310,3 +310,67 @@ def test_one_rl_iteration_with_libero_in_ray_env_workers(tmp_path, capsys):
     it = next(r for r in rows if "rollout/episodes" in r)
     assert it["rollout/episodes"] == 2 and it["rollout/failed_episodes"] == 0
     assert it["distributed/env_worker_restarts"] == 0 and it["rollout/env_steps"] == 16
+
+
+KILLED_PARENT = '''
+import sys
+import threading
+
+import torch
+
+from reinforge.envs import make_env
+
+if __name__ == "__main__":
+    env = make_env("libero", suite="libero_spatial", num_envs=2, num_workers=2, image_size=32,
+                   render_quality="fast", settle_steps=1, max_episode_steps=100_000)
+    env.reset([0, 1])
+    print(*[w.shm.name for w in env._workers], *env.worker_pids, flush=True)
+    a = torch.zeros(2, 5000, 7)  # minutes of stepping: the workers are busy, not waiting on the pipe
+    a[..., 6] = -1.0
+    while True:  # mid-chunk when the test kills this process
+        env.step_chunk(a)
+'''
+
+
+def test_a_killed_parent_leaves_no_worker_and_no_shared_memory(tmp_path):
+    """SIGKILL the process that holds a LIBERO env while its workers step a chunk: every worker exits (parent-death
+    watchdog) and both shared-memory blocks are freed."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "MUJOCO_GL": "egl"})
+    try:
+        fields = parent.stdout.readline().split()
+        assert len(fields) == 4, "the parent did not start its LIBERO env"
+        blocks, pids = fields[:2], [int(p) for p in fields[2:]]
+        time.sleep(1.0)  # inside step_chunk
+        parent.kill()
+        parent.wait(10)
+
+        def gone() -> bool:
+            alive = [p for p in pids if Path(f"/proc/{p}").exists()
+                     and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
+            return not alive and not any(Path(f"/dev/shm/{b}").exists() for b in blocks)
+
+        deadline = time.monotonic() + 10
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gone(), "a LIBERO worker or its shared memory outlived the killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_workers_default_to_one_per_core_each_holding_several_envs():
+    from reinforge.envs.libero.options import cpu_cores
+
+    env = make_env("libero", suite=SUITE, num_envs=3, image_size=SIZE)
+    try:
+        assert env.num_workers == min(3, cpu_cores())
+        assert sum(len(w.envs) for w in env._workers) == 3
+    finally:
+        env.close()

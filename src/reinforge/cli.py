@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      max_envs=args.max_envs, image_size=image_size, video_dir=args.video,
                      videos_per_task=args.videos_per_task, video_format=args.video_format, progress=not args.json,
                      tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None, seed=args.seed,
-                     mode=args.mode, temperature=args.temperature, bank=args.bank)
+                     mode=args.mode, temperature=args.temperature, bank=args.bank, max_envs_setting="--max-envs")
         results.append((args.policy, r))
     if args.json:
         out = [r.to_dict() for _, r in results]
@@ -603,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial states: eval (reported numbers), val (tuning) or train (demos, rollouts)")
     e.add_argument("--episodes-per-task", type=int, default=50)
     e.add_argument("--tasks", default=None, help="comma-separated task ids or names to evaluate (default: all)")
-    e.add_argument("--max-envs", type=int, default=500, help="envs stepped together per batch")
+    e.add_argument("--max-envs", type=int, default=0,
+                   help="envs stepped together per batch (default 0: as many as fit the memory, at most 500)")
     e.add_argument("--image-size", type=int, default=64, help="for expert/random (a policy uses its own)")
     e.add_argument("--video", default=None, help="folder for episode videos")
     e.add_argument("--videos-per-task", type=int, default=1)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from reinforge.config import ConfigError, check, from_dict
+from reinforge.resources import Knob, Need, budget_mb, check_fits
 from reinforge.types import Actor, Observation, StepResult
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,16 @@ class PendingChunk:
 # ---------------------------------------------------------------------------------------------- the env
 
 
+@dataclass(frozen=True)
+class EnvMemory:
+    """What ``num_envs`` envs of a kind hold in memory: ``fixed_mb + per_env_mb * num_envs`` (``fixed_mb``: their
+    worker processes). Declared by each env (``VecEnv.memory_estimate``) from measurements; 0 = negligible."""
+
+    per_env_mb: float = 0.0
+    fixed_mb: float = 0.0
+    detail: str = ""  # how they are held, e.g. "in 2 worker processes"
+
+
 class VecEnv(ABC):
     """B environments stepped together. Actions (B, action_dim) float32 in [-1, 1].
 
@@ -214,6 +225,12 @@ class VecEnv(ABC):
     # True when ``step_chunk_async`` returns before the step is done (the simulators run in other processes),
     # so a collector can run the policy on one pipeline stage while the env steps another
     async_steps: bool = False
+
+    @classmethod
+    def memory_estimate(cls, num_envs: int, **kwargs: Any) -> EnvMemory:
+        """The memory ``num_envs`` envs built with ``kwargs`` (``make_env``'s keywords) will hold, known before
+        building them. Default: negligible (envs that hold a simulator each override it with measured figures)."""
+        return EnvMemory()
 
     @property
     def action_dim(self) -> int:
@@ -435,6 +452,52 @@ def make_env(name: str | EnvConfig, **kwargs: Any) -> VecEnv:
         kwargs = {**cfg.make_kwargs(), **kwargs}
         name = cfg.name
     return _factory(name)(**kwargs)
+
+
+def env_memory(env: str | EnvConfig, num_envs: int, **kwargs: Any) -> EnvMemory:
+    """``memory_estimate`` of ``num_envs`` envs of ``env`` (an env name or config; keywords as ``make_env``)."""
+    if isinstance(env, EnvConfig):
+        kwargs = {**env.make_kwargs(), **kwargs}
+        env = env.name
+    fn = getattr(_factory(env), "memory_estimate", None)
+    return fn(num_envs, **kwargs) if fn is not None else EnvMemory()
+
+
+def env_need(env: str | EnvConfig, num_envs: int, role: str, *knobs: tuple[str, int] | tuple[str, int, str],
+             **kwargs: Any) -> Need:
+    """A memory ``Need`` for ``num_envs`` envs of ``env`` held for ``role`` (e.g. "evaluation"). ``knobs``: the
+    settings that set their number, each ``(setting, envs per unit[, advice])``, e.g. ``("rollout.num_groups",
+    8)`` with groups of 8 envs; tried in order by the advice of ``check_fits`` (``Knob.advice``)."""
+    name = env.name if isinstance(env, EnvConfig) else env
+    m = env_memory(env, num_envs, **kwargs)
+    label = f"{role}: {num_envs} {name} env{'s' if num_envs != 1 else ''}" + (f" {m.detail}" if m.detail else "")
+    return Need(label, m.fixed_mb, tuple(Knob(k[0], m.per_env_mb * k[1], num_envs // k[1], *k[2:])
+                                        for k in knobs))
+
+
+def check_envs_fit(env: str | EnvConfig, num_envs: int, role: str, setting: str, **kwargs: Any) -> None:
+    """Stop with one line (``NotEnoughMemory``) when ``num_envs`` envs of ``env`` would not fit the memory
+    available now; nothing to do for envs of negligible size."""
+    need = env_need(env, num_envs, role, (setting, 1), **kwargs)
+    if need.mb >= 1:
+        check_fits([need], role)
+
+
+def envs_that_fit(env: str | EnvConfig, wanted: int, role: str, setting: str, **kwargs: Any) -> int:
+    """The most envs of ``env``, at most ``wanted``, that fit the memory available now (``wanted`` for envs of
+    negligible size or where memory cannot be read); ``NotEnoughMemory`` when not even one does."""
+    m = env_memory(env, wanted, **kwargs)
+    budget = budget_mb()
+    if budget is None or m.fixed_mb + m.per_env_mb * wanted < 1 or m.fixed_mb + m.per_env_mb * wanted <= budget:
+        return wanted
+    n = min(wanted, int((budget - m.fixed_mb) // m.per_env_mb)) if m.per_env_mb > 0 else 0
+    while n >= 1:  # the fixed part may shrink with n (fewer worker processes)
+        m = env_memory(env, n, **kwargs)
+        if m.fixed_mb + m.per_env_mb * n <= budget:
+            return n
+        n -= 1
+    check_envs_fit(env, 1, role, setting, **kwargs)  # raises, naming what does not fit
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------- the config

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from reinforge.envs import EnvConfig, EnvSpec, VecEnv, make_env
+from reinforge.envs.base import check_envs_fit, envs_that_fit
 from reinforge.eval.video import frames_to_strip, write_video
 from reinforge.progress import ProgressBar
 from reinforge.types import OBS_IMAGE, Actor
@@ -115,6 +116,19 @@ def seeded_stream(seed: int) -> Iterator[None]:
         yield
 
 
+DEFAULT_MAX_ENVS = 500
+
+
+def sized_envs(env: EnvConfig, max_envs: int, needed: int, role: str, setting: str, **kwargs: Any) -> int:
+    """How many envs to step together for ``needed`` episodes: ``max_envs`` (0 = as many as fit the memory, at most
+    ``DEFAULT_MAX_ENVS``), never more than needed; ``NotEnoughMemory`` when a stated number does not fit."""
+    if max_envs:
+        n = min(max_envs, needed)
+        check_envs_fit(env, n, role, setting, **kwargs)
+        return n
+    return envs_that_fit(env, min(DEFAULT_MAX_ENVS, needed), role, setting, **kwargs)
+
+
 def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
     """The spec of ``env``'s suite and ``split`` (builds a one-env instance, which is cheap by contract)."""
     probe = make_env(env, num_envs=1, split=split, **kwargs)
@@ -125,20 +139,23 @@ def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
 
 
 def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", episodes_per_task: int = 10,
-             max_envs: int = 500, image_size: int | tuple[int, int] | None = None,
+             max_envs: int = 0, image_size: int | tuple[int, int] | None = None,
              video_dir: str | Path | None = None, videos_per_task: int = 1, video_format: str = "mp4",
              tasks: list[int | str] | None = None, progress: bool = False, seed: int = 0,
-             mode: str = "greedy", temperature: float = 1.0, bank: str = "eval") -> EvalResult:
+             mode: str = "greedy", temperature: float = 1.0, bank: str = "eval",
+             max_envs_setting: str = "max_envs") -> EvalResult:
     """Run ``episodes_per_task`` episodes (greedy, or sampled with ``mode="sample"``) of every task of ``env``'s
     suite (or of ``tasks``) on the ``split`` and report success rates. ``actor_fn(env)`` gives the actor for a
     freshly reset env. ``image_size`` (the policy's) wins over ``env.image_size``. Episodes start from the fixed
     initial states of ``bank``: ``eval`` for reported numbers, ``val`` for anything that steers a run (an env
     with one bank serves both from it). ``seed`` fixes the evaluation's own random stream, so the same policy
-    gives the same numbers; the caller's stream is left as it was."""
+    gives the same numbers; the caller's stream is left as it was. ``max_envs``: envs stepped together (0 = as many
+    as fit the memory available, at most ``DEFAULT_MAX_ENVS``); a number that does not fit stops with one line
+    naming ``max_envs_setting`` (the caller's name of it) and a value that does."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
-    if max_envs < 1:
-        raise ValueError(f"max_envs must be >= 1, got {max_envs}")
+    if max_envs < 0:
+        raise ValueError(f"{max_envs_setting} must be >= 0 (0 = as many as fit), got {max_envs}")
     if mode not in ("greedy", "sample"):
         raise ValueError(f"evaluation mode must be 'greedy' or 'sample', got {mode!r}")
     if not temperature > 0:
@@ -160,7 +177,9 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     t0 = time.perf_counter()
     bar = ProgressBar(f"eval {spec.suite}/{split}" + ("" if bank == "eval" else f" ({bank} bank)"), len(slots),
                       enabled=progress)
-    sim = make_env(env, num_envs=min(max_envs, len(slots)), split=split, init_bank=bank, **kw)
+    num_envs = sized_envs(env, max_envs, len(slots), "evaluation", max_envs_setting, split=split, init_bank=bank,
+                          **kw)
+    sim = make_env(env, num_envs=num_envs, split=split, init_bank=bank, **kw)
     with seeded_stream(seed):
         try:
             for start in range(0, len(slots), sim.num_envs):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -144,8 +145,10 @@ class RolloutCollector:
     ``RolloutBatch`` es. The env may live on another device than the policy (observations are moved)."""
 
     def __init__(self, env: VecEnv, policy: Policy, cfg: RolloutConfig, *, cache_features: bool = False,
-                 cache_prefix: bool = False, need_values: bool = False, seed: int = 0, logprob: LogProb = "chunk"):
-        self.cfg, self.policy, self.env = cfg, policy, env
+                 cache_prefix: bool = False, need_values: bool = False, seed: int = 0, logprob: LogProb = "chunk",
+                 rebuild: Callable[[], VecEnv] | None = None):
+        self.cfg, self.policy, self._env = cfg, policy, env
+        self._rebuild = rebuild  # builds the envs again after ``release_env``
         policy.check_logprob(logprob)
         self.logprob = logprob  # the level the learner recomputes log-probs at (its ``logprob``)
         if cache_prefix and not policy.cacheable_prefix:
@@ -186,8 +189,28 @@ class RolloutCollector:
     def on_update(self) -> None:
         """The learner changed the policy's weights (the policy here is the learner's own: nothing to do)."""
 
+    @property
+    def env(self) -> VecEnv:
+        """The envs (built again here when ``release_env`` let them go)."""
+        if self._env is None:
+            if self._rebuild is None:
+                raise RuntimeError("the collector's envs were released and it has no way to rebuild them")
+            self._env = self._rebuild()
+        return self._env
+
+    def release_env(self) -> bool:
+        """Close the envs until the next rollout needs them (to free their memory, e.g. for an evaluation's envs).
+        Only in episodic mode, where no episode runs across rollouts, and with a ``rebuild``; False otherwise."""
+        if self._rebuild is None or self.cfg.mode != "episodic":
+            return False
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        return True
+
     def close(self) -> None:
-        self.env.close()
+        if self._env is not None:
+            self._env.close()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Generators, and in auto-reset mode the episodes in flight (env snapshot, their lengths, tasks and

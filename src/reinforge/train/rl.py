@@ -34,9 +34,11 @@ from reinforge.config import check, plain
 from reinforge.device import Precision, autocast, check_precision, resolve_device
 from reinforge.distributed import DistributedConfig, make_distributed_collector
 from reinforge.envs import EnvConfig, make_env
+from reinforge.envs.base import env_memory, env_need
 from reinforge.policies import load_pretrained
 from reinforge.progress import ProgressBar
 from reinforge.provenance import record_run
+from reinforge.resources import check_fits
 from reinforge.rollout import RolloutCollector, RolloutConfig, cat_batches, rollout_env_kwargs, select_rows
 from reinforge.train.checkpoint import (
     DivergedError,
@@ -66,7 +68,8 @@ class RLEvalConfig:
     periodic_heldout: bool = True  # ... at the periodic evaluations too (false: only before and after RL)
     videos: int = 3  # rollout videos of the final policy in the report (tasks 0..videos-1)
     tasks: tuple[int, ...] = ()  # evaluate these task ids only (default: every task of the suite)
-    max_envs: int = 500  # envs stepped together in an evaluation (real simulators hold one process/scene each)
+    # envs stepped together in an evaluation; 0 = as many as fit the memory (at most 500; a LIBERO env ~0.8 GB)
+    max_envs: int = 0
     # where the policy is evaluated: name "" = the training env, or, when that is a learned simulator (a world
     # model), the real env it imitates (its spec's ``evaluate_in``); e.g. {name: tabletop, perturb: object_major}
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name=""))
@@ -77,7 +80,7 @@ class RLEvalConfig:
         check(self.final_episodes_per_task >= 1, "eval.final_episodes_per_task", self.final_episodes_per_task,
               "must be >= 1")
         check(self.videos >= 0, "eval.videos", self.videos, "must be >= 0")
-        check(self.max_envs >= 1, "eval.max_envs", self.max_envs, "must be >= 1")
+        check(self.max_envs >= 0, "eval.max_envs", self.max_envs, "must be >= 0 (0 = as many as fit the memory)")
         for name in ("bank", "final_bank"):
             check(getattr(self, name) in ("val", "eval"), f"eval.{name}", getattr(self, name),
                   "must be 'val' (tuning) or 'eval' (reported numbers)")
@@ -241,13 +244,39 @@ class RLTrainer:
                                                         policy=self.policy, rollout=cfg.rollout, trained=trained,
                                                         seed=cfg.seed, **collector_kw)
         else:
+            self.release_for_eval = self._check_memory(env_kwargs)
             self.collector = RolloutCollector(make_env(cfg.env, **env_kwargs), self.policy, cfg.rollout,
-                                              seed=cfg.seed, **collector_kw)
+                                              seed=cfg.seed, rebuild=lambda: make_env(cfg.env, **env_kwargs),
+                                              **collector_kw)
         self.eval_env, self.eval_spec = self._eval_env(self.collector.env.spec)
         if self.algo.anchor is not None:
             self.cotrain_env = self._cotrain_env(self.algo.anchor.ds)
         if state is not None:
             self._restore(state)
+
+    def _check_memory(self, env_kwargs: dict[str, Any]) -> bool:
+        """Stop with one line when the rollout envs (and an evaluation's) would not fit the memory available; True
+        when the rollout envs are let go during evaluations (episodic rollouts of envs that hold a simulator
+        process each, e.g. LIBERO: both at once need not fit, and evaluations get the memory)."""
+        c = self.cfg
+        kw = {k: v for k, v in env_kwargs.items() if k != "num_envs"}
+        n = c.rollout.envs
+        if c.rollout.mode == "episodic":
+            rollout = env_need(c.env, n, "rollout", ("rollout.num_groups", c.rollout.group_size),
+                               ("rollout.num_groups x rollout.group_size", 1, 1,
+                                "use at most {fit} rollout envs (rollout.num_groups x rollout.group_size), e.g. "
+                                "rollout.num_groups=1 rollout.group_size={fit}"), **kw)
+        else:
+            rollout = env_need(c.env, n, "rollout", ("rollout.num_envs", 1), **kw)
+        release = c.rollout.mode == "episodic" and env_memory(c.env, n, **kw).fixed_mb > 0
+        needs = [rollout]
+        if not release:  # an evaluation builds its envs while these are held: room for at least one (or max_envs)
+            needs.append(env_need(c.eval.env if c.eval.env.name else c.env, c.eval.max_envs or 1, "evaluation",
+                                  ("eval.max_envs", 1), image_size=kw["image_size"]))
+        check_fits(needs, "this RL run")
+        if release:
+            log.info("the rollout envs are closed during evaluations (built again for the next rollout)")
+        return release
 
     # ------------------------------------------------------------ state
 
@@ -435,6 +464,9 @@ class RLTrainer:
         """Greedy success on ``bank``'s initial states, as ``<bank>/<suite>[_<split>]/...`` metrics."""
         from reinforge.eval import evaluate
 
+        if getattr(self, "release_for_eval", False):
+            self.collector.release_env()
+
         self.policy.eval()
         c, out = self.cfg, {}
         spec = self.eval_spec
@@ -447,7 +479,7 @@ class RLTrainer:
             with autocast(self.device, c.precision):
                 r = evaluate(lambda e: self.policy, env, split=split, episodes_per_task=episodes_per_task,
                              image_size=self.policy.config.image_size, tasks=list(c.eval.tasks) or None,
-                             max_envs=c.eval.max_envs, seed=c.seed, bank=bank)
+                             max_envs=c.eval.max_envs, seed=c.seed, bank=bank, max_envs_setting="eval.max_envs")
             key = f"{bank}/{c.suite}{suffix}"
             out[f"{key}/success_rate"] = r.success_rate
             out[f"{key}/mean_length"] = r.mean_length

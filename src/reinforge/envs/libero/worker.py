@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from reinforge.envs.watchdog import die_with_parent
+
 STATE_DIM = 8
 # the no-op the RL papers step while objects settle after an init state: no motion, gripper open
 SETTLE_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
@@ -73,6 +75,7 @@ class WorkerConfig:
     render_quality: str
     settle_steps: int
     max_episode_steps: int
+    parent: tuple[int, bool] = (0, False)  # ``watchdog.parent_token()`` of the process that starts the worker
 
 
 def reset_seed(seed: int, task_id: int, init_id: int) -> int:
@@ -264,6 +267,8 @@ def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
     """Entry point of a worker process: answer each command ``(seq, name, *args)`` with ``(seq, "ok", result)``
     or ``(seq, "error", traceback)`` until ``(seq, "close")`` or until the parent goes away. The parent drops
     answers whose ``seq`` is not the one it waits for (left over from a call it abandoned)."""
+    if cfg.parent[0]:
+        die_with_parent(cfg.parent, on_orphan=lambda: _unlink(cfg.shm_name))
     os.environ.setdefault("MUJOCO_GL", "egl")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the workers
     worker, startup_error = None, None
@@ -290,3 +295,10 @@ def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
     finally:
         if worker is not None:
             worker.close()
+
+
+def _unlink(shm_name: str) -> None:
+    """Free the parent's shared-memory block of this worker (the parent is gone and cannot)."""
+    block = SharedMemory(name=shm_name)
+    block.close()
+    block.unlink()
