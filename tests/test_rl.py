@@ -561,3 +561,19 @@ def test_ppo_flow_sde_raises_greedy_success_from_one_demo_sft(tmp_path):
     # the update off (an lr too small to move a float32 weight; 0 is refused): the policy and its success stay put
     frozen_before, frozen_after = ppo("frozen", 1e-30, 2)
     assert frozen_before == before and frozen_after == before, (frozen_before, frozen_after)
+
+
+def test_autoreset_success_counts_the_episodes_still_running():
+    """Auto-reset rollouts finish successes early, so the finished episodes over-state success: the logged rate
+    counts the episodes running at the rollout's end, the finished-only rate is logged under its own name."""
+    from reinforge.train.rl import _running_at_end
+
+    T = 4
+    valid = torch.ones(3, T, dtype=torch.bool)
+    term = torch.zeros(3, T, dtype=torch.bool)
+    trunc = torch.zeros(3, T, dtype=torch.bool)
+    term[0, 1] = True  # row 0: a success at call 1, then a new episode still running at the end
+    term[1, 3] = True  # row 1: an episode ends exactly at the last call
+    valid[2, 2:] = False  # row 2: its last valid call (1) has not ended its episode
+    batch = type("B", (), {"valid": valid, "terminated": term, "truncated": trunc})()
+    assert _running_at_end(batch) == 2

@@ -69,6 +69,38 @@ def _add_env_flags(p: argparse.ArgumentParser, suite_help: str = "the suite (def
                    help="an option of the env (repeatable), e.g. render_quality=fast num_workers=2")
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from reinforge.data import DemoDataset
+    from reinforge.data.importers import import_lerobot, import_libero
+    from reinforge.progress import ProgressBar
+
+    bar = ProgressBar(f"import {args.format}", None)
+    progress = lambda done, total: bar.update(done, total=total)  # noqa: E731
+    try:
+        if args.format == "libero":
+            if not args.suite:
+                raise ValueError("import libero needs --suite (libero_spatial, libero_object, libero_goal, libero_10 "
+                                 "or libero_90): the suite the files belong to, where SFT evaluates")
+            path = import_libero(args.source, args.out, suite=args.suite, image_size=args.image_size or None,
+                                 drop_noops=not args.keep_noops, max_demos=args.max_episodes,
+                                 overwrite=args.overwrite, progress=progress)
+        else:
+            if len(args.source) != 1:
+                raise ValueError("import lerobot takes one dataset folder (the one holding meta/info.json)")
+            split = lambda x: [c.strip() for c in x.split(",") if c.strip()] if x else None  # noqa: E731
+            path = import_lerobot(args.source[0], args.out, cameras=split(args.cameras),
+                                  camera_names=split(args.camera_names), state_key=args.state_key,
+                                  action_key=args.action_key, image_size=args.image_size or None,
+                                  env=args.env or "", suite=args.suite or "", max_episodes=args.max_episodes,
+                                  overwrite=args.overwrite, progress=progress)
+    finally:
+        bar.close()
+    ds = DemoDataset.load(path, success_only=False)
+    console.print(f"imported {ds.num_episodes} episodes ({ds.num_frames} frames, {len(ds.tasks)} tasks, "
+                  f"{ds.num_views} cameras at {ds.images.shape[-2]}x{ds.images.shape[-1]}) to {path}")
+    return 0
+
+
 def cmd_demos(args: argparse.Namespace) -> int:
     from reinforge.data.record import record_demos
     from reinforge.progress import ProgressBar
@@ -591,9 +623,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--noise", type=float, default=0.2, help="std of the expert's translation-action noise")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--max-envs", type=int, default=100, help="envs recorded together (fewer for real simulators)")
+    d.add_argument("--max-envs", type=int, default=0,
+                   help="envs recorded together (default 0: as many as fit half the free memory, at most 100)")
     d.add_argument("--overwrite", action="store_true")
     d.set_defaults(fn=cmd_demos)
+
+    im = sub.add_parser("import", help="outside demonstrations (LIBERO HDF5 files, a LeRobot dataset) -> a dataset")
+    im.add_argument("format", choices=["libero", "lerobot"])
+    im.add_argument("source", nargs="+", help="libero: .hdf5 files or folders of them; lerobot: the dataset folder")
+    im.add_argument("--out", required=True)
+    im.add_argument("--suite", help="libero: the suite of the files; lerobot: the suite SFT evaluates in (with --env)")
+    im.add_argument("--env", help="lerobot: the env SFT evaluates policies trained on it in (e.g. libero)")
+    im.add_argument("--image-size", type=int, default=0, help="resize images to this (default: the source's size)")
+    im.add_argument("--max-episodes", type=int, default=0, help="at most this many (libero: per file; 0 = all)")
+    im.add_argument("--keep-noops", action="store_true",
+                    help="libero: keep actions that neither move the arm nor change the gripper (dropped by default)")
+    im.add_argument("--cameras", help="lerobot: the image/video features to import, comma-separated (default: all)")
+    im.add_argument("--camera-names", help="lerobot: the names they get (e.g. agentview,robot0_eye_in_hand)")
+    im.add_argument("--state-key", default="observation.state")
+    im.add_argument("--action-key", default="action")
+    im.add_argument("--overwrite", action="store_true")
+    im.set_defaults(fn=cmd_import)
 
     e = sub.add_parser("eval", help="success rate of a policy (expert | random | checkpoint folder)")
     e.add_argument("--policy", default="expert")

@@ -11,6 +11,7 @@ import torch
 
 from reinforge.data.dataset import EpisodeWriter
 from reinforge.envs import EnvConfig, EnvSpec, make_env
+from reinforge.envs.base import sized_envs
 from reinforge.types import OBS_IMAGE, OBS_STATE
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _run_batch(env_cfg: EnvConfig, split: str, bank: str, slots: list[tuple[int,
 
 
 def record_demos(env: EnvConfig | str, out: str | Path, *, per_task: int = 1, split: str = "train",
-                 image_size: int = 64, noise: float = 0.2, seed: int = 0, max_envs: int = 100, retries: int = 3,
+                 image_size: int = 64, noise: float = 0.2, seed: int = 0, max_envs: int = 0, retries: int = 3,
                  overwrite: bool = False, tasks: list[int | str] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> Path:
     """Record ``per_task`` successful expert episodes for each task of ``env``'s suite into ``out``
@@ -81,9 +82,12 @@ def record_demos(env: EnvConfig | str, out: str | Path, *, per_task: int = 1, sp
         slots = [(t, k) for t in task_list for k in range(per_task)]
         results: dict[tuple[int, int], dict] = {}
         pending = list(slots)
+        # envs recorded together: max_envs, or (0) as many as fit half the free memory, at most 100
+        width = sized_envs(env_cfg, max_envs, len(slots) if max_envs else min(100, len(slots)), "recording",
+                           "--max-envs", split=split, image_size=image_size, init_bank=bank)
         for attempt in range(retries + 1):
-            for start in range(0, len(pending), max_envs):
-                batch = pending[start:start + max_envs]
+            for start in range(0, len(pending), width):
+                batch = pending[start:start + width]
                 # a failed slot is retried from the next initial state of the bank, with fresh noise
                 run = [(t, k + attempt * per_task) for t, k in batch]
                 for slot, ep in zip(batch, _run_batch(env_cfg, split, bank, run, image_size=image_size, noise=noise,

@@ -483,11 +483,15 @@ def check_envs_fit(env: str | EnvConfig, num_envs: int, role: str, setting: str,
         check_fits([need], role)
 
 
-def envs_that_fit(env: str | EnvConfig, wanted: int, role: str, setting: str, **kwargs: Any) -> int:
-    """The most envs of ``env``, at most ``wanted``, that fit the memory available now (``wanted`` for envs of
-    negligible size or where memory cannot be read); ``NotEnoughMemory`` when not even one does."""
+def envs_that_fit(env: str | EnvConfig, wanted: int, role: str, setting: str, share: float = 0.5,
+                  **kwargs: Any) -> int:
+    """The most envs of ``env``, at most ``wanted``, that fit ``share`` of the memory available now (``wanted`` for
+    envs of negligible size or where memory cannot be read); ``NotEnoughMemory`` when not even one fits at all.
+    Half by default: more envs only batch the policy's calls (simulators step their envs one after the other), so
+    a default need not take the whole machine."""
     m = env_memory(env, wanted, **kwargs)
     budget = budget_mb()
+    budget = None if budget is None else budget * share
     if budget is None or m.fixed_mb + m.per_env_mb * wanted < 1 or m.fixed_mb + m.per_env_mb * wanted <= budget:
         return wanted
     n = min(wanted, int((budget - m.fixed_mb) // m.per_env_mb)) if m.per_env_mb > 0 else 0
@@ -496,8 +500,22 @@ def envs_that_fit(env: str | EnvConfig, wanted: int, role: str, setting: str, **
         if m.fixed_mb + m.per_env_mb * n <= budget:
             return n
         n -= 1
-    check_envs_fit(env, 1, role, setting, **kwargs)  # raises, naming what does not fit
+    check_envs_fit(env, 1, role, setting, **kwargs)  # one env, if it fits at all (else one line naming why)
     return 1
+
+
+DEFAULT_MAX_ENVS = 500
+
+
+def sized_envs(env: str | EnvConfig, max_envs: int, needed: int, role: str, setting: str, **kwargs: Any) -> int:
+    """How many envs to step together for ``needed`` episodes: ``max_envs`` (0 = as many as fit half the memory
+    available, at most ``DEFAULT_MAX_ENVS``), never more than needed; ``NotEnoughMemory`` (one line naming
+    ``setting``) when a stated number does not fit."""
+    if max_envs:
+        n = min(max_envs, needed)
+        check_envs_fit(env, n, role, setting, **kwargs)
+        return n
+    return envs_that_fit(env, min(DEFAULT_MAX_ENVS, needed), role, setting, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- the config

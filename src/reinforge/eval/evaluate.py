@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from reinforge.envs import EnvConfig, EnvSpec, VecEnv, make_env
-from reinforge.envs.base import check_envs_fit, envs_that_fit
+from reinforge.envs.base import sized_envs
 from reinforge.eval.video import frames_to_strip, write_video
 from reinforge.progress import ProgressBar
 from reinforge.types import OBS_IMAGE, Actor
@@ -116,19 +116,6 @@ def seeded_stream(seed: int) -> Iterator[None]:
         yield
 
 
-DEFAULT_MAX_ENVS = 500
-
-
-def sized_envs(env: EnvConfig, max_envs: int, needed: int, role: str, setting: str, **kwargs: Any) -> int:
-    """How many envs to step together for ``needed`` episodes: ``max_envs`` (0 = as many as fit the memory, at most
-    ``DEFAULT_MAX_ENVS``), never more than needed; ``NotEnoughMemory`` when a stated number does not fit."""
-    if max_envs:
-        n = min(max_envs, needed)
-        check_envs_fit(env, n, role, setting, **kwargs)
-        return n
-    return envs_that_fit(env, min(DEFAULT_MAX_ENVS, needed), role, setting, **kwargs)
-
-
 def env_spec(env: EnvConfig, split: str = "train", **kwargs: Any) -> EnvSpec:
     """The spec of ``env``'s suite and ``split`` (builds a one-env instance, which is cheap by contract)."""
     probe = make_env(env, num_envs=1, split=split, **kwargs)
@@ -150,7 +137,7 @@ def evaluate(actor_fn: ActorFactory, env: EnvConfig, *, split: str = "train", ep
     initial states of ``bank``: ``eval`` for reported numbers, ``val`` for anything that steers a run (an env
     with one bank serves both from it). ``seed`` fixes the evaluation's own random stream, so the same policy
     gives the same numbers; the caller's stream is left as it was. ``max_envs``: envs stepped together (0 = as many
-    as fit the memory available, at most ``DEFAULT_MAX_ENVS``); a number that does not fit stops with one line
+    as fit the memory available, at most 500); a number that does not fit stops with one line
     naming ``max_envs_setting`` (the caller's name of it) and a value that does."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")

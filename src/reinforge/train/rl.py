@@ -165,6 +165,14 @@ class RLConfig:
                   "must be >= 2 for GRPO (advantages are normalised within a group)")
 
 
+def _running_at_end(batch: RolloutBatch) -> int:
+    """Env rows of an auto-reset rollout whose last episode had not ended when the rollout stopped."""
+    valid = batch.valid
+    last = (valid.cumsum(1) == valid.sum(1, keepdim=True)) & valid  # the last valid call of each row
+    ended = ((batch.terminated | batch.truncated) & last).any(1)
+    return int((valid.any(1) & ~ended).sum())
+
+
 class RLTrainer:
     """Owns the policy, collector, algorithm and logs; ``run()`` trains to ``cfg.iterations``."""
 
@@ -400,6 +408,14 @@ class RLTrainer:
              "rollout/episode_length": float(length.mean()) if length.numel() else 0.0,
              "rollout/env_steps": float(steps), "time/env_s": t_env, "time/policy_s": t_pol,
              "rollout/env_steps_per_s": steps / max(t_env + t_pol, 1e-9)}
+        if self.cfg.rollout.mode == "autoreset":
+            # the finished episodes are biased to successes (a success ends an episode early): success_rate counts
+            # the episodes still running at the rollout's end as not (yet) successful; finished_success_rate is
+            # over the finished ones only
+            running = sum(_running_at_end(b) for b in rounds)
+            m["rollout/finished_success_rate"] = m["rollout/success_rate"]
+            m["rollout/running_episodes"] = float(running)
+            m["rollout/success_rate"] = float(succ.sum()) / max(succ.numel() + running, 1)
         ret = torch.cat([torch.where(b.valid, b.reward, 0.0).sum(1) for b in rounds])
         m["rollout/return"] = float(ret.mean()) if ret.numel() else 0.0  # per env row (one episode when episodic)
         if batch is not None:
@@ -552,6 +568,10 @@ class RLTrainer:
     def _run(self, logger: MetricLogger, progress: bool) -> dict[str, float]:
         c = self.cfg
         record_run(self.out, seed=c.seed, config=plain(asdict(c)))
+        if c.algo == "ppo" and c.iterations <= c.ppo.critic_warmup:
+            log.warning("iterations=%d is within ppo.critic_warmup=%d: only the critic trains and the policy is never "
+                        "updated (its success after equals before); run more iterations or lower ppo.critic_warmup",
+                        c.iterations, c.ppo.critic_warmup)
         if not self.history:
             self._eval_point(logger, final=True)
             self.save()

@@ -82,7 +82,7 @@ class SFTConfig:
     batch_size: int = 64
     log_every: int = 25
     eval_every: int = 0  # 0 = only at the end
-    eval_episodes_per_task: int = 10
+    eval_episodes_per_task: int = 10  # 0 = no evaluation at all (e.g. a smoke run of a few steps)
     eval_split: str = "train"
     eval_bank: Literal["val", "eval"] = "val"  # initial states of the periodic evaluations (they steer the run)
     final_eval_bank: Literal["eval", "val"] = "eval"  # ... of the evaluation at the end (the reported number)
@@ -106,6 +106,8 @@ class SFTConfig:
               f"must give one non-negative weight per dataset ({len(paths)}), not all zero")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
+        check(self.eval_episodes_per_task >= 0, "eval_episodes_per_task", self.eval_episodes_per_task,
+              "must be >= 0 (0 = no evaluation)")
         for name in ("eval_bank", "final_eval_bank"):
             check(getattr(self, name) in ("val", "eval"), name, getattr(self, name),
                   "must be 'val' (tuning) or 'eval' (reported numbers)")
@@ -323,7 +325,7 @@ class SFTTrainer:
         """Greedy success on ``bank``'s initial states (default: the final evaluation's), seeded by ``seed``."""
         from reinforge.eval import evaluate
 
-        if self.env is None:
+        if self.env is None or not (episodes_per_task or self.cfg.eval_episodes_per_task):
             return {}
         bank = bank or self.cfg.final_eval_bank
         self.policy.eval()
