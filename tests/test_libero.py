@@ -374,3 +374,89 @@ def test_workers_default_to_one_per_core_each_holding_several_envs():
         assert sum(len(w.envs) for w in env._workers) == 3
     finally:
         env.close()
+
+
+def _record_libero_file(path, task_id: int, init_ids: list[int], steps: int, seed: int = 0) -> None:
+    """A demonstration file in OpenVLA's regenerated layout (no attributes; the observation before each action;
+    raw MuJoCo images, rows bottom-up), recorded with LIBERO itself: each demo starts from an official init state,
+    settles as the adapter does, then takes ``steps`` random actions."""
+    import h5py
+
+    from reinforge.envs.libero.worker import axis_angle, configure_rendering
+
+    configure_rendering("default")  # robosuite frees GL objects in the current context otherwise
+    suite = load_suite(SUITE)
+    env = make_libero_env(suite, task_id, SIZE, SIZE, CAMERAS, camera_obs=True)
+    rng = np.random.default_rng(seed)
+    try:
+        with h5py.File(path, "w") as f:
+            data = f.create_group("data")
+            for k in init_ids:
+                env.seed(reset_seed(seed, task_id, k))
+                env.reset()
+                obs = env.set_init_state(suite.get_task_init_states(task_id)[k])
+                for _ in range(10):
+                    obs, *_ = env.step(SETTLE_ACTION)
+                rec = {"agentview_rgb": [], "eye_in_hand_rgb": [], "ee_states": [], "gripper_states": []}
+                actions = rng.uniform(-0.5, 0.5, (steps, 7))
+                actions[:, 6] = -1.0
+                for a in actions:
+                    rec["agentview_rgb"].append(obs["agentview_image"])
+                    rec["eye_in_hand_rgb"].append(obs["robot0_eye_in_hand_image"])
+                    rec["ee_states"].append(np.r_[obs["robot0_eef_pos"], axis_angle(obs["robot0_eef_quat"])])
+                    rec["gripper_states"].append(obs["robot0_gripper_qpos"])
+                    obs, *_ = env.step(a)
+                g = data.create_group(f"demo_{k}")
+                g.create_dataset("actions", data=actions)
+                for key, v in rec.items():
+                    g.create_dataset(f"obs/{key}", data=np.stack(v))
+    finally:
+        env.close()
+
+
+def test_imported_libero_demos_look_like_the_env_and_train_then_evaluate(tmp_path, capsys):
+    """A LIBERO demonstration file recorded with LIBERO imports upright: its first frame equals the adapter's
+    observation of the same init state, pixel for pixel, and its state the adapter's; then SFT on it and a LIBERO
+    evaluation of the result run from the command line."""
+    import json
+
+    from reinforge.cli import main
+    from reinforge.data import DemoDataset
+
+    import multiprocessing as mp
+
+    suite = load_suite(SUITE)
+    name = suite.get_task(0).name + "_demo.hdf5"
+    # recorded in another process: a process that rendered with Mesa's llvmpipe crashes when it later loads
+    # triton's LLVM (torch's optimizer imports it), so LIBERO never renders in the process that trains
+    rec = mp.get_context("spawn").Process(target=_record_libero_file, args=(tmp_path / name, 0, [3, 7], 6))
+    rec.start()
+    rec.join(300)
+    assert rec.exitcode == 0, "recording the LIBERO demonstration file failed"
+    ds_dir = tmp_path / "ds"
+    assert main(["import", "libero", str(tmp_path / name), "--suite", SUITE, "--out", str(ds_dir),
+                 "--keep-noops"]) == 0
+    ds = DemoDataset.load(ds_dir)
+    assert ds.num_episodes == 2 and ds.num_frames == 12 and ds.tasks == [suite.get_task(0).language]
+    env = make_env("libero", suite=SUITE, num_envs=1, num_workers=1, image_size=SIZE)
+    try:
+        obs = env.reset([0], [7])
+    finally:
+        env.close()
+    first = int(ds.episode_start[1])
+    img, want = ds.images[first], obs["image"][0]
+    same = mean_abs_diff(img, want)
+    # the same pixels but for a few anti-aliased edges (measured: mean 0.02 levels); a wrong flip is ~40-60 off
+    assert same < 0.5 and min(mean_abs_diff(img.flip(-2), want), mean_abs_diff(img.flip(-1), want)) > 10 * same + 5, \
+        "imported images are not oriented as the env's"
+    assert torch.allclose(ds.states[first], obs["state"][0], atol=1e-5)
+    out = tmp_path / "sft"
+    assert main(["sft", "--data", str(ds_dir), "--policy", "token", "--out", str(out), "--steps", "2",
+                 f"policy.image_size=[{SIZE},{SIZE}]", "policy.d_model=32", "policy.heads=2",
+                 "policy.fusion_layers=1", "policy.channels=[16,16]", "batch_size=4",
+                 "eval_episodes_per_task=0"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--env", "libero", "--suite", SUITE, "--policy", str(out / "policy"), "--tasks", "0",
+                 "--episodes-per-task", "1", "--env-opt", "settle_steps=2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["num_episodes"] == 1 and r["env"] == "libero"
