@@ -416,14 +416,13 @@ def _record_libero_file(path, task_id: int, init_ids: list[int], steps: int, see
 
 def test_imported_libero_demos_look_like_the_env_and_train_then_evaluate(tmp_path, capsys):
     """A LIBERO demonstration file recorded with LIBERO imports upright: its first frame equals the adapter's
-    observation of the same init state, pixel for pixel, and its state the adapter's; then SFT on it and a LIBERO
+    observation of the same init state, to a few anti-aliased pixels, and its state the adapter's; then SFT on it and a LIBERO
     evaluation of the result run from the command line."""
     import json
+    import multiprocessing as mp
 
     from reinforge.cli import main
     from reinforge.data import DemoDataset
-
-    import multiprocessing as mp
 
     suite = load_suite(SUITE)
     name = suite.get_task(0).name + "_demo.hdf5"
