@@ -50,7 +50,7 @@ $(LIBERO_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LIBERO_VENV)
 	$(LIBERO_VENV)/bin/pip install --quiet --upgrade pip
 	$(LIBERO_VENV)/bin/pip install --quiet "torch>=2.4,<2.14"
-	$(LIBERO_VENV)/bin/pip install --quiet -e ".[test,libero]"
+	$(LIBERO_VENV)/bin/pip install --quiet -e ".[test,libero,oft]"
 	touch $@
 
 test-libero: $(LIBERO_VENV)/.installed

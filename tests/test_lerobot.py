@@ -311,3 +311,29 @@ def test_cached_vision_features_give_the_same_chunks_and_log_probs(model):
     policy.evaluate(cached, out.replay)
     handle.remove()
     assert not calls, "the vision tower ran on cached features"
+
+
+@pytest.mark.parametrize("model", ["pi0", "pi05"])
+def test_a_tiny_checkpoint_converts_and_evaluates_from_the_command_line(tmp_path, capsys, model):
+    """`reinforge lerobot-tiny` writes a small checkpoint LeRobot's way; `convert lerobot` rebuilds it at the size its
+    weights have (config.json can only name the full PaliGemma; nothing private is patched here), and `eval --json`
+    prints clean JSON on stdout."""
+    import json
+
+    from reinforge.cli import main
+    from reinforge.policies.lerobot import checkpoint_sizes
+
+    ck, out = tmp_path / "ck", tmp_path / "p"
+    assert main(["lerobot-tiny", "--out", str(ck), "--model", model]) == 0
+    assert json.loads((ck / "config.json").read_text())["paligemma_variant"] == "gemma_2b"  # what LeRobot records
+    assert checkpoint_sizes(ck / "model.safetensors")["d_model"] == 64
+    assert main(["convert", "lerobot", str(ck), "--out", str(out), "--tokenizer", "hash"]) == 0
+    policy = load_pretrained(out)
+    assert sum(p.numel() for p in policy.parameters()) < 2e6  # not a 3B PaliGemma
+    capsys.readouterr()
+    assert main(["eval", "--policy", str(out), "--suite", "spatial", "--tasks", "0", "--episodes-per-task", "1",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["num_episodes"] == 1
+    with pytest.raises(SystemExit):  # argparse refuses the choice (SmolVLA reads its VLM's config from the Hub)
+        main(["lerobot-tiny", "--out", str(tmp_path / "s"), "--model", "smolvla"])

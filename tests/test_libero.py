@@ -416,8 +416,8 @@ def _record_libero_file(path, task_id: int, init_ids: list[int], steps: int, see
 
 def test_imported_libero_demos_look_like_the_env_and_train_then_evaluate(tmp_path, capsys):
     """A LIBERO demonstration file recorded with LIBERO imports upright: its first frame equals the adapter's
-    observation of the same init state, to a few anti-aliased pixels, and its state the adapter's; then SFT on it and a LIBERO
-    evaluation of the result run from the command line."""
+    observation of the same init state but for a few anti-aliased pixels, and its state the adapter's; then SFT on
+    it and a LIBERO evaluation of the result run from the command line."""
     import json
     import multiprocessing as mp
 

@@ -14,6 +14,7 @@ import torch
 
 from reinforge.envs import EnvConfig, VecEnv, make_env
 from reinforge.envs.base import env_options_class
+from reinforge.resources import process_pss_mb
 
 
 def _sync(device: torch.device | str) -> None:
@@ -54,6 +55,8 @@ def bench_env(env: EnvConfig | None = None, num_envs: int = 256, image_size: int
     with make_env(cfg, num_envs=num_envs, image_size=image_size) as sim:
         with_render = _steps_per_s(sim, steps, seed)
         spec = sim.spec
+        # envs stepping in worker processes (LIBERO): their memory, measured while they hold their envs
+        workers = [process_pss_mb(pid) for pid in getattr(sim, "worker_pids", [])]
     row: dict[str, Any] = {"env": env.name, "suite": env.suite, "env_device": env.device, "num_envs": num_envs,
                            "image_size": image_size, "views": spec.num_views, "steps_per_s": round(with_render, 1),
                            "ms_per_step": round(1000 * num_envs / with_render, 3)}
@@ -63,7 +66,10 @@ def bench_env(env: EnvConfig | None = None, num_envs: int = 256, image_size: int
     if num_workers is not None:
         row["num_workers"] = num_workers
     row.update({k: opts[k] for k in ("render_backend", "render_quality") if k in opts})
-    row["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    row["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # this process
+    if workers and all(w is not None for w in workers):
+        row["workers_mem_mb"] = round(sum(workers), 1)  # PSS of the worker processes, summed
+        row["total_mem_mb"] = round(row["peak_mem_mb"] + row["workers_mem_mb"], 1)
     row["torch_threads"] = torch.get_num_threads()
     return row
 

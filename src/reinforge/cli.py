@@ -7,6 +7,7 @@ for the env's own options (or an ``env`` section in configs)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -131,11 +132,7 @@ def _result_table(results, title: str) -> Table:
     return table
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from reinforge.device import resolve_device
-    from reinforge.eval import evaluate, load_actor
-
-    resolve_device(args.device)  # also for the expert / random actors, which ignore it
+def _eval_results(args: argparse.Namespace, load_actor, evaluate) -> list:
     actor = load_actor(args.policy, seed=args.seed, device=args.device)
     policy = getattr(actor, "policy", None)
     image_size = policy.config.image_size if policy is not None else args.image_size
@@ -147,28 +144,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      tasks=[t.strip() for t in args.tasks.split(",")] if args.tasks else None, seed=args.seed,
                      mode=args.mode, temperature=args.temperature, bank=args.bank, max_envs_setting="--max-envs")
         results.append((args.policy, r))
-    if args.json:
+    return results
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from reinforge.device import resolve_device
+    from reinforge.eval import evaluate, load_actor
+
+    resolve_device(args.device)  # also for the expert / random actors, which ignore it
+    if args.json:  # stdout carries the JSON only: whatever libraries print while loading and evaluating -> stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            results = _eval_results(args, load_actor, evaluate)
         out = [r.to_dict() for _, r in results]
         print(json.dumps(out[0] if len(out) == 1 else out))
-    else:
-        for _, r in results:
-            temp = "" if args.temperature == 1 else f", T={args.temperature}"
-            how = "" if r.mode == "greedy" else f" (sampled{temp})"
-            t = Table(title=f"{r.env}/{r.suite}/{r.split} ({r.bank} bank): {args.policy}{how}")
-            t.add_column("task")
-            t.add_column("success", justify="right")
-            t.add_column("length", justify="right")
-            t.add_column("instruction")
-            for name, rate in r.per_task.items():
-                t.add_row(name, f"{100 * rate:.0f}%", f"{r.per_task_length[name]:.0f}", r.instructions[name])
-            Console().print(t)
-        Console().print(_result_table(results, "summary"))
-        for _, r in results:
-            if r.failed_episodes:
-                console.print(f"[yellow]{r.failed_episodes} episode(s) lost to simulator faults (counted as "
-                              "failures)[/yellow]")
-            for v in r.videos:
-                console.print(f"[dim]video: {v}[/dim]")
+        return 0
+    results = _eval_results(args, load_actor, evaluate)
+    for _, r in results:
+        temp = "" if args.temperature == 1 else f", T={args.temperature}"
+        how = "" if r.mode == "greedy" else f" (sampled{temp})"
+        t = Table(title=f"{r.env}/{r.suite}/{r.split} ({r.bank} bank): {args.policy}{how}")
+        t.add_column("task")
+        t.add_column("success", justify="right")
+        t.add_column("length", justify="right")
+        t.add_column("instruction")
+        for name, rate in r.per_task.items():
+            t.add_row(name, f"{100 * rate:.0f}%", f"{r.per_task_length[name]:.0f}", r.instructions[name])
+        Console().print(t)
+    Console().print(_result_table(results, "summary"))
+    for _, r in results:
+        if r.failed_episodes:
+            console.print(f"[yellow]{r.failed_episodes} episode(s) lost to simulator faults (counted as "
+                          "failures)[/yellow]")
+        for v in r.videos:
+            console.print(f"[dim]video: {v}[/dim]")
     return 0
 
 
@@ -575,6 +583,18 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lerobot_tiny(args: argparse.Namespace) -> int:
+    from reinforge.policies.convert_lerobot import make_tiny_checkpoint
+
+    s = make_tiny_checkpoint(args.out, model=args.model, state_dim=args.state_dim, action_dim=args.action_dim,
+                             cameras=args.cameras, image_size=args.image_size, horizon=args.horizon,
+                             seed=args.seed, overwrite=args.overwrite)
+    console.print(f"wrote {s['out']}: a tiny LeRobot {s['model']} checkpoint with random weights "
+                  f"({s['params'] / 1e6:.1f} M parameters); convert it with `reinforge convert lerobot {s['out']} "
+                  "--out P --tokenizer hash`")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     if args.format == "lerobot":
         from reinforge.policies.convert_lerobot import convert_lerobot
@@ -867,6 +887,17 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--vision-heads", default="", help="DINO,SIGLIP attention heads for unknown timm towers")
     cv.add_argument("--overwrite", action="store_true", help="replace an existing --out policy")
     cv.set_defaults(fn=cmd_convert)
+    lt = sub.add_parser("lerobot-tiny", help="write a tiny random LeRobot pi0 / pi0.5 checkpoint (smoke tests)")
+    lt.add_argument("--out", required=True)
+    lt.add_argument("--model", default="pi0", choices=("pi0", "pi05"))
+    lt.add_argument("--state-dim", type=int, default=8)
+    lt.add_argument("--action-dim", type=int, default=7)
+    lt.add_argument("--cameras", type=int, default=2)
+    lt.add_argument("--image-size", type=int, default=32)
+    lt.add_argument("--horizon", type=int, default=4)
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--overwrite", action="store_true")
+    lt.set_defaults(fn=cmd_lerobot_tiny)
     em = sub.add_parser("embodiments", help="list the embodiments: native action/state layouts and unified slots")
     em.add_argument("--json", action="store_true", help="print JSON")
     em.set_defaults(fn=cmd_embodiments)

@@ -92,6 +92,18 @@ def available_mb() -> float | None:
     return min(found) if found else None
 
 
+def process_pss_mb(pid: int) -> float | None:
+    """A process's proportional set size (its share of shared pages counted once across processes), MiB; None where
+    it cannot be read (not Linux, or the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def budget_mb(available: float | None = None) -> float | None:
     """What a run may plan to hold: the available memory less the headroom (None where it cannot be read)."""
     avail = available_mb() if available is None else available

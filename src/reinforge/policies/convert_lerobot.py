@@ -91,7 +91,7 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
     """``num_views``: the env's cameras (default: the checkpoint's); cameras the checkpoint expects beyond them are
     given to it blank and masked, as LeRobot does."""
     """Convert the LeRobot checkpoint folder ``src`` into a reinforge policy at ``out``; returns a summary."""
-    from reinforge.policies.lerobot import MODELS, LeRobotFlowPolicy, _lerobot
+    from reinforge.policies.lerobot import MODELS, LeRobotFlowPolicy, _lerobot, at_checkpoint_size, checkpoint_sizes
 
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
@@ -106,7 +106,9 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
                               "pi0.5, of the SmolVLM2 model named in config.json for SmolVLA), or 'hash'")
     mod = _lerobot(kind)
     try:
-        lerobot_policy = getattr(mod, MODELS[kind][3]).from_pretrained(str(src), local_files_only=True)
+        # LeRobot rebuilds from config.json, which names only full sizes: a smaller checkpoint at its own size
+        with at_checkpoint_size(mod, kind, PolicyConfig(kind="lerobot", lerobot_model=kind), src / "model.safetensors"):
+            lerobot_policy = getattr(mod, MODELS[kind][3]).from_pretrained(str(src), local_files_only=True)
     except (OSError, ValueError) as e:
         hint = ""
         if kind == "smolvla":  # LeRobot builds SmolVLA's VLM from its config read by name
@@ -131,7 +133,9 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
     network = lerobot_policy.model
     vlm = network.vlm_with_expert.config if kind == "smolvla" else network.paligemma_with_expert.paligemma.config
     side = image_size or pc.input_features[views[0]].shape[-1]
+    sizes = checkpoint_sizes(src / "model.safetensors") if kind in ("pi0", "pi05") else None
     config = PolicyConfig(
+        **{k: v for k, v in (sizes or {}).items() if k != "d_model"},  # a smaller checkpoint's sizes
         kind="lerobot", lerobot_model=kind, lerobot_path=str(src.resolve()), lerobot_tokenizer=tokenizer,
         image_size=(side, side), num_views=num_views or len(views), state_dim=len(norm.state_mean),
         action_dim=len(norm.action_low),
@@ -144,3 +148,71 @@ def convert_lerobot(src: str | Path, out: str | Path, *, tokenizer: str, image_s
             "action_dim": config.action_dim,
             "horizon": config.horizon, "execute_steps": config.execute_steps,
             "normalization": "standardised" if norm.standardized else "bounds"}
+
+
+def make_tiny_checkpoint(out: str | Path, *, model: str = "pi0", state_dim: int = 8, action_dim: int = 7,
+                         cameras: int = 2, image_size: int = 32, horizon: int = 4, execute_steps: int = 0,
+                         width: int = 64, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Write a small LeRobot pi0 / pi0.5 checkpoint with random weights at ``out``, LeRobot's way (its policy's
+    ``save_pretrained`` and its own processor pipelines with unit statistics): a stand-in for a real checkpoint in
+    smoke tests of ``convert lerobot`` -> ``eval`` / ``train`` (a real pi0 needs ~13 GB to build in fp32). PaliGemma
+    and the action expert get 2 layers (``width`` and 32 wide), SigLIP one; the tokenizer is then 'hash'."""
+    import importlib
+
+    import torch
+
+    from reinforge.policies.lerobot import MODELS, _lerobot, _tiny_pi0
+
+    if model not in ("pi0", "pi05"):
+        raise ConversionError(f"tiny checkpoints are made for pi0 and pi05, not {model!r} (SmolVLA reads its VLM's "
+                              "config from the Hub by name)")
+    if min(state_dim, action_dim, cameras, horizon) < 1 or image_size < 8 or width % 8:
+        raise ConversionError("state/action dims, cameras and horizon must be >= 1, the image side >= 8 and the width "
+                              "a multiple of 8")
+    out = Path(out)
+    check_out(out, overwrite)
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    mod = _lerobot(model)
+    proc = importlib.import_module(f"lerobot.policies.{model}.processor_{model}")
+    conf = getattr(importlib.import_module(f"lerobot.policies.{model}.configuration_{model}"), MODELS[model][2])
+    feats = {f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, (3, image_size, image_size))
+             for i in range(cameras)}
+    feats["observation.state"] = PolicyFeature(FeatureType.STATE, (state_dim,))
+    pc = conf(num_inference_steps=4, image_resolution=(image_size, image_size), dtype="float32", chunk_size=horizon,
+              n_action_steps=execute_steps or horizon, max_state_dim=max(32, state_dim),
+              max_action_dim=max(32, action_dim), device="cpu", input_features=feats,
+              output_features={"action": PolicyFeature(FeatureType.ACTION, (action_dim,))})
+    c = PolicyConfig(kind="lerobot", lerobot_model=model, d_model=width, image_size=(image_size, image_size))
+    stats = {k: {"mean": torch.zeros(n), "std": torch.ones(n), "q01": -torch.ones(n), "q99": torch.ones(n),
+                 "min": -torch.ones(n), "max": torch.ones(n)}
+             for k, n in (("observation.state", state_dim), ("action", action_dim))}
+    torch.manual_seed(seed)
+    with _tiny_pi0(mod, c):
+        policy = getattr(mod, MODELS[model][3])(pc)
+    # LeRobot's tokenizer step loads PaliGemma's tokenizer by Hub id when built; the saved pipeline records only
+    # that id, so a small local stand-in serves while it is built (the converted policy tokenises with 'hash')
+    import lerobot.processor.tokenizer_processor as tp
+
+    saved = tp.AutoTokenizer
+    tp.AutoTokenizer = type("Local", (), {"from_pretrained": staticmethod(lambda *a, **k: _stand_in_tokenizer())})
+    try:
+        pre, post = getattr(proc, f"make_{model}_pre_post_processors")(pc, stats)
+    finally:
+        tp.AutoTokenizer = saved
+    tmp = out.with_name(out.name + ".partial")
+    for part in (policy, pre, post):
+        part.save_pretrained(tmp)
+    tmp.rename(out)
+    return {"out": str(out), "model": model, "params": sum(p.numel() for p in policy.parameters())}
+
+
+def _stand_in_tokenizer() -> Any:
+    """A one-word tokenizer (``tokenizers`` ships with transformers) for building LeRobot's processor offline."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")), bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")

@@ -56,7 +56,11 @@ MODELS = {"pi0": ("pi0", "PI0Pytorch", "PI0Config", "PI0Policy"),
 def _lerobot(model: str = "pi0") -> Any:
     """LeRobot's modeling module of ``model`` (pi0 | pi05)."""
     import importlib
+    import os
+    import sys
 
+    if "lerobot" not in sys.modules:  # offline unless the user says otherwise: no Hub retries before an error
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return importlib.import_module(f"lerobot.policies.{MODELS[model][0]}.modeling_{MODELS[model][0]}")
     except ImportError as e:
@@ -155,6 +159,50 @@ def _tiny_smolvla(c: PolicyConfig):
                      "max_position_embeddings": 1024},
         scale_factor=2, image_token_id=V - 1, vocab_size=V)
     return _smolvlm(cfg, V - 2, V - 3)
+
+
+# pi0's published sizes: PaliGemma's Gemma 2B (width 2048, vocabulary 257,152) with SigLIP So400m (1152 wide)
+FULL_SIZE = {"d_model": 2048, "lerobot_vocab": 257152, "lerobot_vision_dim": 1152}
+
+
+def checkpoint_sizes(weights: str | Path) -> dict[str, int] | None:
+    """The sizes of the pi0 / pi0.5 network whose weights are in ``weights`` (a safetensors file; only its header is
+    read), as ``PolicyConfig`` fields, when they differ from the published ones; None for a full-size network (or a
+    file without pi0's tensors). LeRobot rebuilds a checkpoint from its config.json, which can only name the full
+    sizes, so a smaller saved network (a smoke-test checkpoint) is rebuilt at the size its weights have."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+    def one(suffix: str) -> tuple[int, ...] | None:
+        return next((v for k, v in shapes.items() if k.endswith(suffix)), None)
+
+    embed = one("paligemma.model.language_model.embed_tokens.weight")
+    q = one("paligemma.model.language_model.layers.0.self_attn.q_proj.weight")
+    expert_q = one("gemma_expert.model.layers.0.self_attn.q_proj.weight")
+    patch = one("vision_tower.vision_model.embeddings.patch_embedding.weight")
+    if None in (embed, q, expert_q, patch):
+        return None
+    layers = {k.split("language_model.layers.")[1].split(".")[0] for k in shapes if "language_model.layers." in k}
+    sizes = {"d_model": embed[1], "lerobot_vocab": embed[0], "lerobot_vision_dim": patch[0]}
+    if sizes == FULL_SIZE:
+        return None
+    return {**sizes, "lerobot_depth": len(layers), "lerobot_head_dim": q[0] // NUM_HEADS,
+            "lerobot_expert_width": expert_q[1], "lerobot_patch_size": patch[2]}
+
+
+def at_checkpoint_size(mod: Any, model: str, c: PolicyConfig, weights: str | Path):
+    """A context that builds LeRobot's pi0 / pi0.5 at the size of the weights in ``weights`` (``checkpoint_sizes``):
+    the tiny build's swaps with those sizes, or nothing for a full-size network (and for SmolVLA, whose kept SmolVLM
+    config carries its size)."""
+    from dataclasses import replace
+
+    sizes = checkpoint_sizes(weights) if model in ("pi0", "pi05") else None
+    return _tiny_pi0(mod, replace(c, **sizes)) if sizes else contextlib.nullcontext()
 
 
 KEPT = "lerobot"  # a saved policy's folder of the LeRobot config(s) its network is rebuilt from
@@ -279,10 +327,12 @@ class LeRobotFlowPolicy(FlowPolicy):
         if network is not None:
             self.model = network
         elif kept is not None:  # a saved policy: its network from the kept config, its weights from ours
-            self.model = _from_kept(mod, net, kept, c.lerobot_model)
+            with at_checkpoint_size(mod, c.lerobot_model, c, Path(saved) / "model.safetensors"):
+                self.model = _from_kept(mod, net, kept, c.lerobot_model)
         elif c.lerobot_path:
             try:
-                self.model = getattr(mod, pol).from_pretrained(c.lerobot_path, local_files_only=True).model
+                with at_checkpoint_size(mod, c.lerobot_model, c, Path(c.lerobot_path) / "model.safetensors"):
+                    self.model = getattr(mod, pol).from_pretrained(c.lerobot_path, local_files_only=True).model
             except (OSError, ValueError) as e:  # a missing folder reads as a malformed Hub repo id (ValueError)
                 why = e if Path(c.lerobot_path).exists() else "no such folder"
                 raise ValueError(f"cannot load {c.lerobot_model} from {c.lerobot_path!r} (a local LeRobot folder): "
