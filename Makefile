@@ -9,6 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 LIBERO_VENV := .venv-libero
 LEROBOT_VENV := .venv-lerobot
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # LeRobot >= 0.5 needs Python >= 3.12: the first interpreter here that runs and is new enough (a pyenv shim of an
 # inactive version does not run; this machine's 3.12 lives under ~/.pyenv/versions)
 PYTHON312 ?= $(shell for p in python3.12 python3.13 $(wildcard $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python); do \
@@ -62,6 +63,11 @@ $(LEROBOT_VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "make test-lerobot needs Python >= 3.12: install one or pass PYTHON312=/path/to/python3.12"; exit 2; }
 	$(PYTHON312) -m venv $(LEROBOT_VENV)
 	$(LEROBOT_VENV)/bin/pip install --quiet --upgrade pip
+	@# on a machine without an NVIDIA GPU, torch's CPU build first (LeRobot's pin would pull the CUDA one, ~2.7 GB
+	@# more); where that index cannot be reached, say so and go on
+	@command -v nvidia-smi >/dev/null 2>&1 || $(LEROBOT_VENV)/bin/pip install --quiet --timeout 10 --retries 0 \
+		--index-url $(TORCH_CPU_INDEX) "torch>=2.7,<2.12" torchvision || \
+		echo "note: $(TORCH_CPU_INDEX) is unreachable: LeRobot's torch pin installs the CUDA build"
 	$(LEROBOT_VENV)/bin/pip install --quiet "lerobot[pi]==0.6.1"
 	$(LEROBOT_VENV)/bin/pip install --quiet -e . pytest
 	touch $@

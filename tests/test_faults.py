@@ -386,7 +386,7 @@ def test_config_files_that_are_not_mappings(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["eval", "--tasks", "a,b", "--episodes-per-task", "1"], "unknown task 'a'"),
-    (["eval", "--max-envs", "0"], "max_envs must be >= 1"),
+    (["eval", "--max-envs", "-1"], "--max-envs must be >= 0"),
     (["eval", "--device", "cuda:7"] if not torch.cuda.is_available() or torch.cuda.device_count() < 8 else
      ["eval", "--device", "tpu"], "device"),
     (["demos", "--per-task", "0", "--out", "x"], "--per-task must be >= 1"),
@@ -398,8 +398,8 @@ def test_cli_user_errors_are_one_line_exit_2(capsys, argv, needle):
 
 
 def test_verbose_shows_the_traceback(capsys):
-    with pytest.raises(ValueError, match="max_envs"):
-        main(["-v", "eval", "--max-envs", "0"])
+    with pytest.raises(ValueError, match="max-envs"):
+        main(["-v", "eval", "--max-envs", "-1"])
 
 
 def test_print_config_and_version(capsys, tmp_path):

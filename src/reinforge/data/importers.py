@@ -133,17 +133,6 @@ def _libero_files(sources: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _suite_task_ids(suite: str) -> dict[str, int]:
-    """Instruction -> task id in LIBERO's order of ``suite`` (empty when LIBERO is not installed)."""
-    try:
-        from reinforge.envs.libero.worker import load_suite
-
-        bench = load_suite(suite)
-    except Exception:
-        return {}
-    return {t.language: i for i, t in enumerate(bench.tasks)}
-
-
 def _demo_keys(data: Any, where: str) -> list[str]:
     keys = [k for k in data if re.fullmatch(r"demo_\d+", k)]
     if not keys:
@@ -196,8 +185,7 @@ def import_libero(sources: Sequence[str | Path], out: str | Path, *, suite: str,
                   overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Import LIBERO demonstration files (or folders of them) of ``suite`` into a dataset at ``out``; see the
     module docstring. ``max_demos``: at most this many demonstrations per file (0 = all)."""
-    from reinforge.envs.libero.env import ACTION_NAMES, CONTROL_HZ, STATE_NAMES
-    from reinforge.envs.libero.options import LIBERO_SUITES
+    from reinforge.envs import LIBERO_SUITES, libero_layout, libero_task_ids
 
     if suite not in LIBERO_SUITES:
         raise DatasetError(f"unknown LIBERO suite {suite!r}; valid suites: {list(LIBERO_SUITES)}")
@@ -206,7 +194,8 @@ def import_libero(sources: Sequence[str | Path], out: str | Path, *, suite: str,
     h5py = _h5py()
     files = _libero_files(sources)
     size = _size(image_size)
-    ids = _suite_task_ids(suite)
+    ids = libero_task_ids(suite)
+    layout = libero_layout(suite)
     writer: EpisodeWriter | None = None
     done, total = 0, 0
     try:
@@ -236,13 +225,9 @@ def import_libero(sources: Sequence[str | Path], out: str | Path, *, suite: str,
                     if writer is None:
                         H, W = ep["images"].shape[-2:]
                         writer = EpisodeWriter(
-                            out, fps=CONTROL_HZ, image_size=(H, W), state_dim=8, action_dim=7,
-                            camera_names=("agentview", "robot0_eye_in_hand"), overwrite=overwrite,
-                            extra_info={"env": "libero", "suite": suite, "action_names": list(ACTION_NAMES),
-                                        "state_names": list(STATE_NAMES),
-                                        "camera_names": ["agentview", "robot0_eye_in_hand"],
-                                        "control_hz": CONTROL_HZ, "embodiment": "franka",
-                                        "imported_from": "libero_hdf5", "drop_noops": drop_noops})
+                            out, fps=layout["control_hz"], image_size=(H, W), state_dim=8, action_dim=7,
+                            camera_names=tuple(layout["camera_names"]), overwrite=overwrite,
+                            extra_info={**layout, "imported_from": "libero_hdf5", "drop_noops": drop_noops})
                     writer.add_episode(ep["images"], ep["states"], ep["actions"], instruction,
                                        task_id=ids.get(instruction, k), init_id=int(key.split("_")[1]),
                                        success=True, suite=suite, split="train", source=f"{path.name}:{key}")

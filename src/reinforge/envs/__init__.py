@@ -18,7 +18,7 @@ from reinforge.envs.base import (
     register_env,
     registered_envs,
 )
-from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions
+from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions, libero_layout, libero_task_ids
 from reinforge.envs.metaworld.options import MetaWorldOptions
 from reinforge.envs.tabletop.env import TabletopEnv
 from reinforge.envs.tabletop.options import TabletopOptions
@@ -34,5 +34,5 @@ register_env("worldmodel", "reinforge.worldmodel.env:WorldModelEnv", options=Wor
 register_env("metaworld", "reinforge.envs.metaworld.env:MetaWorldEnv", options=MetaWorldOptions,
              suites=("mt10", "mt50", "<task>-v3"), extra="metaworld")
 
-__all__ = ["ChunkResult", "EnvConfig", "EnvSpec", "PendingChunk", "Task", "TabletopEnv", "VecEnv", "known_suites",
-           "make_env", "register_env", "registered_envs"]
+__all__ = ["LIBERO_SUITES", "ChunkResult", "EnvConfig", "EnvSpec", "PendingChunk", "Task", "TabletopEnv", "VecEnv",
+           "known_suites", "libero_layout", "libero_task_ids", "make_env", "register_env", "registered_envs"]

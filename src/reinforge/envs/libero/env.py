@@ -56,17 +56,20 @@ import numpy as np
 import torch
 
 from reinforge.envs.base import ChunkResult, EnvMemory, EnvSpec, Task, VecEnv, checked_actions, checked_indices
-from reinforge.envs.libero.options import LIBERO_SUITES, LiberoOptions, resolve_workers
+from reinforge.envs.libero.options import (
+    ACTION_NAMES,
+    CONTROL_HZ,
+    LIBERO_SUITES,
+    STATE_NAMES,
+    LiberoOptions,
+    resolve_workers,
+)
 from reinforge.envs.libero.worker import ObsLayout, WorkerConfig, reset_seed, worker_main
 from reinforge.envs.watchdog import parent_token
 from reinforge.types import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_TASK_ID, Observation, StepResult
 
 log = logging.getLogger(__name__)
 
-ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
-               "finger_left", "finger_right")
-CONTROL_HZ = 20
 NUM_INIT_STATES = 50
 INIT_BANKS = ("eval", "train", "val")  # accepted names; all are LIBERO's one official bank
 # the OpenVLA / OpenVLA-OFT LIBERO evaluation's limits, used by the RL papers that start from those policies

@@ -9,6 +9,29 @@ from typing import Literal
 from reinforge.config import check
 
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+# the adapter's layout (see env.py), also what imported LIBERO demonstrations are recorded with
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
+               "finger_left", "finger_right")
+CAMERAS = ("agentview", "robot0_eye_in_hand")
+CONTROL_HZ = 20
+
+
+def libero_layout(suite: str) -> dict:
+    """The layout a dataset of ``suite`` records (as ``EnvSpec.layout`` would give it), without building an env."""
+    return {"env": "libero", "suite": suite, "action_names": list(ACTION_NAMES), "state_names": list(STATE_NAMES),
+            "camera_names": list(CAMERAS), "control_hz": CONTROL_HZ, "embodiment": "franka"}
+
+
+def libero_task_ids(suite: str) -> dict[str, int]:
+    """Instruction -> task id in LIBERO's order of ``suite``; empty where LIBERO is not installed."""
+    try:
+        from reinforge.envs.libero.worker import load_suite
+
+        bench = load_suite(suite)
+    except Exception:
+        return {}
+    return {t.language: i for i, t in enumerate(bench.tasks)}
 
 
 def cpu_cores() -> int:
